@@ -1,0 +1,176 @@
+"""How a vendor endpoint is declared: its fields, limits, auth and response shape.
+
+A vendor module builds :class:`Endpoint` objects; the engine turns the field list into DuckDB SQL that
+normalizes, validates and serializes every payload (columnar, no Python per row), and uses the limits for
+chunking and rate limiting. Vendor-specific behaviour lives in the small overridable methods at the bottom.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+FieldKind = Literal[
+    "string",  # JSON string; numbers are cast to text
+    "number",  # JSON number (float or int)
+    "integer",  # JSON integer
+    "boolean",
+    "timestamp",  # ISO 8601 with an offset; TIMESTAMP columns are formatted in UTC (+00:00)
+    "epoch_ms",  # integer milliseconds since the epoch; TIMESTAMP columns are converted
+    "object",  # JSON object: STRUCT, MAP, JSON or a VARCHAR holding a JSON object
+    "string_map",  # JSON object whose values are all strings (e.g. indexed tags)
+    "array",  # JSON array: LIST or JSON
+    "any",  # whatever DuckDB's to_json makes of it
+]
+
+
+@dataclass(frozen=True)
+class Field:
+    """One top-level payload field. ``required_when`` is a SQL condition over the model's columns."""
+
+    name: str
+    kind: FieldKind = "string"
+    required: bool = False
+    required_when: str | None = None
+    required_because: str | None = None  # appended to the reason, e.g. "for copilot events"
+    max_length: int | None = None
+    choices: tuple[str, ...] | None = None
+    min_value: float | None = None
+    max_value: float | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A row-level check in SQL: rows where ``when`` is true are rejected with ``reason`` (a SQL string expr)."""
+
+    when: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A documented request rate: ``requests`` per ``per_seconds`` for one credential.
+
+    The limiter spaces requests at ``safety`` of the documented rate, so a sliding-window counter at the
+    vendor never sees more than the limit (the documents do not say which window they count in).
+    """
+
+    requests: int
+    per_seconds: float
+    safety: float = 0.95
+
+    @property
+    def interval(self) -> float:
+        return self.per_seconds / (self.requests * self.safety)
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A secret (or public key) the vendor needs. ``env`` names the environment variable holding it."""
+
+    name: str
+    env: str
+    secret: bool = True
+
+
+@dataclass
+class HttpResponse:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    latency_s: float
+
+    def json(self) -> object:
+        try:
+            return json.loads(self.body or b"null")
+        except ValueError:
+            return None
+
+    def excerpt(self, limit: int = 300) -> str:
+        return self.body[:limit].decode("utf-8", "replace")
+
+
+@dataclass
+class BatchOutcome:
+    """What a 2xx response said about each item of the request, by index into the request's items."""
+
+    accepted: dict[int, str | None] = field(default_factory=dict)  # index -> vendor-assigned id (or None)
+    rejected: dict[int, str] = field(default_factory=dict)  # index -> reason
+    warnings: list[str] = field(default_factory=list)  # e.g. "vendor counted 99 of 100 items"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Endpoint:
+    """A vendor ingestion endpoint. Subclass and override the methods below for vendor-specific shapes."""
+
+    vendor: str
+    name: str
+    path: str
+    method: str = "POST"
+    fields: tuple[Field, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    max_items: int = 100
+    max_body_bytes: int = 1_000_000
+    rate: Rate | None = None
+    credential: str = "api_key"  # which credential authenticates (and scopes the rate limit)
+    description: str = ""
+    steps: bool = False  # multi-step items: the engine calls deliver_item() for each item
+    single: Endpoint | None = None  # a single-item sibling used for chunks smaller than single_below
+    single_below: int = 0
+
+    # --- vendor-specific hooks -------------------------------------------------------------------------
+    def headers(self, credentials: Mapping[str, str]) -> dict[str, str]:
+        """Auth and content headers. Default: none beyond JSON; vendors override."""
+        return {}
+
+    def encode(self, items: Sequence[bytes], credentials: Mapping[str, str]) -> bytes:
+        """The request body for a chunk of serialized items. Default: a JSON array (one item: still an array)."""
+        return b"[" + b",".join(items) + b"]"
+
+    def envelope_bytes(self) -> int:
+        """Bytes the body adds around the items (for byte-based chunking). Override with ``encode``."""
+        return 2
+
+    def parse(self, response: HttpResponse, count: int) -> BatchOutcome:
+        """Interpret a 2xx response. Default: every item accepted, no vendor ids."""
+        return BatchOutcome(accepted=dict.fromkeys(range(count)))
+
+    def error_reason(self, response: HttpResponse) -> str:
+        """A short human-readable reason from an error response body."""
+        return f"HTTP {response.status}: {response.excerpt()}"
+
+    def deliver_item(self, ctx: Any) -> str | None:
+        """Multi-step endpoints (``steps=True``): deliver ``ctx.payload`` through ``ctx.call``; return the
+        vendor id. Raise ``ItemRejected`` for a refusal. ``ctx`` is an :class:`~connectors.engine.sender.ItemContext`."""
+        raise NotImplementedError(f"{self.qualified_name} is not a multi-step endpoint")
+
+    def item_checker(self, ctx: Any) -> Callable[[dict[str, Any]], str | None] | None:
+        """Optional per-run check of each item (parsed JSON) before sending; may read from the vendor
+        once through ``ctx.call`` (``ctx`` is the run's Sender). Returns a reason to reject, or None."""
+        return None
+
+    def reconcile(self, ctx: Any, window_start: str | None, window_end: str | None, delivered: int) -> dict[str, Any]:
+        """Optional read-back: compare what the vendor holds for a window with the ledger's ``delivered``."""
+        raise NotImplementedError(f"{self.qualified_name} has no read API to reconcile against")
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.vendor}.{self.name}"
+
+
+@dataclass(frozen=True)
+class Vendor:
+    """A vendor: its endpoints, credentials and default public base URL (overridden by ``<PREFIX>_BASE_URL``)."""
+
+    name: str
+    title: str
+    env_prefix: str
+    default_base_url: str
+    credentials: tuple[Credential, ...]
+    endpoints: Mapping[str, Endpoint]
+
+    @property
+    def base_url_env(self) -> str:
+        return f"{self.env_prefix}_BASE_URL"

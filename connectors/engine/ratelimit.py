@@ -1,0 +1,84 @@
+"""Per-credential request spacing shared by threads and processes on one machine.
+
+A GCRA (generic cell rate algorithm) whose single number of state, the theoretical arrival time of the
+next request, lives in a small file under ``$SYNCLINE_HOME/ratelimit/`` guarded by ``flock``. Every
+thread and every process that sends with the same credential therefore draws from one schedule, so two
+Dagster runs sharing a key together stay under the vendor's limit. The file name is a hash of the vendor
+and credential: the secret itself is never written. ``pause_until`` (from ``Retry-After``) pushes the
+schedule back for everyone.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import struct
+import threading
+import time
+from pathlib import Path
+
+_STATE = struct.Struct("<d")
+
+
+def credential_scope(vendor: str, credential_value: str) -> str:
+    """A stable, non-reversible name for a credential, safe to log and to use as a file name."""
+    return f"{vendor}-" + hashlib.sha256(f"{vendor}\x1f{credential_value}".encode()).hexdigest()[:16]
+
+
+class RateLimiter:
+    """Spaces calls to :meth:`acquire` at least ``interval`` seconds apart across processes."""
+
+    def __init__(self, state_dir: Path, scope: str, interval: float) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / f"{scope}.gcra"
+        self.interval = interval
+        self._lock = threading.Lock()
+
+    def _update(self, decide: callable) -> float:  # type: ignore[valid-type]
+        with self._lock:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                raw = os.pread(fd, _STATE.size, 0)
+                tat = _STATE.unpack(raw)[0] if len(raw) == _STATE.size else 0.0
+                new_tat, result = decide(tat)
+                os.pwrite(fd, _STATE.pack(new_tat), 0)
+                return result  # type: ignore[no-any-return]
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+
+    def acquire(self) -> float:
+        """Reserve the next slot and sleep until it; returns the seconds waited."""
+
+        def decide(tat: float) -> tuple[float, float]:
+            now = time.time()
+            slot = max(now, tat)
+            return slot + self.interval, slot - now
+
+        wait = self._update(decide)
+        if wait > 0:
+            time.sleep(wait)
+        return wait
+
+    def pause_until(self, when: float) -> None:
+        """No request on this credential before ``when`` (epoch seconds), from any thread or process."""
+        self._update(lambda tat: (max(tat, when), 0.0))
+
+
+class NoLimit:
+    """For endpoints with no documented rate: nothing to wait for, but ``Retry-After`` still pauses."""
+
+    def __init__(self) -> None:
+        self._resume_at = 0.0
+
+    def acquire(self) -> float:
+        wait = self._resume_at - time.time()
+        if wait > 0:
+            time.sleep(wait)
+            return wait
+        return 0.0
+
+    def pause_until(self, when: float) -> None:
+        self._resume_at = max(self._resume_at, when)

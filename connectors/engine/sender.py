@@ -1,0 +1,343 @@
+"""Send one chunk: rate limit, HTTP, classify, retry with backoff, bisect refused batches.
+
+The outcome of every item of the chunk is decided here and returned to the caller, which writes it to
+the ledger. Classification (see docs/delivery.md):
+- 2xx: the endpoint's ``parse`` says which items were accepted (and may reject some individually).
+- 429: pause the whole credential until ``Retry-After`` (seconds or HTTP-date) or a backoff, then retry.
+- 5xx, timeout, dropped connection: backoff and retry; if it never succeeds the items are ``in_doubt``
+  when the vendor may have stored them, ``failed`` (safe to resend) when it surely did not.
+- 400/413/422: split the batch in halves until the bad items stand alone; those are ``rejected``.
+- 401/403: stop the sync (:class:`AuthError`); nothing in the request is marked delivered.
+- anything else (404, 405, ...): stop the sync; almost always a wrong base URL.
+
+Three general mechanisms serve endpoints that are not "a JSON batch per request":
+- multi-step items (``Endpoint.steps``): the endpoint's ``deliver_item`` drives several calls through an
+  :class:`ItemContext`, which persists progress after each step so a rerun resumes where it stopped;
+- a single-item sibling endpoint (``Endpoint.single`` / ``single_below``) for small tails of a batch;
+- per-run item checks (``Endpoint.item_checker``) that may read from the vendor once per run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from connectors.engine.endpoint import Endpoint, HttpResponse
+from connectors.engine.http import HttpClient, TransportError
+from connectors.engine.ratelimit import NoLimit, RateLimiter
+from connectors.engine.retry import Backoff, parse_retry_after
+from connectors.errors import AuthError, SyncStopped
+from connectors.ledger import AttemptRow
+
+CRASH_STEP_ENV = "SYNCLINE_CRASH_BEFORE_STEP"  # test-only fault hook: hard exit before a named step
+
+
+@dataclass
+class Item:
+    idem_key: str
+    source_key: str | None
+    payload_hash: str
+    payload: bytes
+    cursor: str | None = None
+
+
+@dataclass
+class Chunk:
+    chunk_id: str
+    items: list[Item]
+
+
+@dataclass
+class ChunkResult:
+    chunk: Chunk
+    delivered: dict[str, str | None] = field(default_factory=dict)  # idem_key -> vendor id
+    rejected: dict[str, str] = field(default_factory=dict)
+    in_doubt: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    attempts: list[AttemptRow] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    stop: SyncStopped | None = None
+
+    @property
+    def requests(self) -> int:
+        return len(self.attempts)
+
+
+@dataclass(frozen=True)
+class SendPolicy:
+    max_attempts: int = 6
+    backoff: Backoff = Backoff()
+    max_retry_after: float = 300.0
+
+
+class ProgressStore(Protocol):
+    def progress(self, idem_keys: list[str]) -> dict[str, tuple[str | None, str | None]]: ...
+
+    def set_progress(self, idem_key: str, progress: str, vendor_id: str | None = None) -> None: ...
+
+
+def redact(text: str, secrets: Mapping[str, str]) -> str:
+    for value in secrets.values():
+        if value and len(value) >= 4:
+            text = text.replace(value, "[redacted]")
+    return text
+
+
+class GiveUp(Exception):
+    """Retries exhausted (or the vendor asked for too long a pause)."""
+
+    def __init__(self, reason: str, maybe_sent: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.maybe_sent = maybe_sent
+
+
+class ItemRejected(Exception):
+    """Raised by a multi-step ``deliver_item`` when the vendor refuses the item for good."""
+
+
+class Sender:
+    """Thread-safe: one instance serves every worker thread of a run."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        credentials: Mapping[str, str],
+        client: HttpClient,
+        limiter: RateLimiter | NoLimit,
+        policy: SendPolicy,
+        *,
+        run_id: str,
+        sync: str,
+        sleep: Callable[[float], None] = time.sleep,
+        progress_store: ProgressStore | None = None,
+        single: Sender | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.credentials = dict(credentials)
+        self.client = client
+        self.limiter = limiter
+        self.policy = policy
+        self.run_id = run_id
+        self.sync = sync
+        self.sleep = sleep
+        self.progress_store = progress_store
+        self.single = single
+        self.headers = endpoint.headers(self.credentials)
+        self._rng = random.Random()
+
+    # -- the one retrying call everything goes through ---------------------------------------------------
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        *,
+        result: ChunkResult,
+        chunk_id: str,
+        items: int,
+        headers: Mapping[str, str] | None = None,
+        absolute_url: str | None = None,
+        passthrough_4xx: bool = False,
+        limited: bool = True,
+        label: str | None = None,
+    ) -> HttpResponse:
+        """Send with limiter and retries. Returns 2xx and refusals (400/413/422, or any 4xx if
+        ``passthrough_4xx``); raises :class:`GiveUp` after retries and :class:`SyncStopped` to stop."""
+        maybe_sent = False
+        reason = "no attempt made"
+        send_headers = dict(self.headers if headers is None else headers)
+        for attempt in range(1, self.policy.max_attempts + 1):
+            if limited:
+                self.limiter.acquire()
+            try:
+                response = self.client.request(method, path, body, send_headers, absolute_url=absolute_url)
+            except TransportError as exc:
+                maybe_sent = maybe_sent or exc.maybe_sent
+                reason = str(exc)
+                self._log(result, chunk_id, attempt, items, len(body or b""), None, 0.0, reason, label)
+                if attempt < self.policy.max_attempts:
+                    self.sleep(self.policy.backoff.delay(attempt, self._rng))
+                continue
+            status = response.status
+            error = None if status < 400 else redact(response.excerpt(200), self.credentials)
+            self._log(result, chunk_id, attempt, items, len(body or b""), status, response.latency_s, error, label)
+            if 200 <= status < 300 or status in (400, 413, 422):
+                return response
+            if status in (401, 403):
+                raise AuthError(
+                    f"{self.endpoint.qualified_name} refused the credential (HTTP {status}): check the "
+                    f"{self.endpoint.vendor.upper()} credentials in the environment; the sync stopped and "
+                    "nothing in this request was marked delivered"
+                )
+            if status == 429 or status >= 500:
+                if status >= 500:
+                    maybe_sent = True
+                reason = f"HTTP {status} after {attempt} attempt(s): {error or ''}".strip()
+                wait = parse_retry_after(response.headers.get("retry-after"))
+                if wait is not None and wait > self.policy.max_retry_after:
+                    raise GiveUp(
+                        f"HTTP {status}: the vendor asked to wait {wait:.0f}s (over max_retry_after); left pending",
+                        maybe_sent,
+                    )
+                if attempt >= self.policy.max_attempts:
+                    break
+                if wait is None:
+                    wait = self.policy.backoff.delay(attempt, self._rng)
+                if status == 429:
+                    # A 429 pauses the whole credential (every thread and process), not just this request.
+                    self.limiter.pause_until(time.time() + wait)
+                    if not limited:
+                        self.sleep(wait)
+                else:
+                    self.sleep(wait)
+                continue
+            if passthrough_4xx and status < 500:
+                return response
+            raise SyncStopped(
+                f"{self.endpoint.qualified_name} answered HTTP {status} on {method} {path}: "
+                f"check {self.endpoint.vendor.upper()}_BASE_URL ({error or ''})"
+            )
+        raise GiveUp(reason, maybe_sent)
+
+    # -- chunks ---------------------------------------------------------------------------------------------
+    def send_chunk(self, chunk: Chunk) -> ChunkResult:
+        result = ChunkResult(chunk)
+        endpoint = self.endpoint
+        if endpoint.steps:
+            for item in chunk.items:
+                self._deliver_steps(item, result)
+                if result.stop:
+                    break
+            self._fail_rest(result)
+            return result
+        if self.single is not None and len(chunk.items) < endpoint.single_below:
+            for item in chunk.items:
+                self.single._send_parts([[item]], chunk.chunk_id, result)
+                if result.stop:
+                    break
+            self._fail_rest(result)
+            return result
+        self._send_parts([chunk.items], chunk.chunk_id, result)
+        return result
+
+    def _fail_rest(self, result: ChunkResult) -> None:
+        if result.stop is None:
+            return
+        decided = result.delivered.keys() | result.rejected.keys() | result.in_doubt.keys() | result.failed.keys()
+        for item in result.chunk.items:
+            if item.idem_key not in decided:
+                result.failed[item.idem_key] = f"not delivered: {result.stop}"
+
+    def _send_parts(self, stack: list[list[Item]], chunk_id: str, result: ChunkResult) -> None:
+        endpoint = self.endpoint
+        while stack:
+            part = stack.pop()
+            body = endpoint.encode([i.payload for i in part], self.credentials)
+            try:
+                response = self.call(endpoint.method, endpoint.path, body, result=result, chunk_id=chunk_id, items=len(part))
+            except GiveUp as give_up:
+                target = result.in_doubt if give_up.maybe_sent else result.failed
+                for item in part:
+                    target[item.idem_key] = give_up.reason
+                continue
+            except SyncStopped as stop:
+                result.stop = stop
+                for item in [i for p in [part, *stack] for i in p]:
+                    result.failed[item.idem_key] = f"not delivered: {stop}"
+                return
+            if 200 <= response.status < 300:
+                outcome = endpoint.parse(response, len(part))
+                result.warnings += outcome.warnings
+                for index, item in enumerate(part):
+                    if index in outcome.rejected:
+                        result.rejected[item.idem_key] = redact(outcome.rejected[index], self.credentials)
+                    elif index in outcome.accepted:
+                        result.delivered[item.idem_key] = outcome.accepted[index]
+                    else:
+                        result.in_doubt[item.idem_key] = "the vendor's answer did not account for this item"
+            elif len(part) == 1:
+                result.rejected[part[0].idem_key] = redact(endpoint.error_reason(response), self.credentials)
+            else:
+                middle = len(part) // 2
+                stack += [part[middle:], part[:middle]]  # left half first
+
+    def _deliver_steps(self, item: Item, result: ChunkResult) -> None:
+        progress: dict[str, Any] = {}
+        if self.progress_store is not None:
+            stored, _ = self.progress_store.progress([item.idem_key]).get(item.idem_key, (None, None))
+            progress = json.loads(stored) if stored else {}
+        ctx = ItemContext(self, item, result, progress)
+        try:
+            vendor_id = self.endpoint.deliver_item(ctx)
+        except ItemRejected as rejected:
+            result.rejected[item.idem_key] = redact(str(rejected), self.credentials)
+        except GiveUp as give_up:
+            target = result.in_doubt if give_up.maybe_sent else result.failed
+            target[item.idem_key] = f"{give_up.reason} (at step {ctx.current_step or 'start'})"
+        except SyncStopped as stop:
+            result.stop = stop
+            result.failed[item.idem_key] = f"not delivered: {stop}"
+        else:
+            result.delivered[item.idem_key] = vendor_id
+
+    def _log(
+        self, result: ChunkResult, chunk_id: str, attempt: int, items: int, size: int,
+        status: int | None, latency_s: float, error: str | None, label: str | None = None,
+    ) -> None:
+        result.attempts.append(
+            AttemptRow(self.run_id, self.sync, label or self.endpoint.name, chunk_id, attempt, items, size, status,
+                       round(latency_s * 1000, 3), error)
+        )
+
+
+class ItemContext:
+    """What a multi-step ``deliver_item`` works with: the payload, saved progress, and a retrying ``call``.
+
+    ``progress`` is a JSON-able dict persisted with :meth:`save` straight to the ledger, so an item whose
+    run crashes resumes at the step that did not finish (never creating the vendor object twice).
+    """
+
+    def __init__(self, sender: Sender, item: Item, result: ChunkResult, progress: dict[str, Any]) -> None:
+        self.sender = sender
+        self.item = item
+        self.result = result
+        self.progress = progress
+        self.current_step: str | None = None
+        self.payload: dict[str, Any] = json.loads(item.payload)
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        step: str,
+        json_body: Any = None,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        absolute_url: str | None = None,
+        limited: bool = True,
+    ) -> HttpResponse:
+        """One step's request (retried like any other). Any 4xx other than 401/403/429 is returned."""
+        self.current_step = step
+        if os.environ.get(CRASH_STEP_ENV) == step:
+            os._exit(70)
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+        return self.sender.call(
+            method, path, body, result=self.result, chunk_id=self.item.idem_key[:16], items=1,
+            headers=headers, absolute_url=absolute_url, passthrough_4xx=True, limited=limited,
+            label=f"{self.sender.endpoint.name}:{step}",
+        )
+
+    def save(self, vendor_id: str | None = None) -> None:
+        if self.sender.progress_store is not None:
+            self.sender.progress_store.set_progress(self.item.idem_key, json.dumps(self.progress), vendor_id)
+
+    def done(self, step: str) -> bool:
+        return bool(self.progress.get(step))

@@ -1,0 +1,25 @@
+"""Errors a user can act on. Messages name the file and field, and never carry a secret."""
+
+from __future__ import annotations
+
+
+class SynclineError(Exception):
+    """Base class for errors syncline reports to a person."""
+
+
+class ConfigError(SynclineError):
+    """A sync file, model or setting is wrong. Names the file and the field so it can be fixed."""
+
+    def __init__(self, file: str, field: str, message: str) -> None:
+        self.file = file
+        self.field = field
+        self.message = message
+        super().__init__(f"{file}: {field}: {message}")
+
+
+class SyncStopped(SynclineError):
+    """Delivery stopped for a reason retrying cannot fix (bad credentials, wrong base URL)."""
+
+
+class AuthError(SyncStopped):
+    """The vendor refused the credential (401/403). Never retried: the key must be fixed first."""

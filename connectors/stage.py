@@ -1,0 +1,169 @@
+"""Extract and transform: warehouse window -> extract Parquet -> payload Parquet.
+
+Both steps are DuckDB (or ADBC for Postgres) streaming into Parquet files under
+``$SYNCLINE_HOME/staging/<sync>/<window>/``. Files, not a shared DuckDB database, sit between the steps, so
+parallel Dagster steps in separate processes never contend for a DuckDB write lock; the warehouse itself
+is only ever opened read-only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+
+from connectors import settings
+from connectors.engine.payload import PayloadBuilder, describe, quote_ident, quote_literal
+from connectors.errors import ConfigError, SynclineError
+from connectors.spec import SyncSpec, expand_path
+
+ROW_GROUP_SIZE = 50_000
+
+
+@dataclass(frozen=True)
+class Window:
+    """A half-open cursor window [start, end) in UTC; ``None`` on both ends means the whole source."""
+
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+
+    @classmethod
+    def days(cls, first: dt.date, last: dt.date) -> Window:
+        """Daily partitions ``first``..``last`` inclusive."""
+        start = dt.datetime.combine(first, dt.time(), tzinfo=dt.UTC)
+        end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+        return cls(start, end)
+
+    @property
+    def label(self) -> str:
+        if self.start is None and self.end is None:
+            return "all"
+        first = self.start.date().isoformat() if self.start else "start"
+        last = (self.end - dt.timedelta(days=1)).date().isoformat() if self.end else "end"
+        return first if first == last else f"{first}..{last}"
+
+
+def _connect(database: str = ":memory:", read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(database, read_only=read_only)
+    con.execute("SET TimeZone = 'UTC'")
+    threads = os.environ.get("SYNCLINE_DUCKDB_THREADS")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    return con
+
+
+def staging_path(spec: SyncSpec, window: Window, run_id: str) -> Path:
+    safe = re.sub(r"[^0-9A-Za-z_.-]", "_", f"{window.label}-{run_id}")
+    path = settings.staging_dir() / spec.name / safe
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _source_select(spec: SyncSpec) -> str:
+    src = spec.source
+    if src.table:
+        return f"SELECT * FROM {src.table}"
+    if src.query:
+        return f"SELECT * FROM ({src.query}) AS q"
+    assert src.parquet
+    glob = expand_path(src.parquet, settings.home())
+    return f"SELECT * FROM read_parquet({quote_literal(glob)}, union_by_name = true)"
+
+
+def _key_expr(spec: SyncSpec) -> str:
+    keys = spec.source.key
+    if len(keys) == 1:
+        return f"CAST({quote_ident(keys[0])} AS VARCHAR)"
+    # A composite key is NULL when any part is NULL, so such a row is rejected, not merged.
+    parts = " || '|' || ".join(f"CAST({quote_ident(k)} AS VARCHAR)" for k in keys)
+    return f"({parts})"
+
+
+def _window_filter(spec: SyncSpec, window: Window, placeholder: str = "?") -> tuple[str, list[object]]:
+    if spec.source.cursor is None or (window.start is None and window.end is None):
+        return "", []
+    cursor = quote_ident(spec.source.cursor)
+    clauses, params = [], []
+    if window.start is not None:
+        clauses.append(f"{cursor} >= {placeholder}")
+        params.append(window.start)
+    if window.end is not None:
+        clauses.append(f"{cursor} < {placeholder}")
+        params.append(window.end)
+    return " WHERE " + " AND ".join(clauses), params
+
+
+def extract(spec: SyncSpec, window: Window, out_dir: Path) -> tuple[Path, int]:
+    """Copy the source rows of ``window`` to ``extract.parquet``, adding ``_key`` and ``_cursor``."""
+    out = out_dir / "extract.parquet"
+    if spec.source.warehouse == "postgres":
+        from connectors.postgres_source import extract_postgres
+
+        return extract_postgres(spec, window, out), pq.ParquetFile(out).metadata.num_rows
+    if spec.source.parquet:
+        con = _connect()
+    else:
+        path = settings.warehouse_path()
+        if not path.exists():
+            raise SynclineError(
+                f"warehouse not found at {path}: run `syncline demo --warehouse-only` or set SYNCLINE_WAREHOUSE"
+            )
+        con = _connect(str(path), read_only=True)
+    where, params = _window_filter(spec, window)
+    cursor = f"{quote_ident(spec.source.cursor)} AS _cursor" if spec.source.cursor else "NULL AS _cursor"
+    query = f"SELECT *, {_key_expr(spec)} AS _key, {cursor} FROM ({_source_select(spec)}) AS s{where}"
+    try:
+        con.execute(
+            f"COPY ({query}) TO {quote_literal(str(out))} (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_SIZE})",
+            params,
+        )
+    except duckdb.Error as exc:
+        raise ConfigError(str(spec.file), "source", f"reading the source failed: {exc}") from None
+    finally:
+        con.close()
+    return out, pq.ParquetFile(out).metadata.num_rows
+
+
+def builder_for(spec: SyncSpec) -> PayloadBuilder:
+    return PayloadBuilder(
+        spec.endpoint,
+        sync_name=spec.name,
+        model_file=str(spec.model_file),
+        keep_nulls=spec.keep_nulls,
+        max_body_bytes=spec.delivery.max_body_bytes,
+    )
+
+
+def open_model(spec: SyncSpec, extract_path: Path) -> tuple[duckdb.DuckDBPyConnection, str]:
+    """A DuckDB connection with ``source`` (the extract) and ``model`` views, and the payload SELECT."""
+    con = _connect()
+    con.execute(f"CREATE VIEW source AS SELECT * FROM read_parquet({quote_literal(str(extract_path))})")
+    try:
+        con.execute(f"CREATE VIEW model AS {spec.model_sql}")
+        columns = describe(con, "model")
+    except duckdb.Error as exc:
+        con.close()
+        raise ConfigError(str(spec.model_file), "(sql)", f"the model does not run: {exc}") from None
+    return con, builder_for(spec).sql("model", columns)
+
+
+def transform(spec: SyncSpec, extract_path: Path, out_dir: Path) -> tuple[Path, int, int]:
+    """Render payloads to ``payloads.parquet``; returns (path, rows, rows with a reject reason)."""
+    out = out_dir / "payloads.parquet"
+    con, select = open_model(spec, extract_path)
+    try:
+        con.execute(f"COPY ({select}) TO {quote_literal(str(out))} (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
+        row = con.execute(
+            f"SELECT count(*), count(reject_reason) FROM read_parquet({quote_literal(str(out))})"
+        ).fetchone()
+    except duckdb.Error as exc:
+        raise ConfigError(str(spec.model_file), "(sql)", f"rendering payloads failed: {exc}") from None
+    finally:
+        con.close()
+    assert row is not None
+    return out, int(row[0]), int(row[1])

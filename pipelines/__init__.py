@@ -1,0 +1,1 @@
+"""syncline's Dagster code location, CLI, packaged sync files and the sample warehouse."""

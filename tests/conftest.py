@@ -1,0 +1,87 @@
+"""Shared fixtures: an isolated SYNCLINE_HOME per test, one real-HTTP sandbox per session, sync-file helpers."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from connectors.sandbox import Sandbox
+from connectors.spec import SyncSpec, load_sync_file
+
+# Fast retries for tests; a sync file may still override any of these.
+FAST_DELIVERY = {"backoff_base": 0.01, "backoff_cap": 0.05, "max_retry_after": 5}
+
+_ENV_PREFIXES = ("SYNCLINE_", "TRUBRICS_", "SCREEB_", "STREAMBACK_", "GRADEMYPAGE_", "FLUX_")
+
+
+@pytest.fixture(autouse=True)
+def syncline_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own state folder and an environment with no syncline/vendor variables."""
+    for name in list(os.environ):
+        if name.startswith(_ENV_PREFIXES):
+            monkeypatch.delenv(name)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("SYNCLINE_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def _sandbox_server() -> Iterator[Sandbox]:
+    with Sandbox() as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def sandbox(_sandbox_server: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
+    """The session's sandbox, reset, with every vendor's base URL and sandbox keys in the environment."""
+    _sandbox_server.reset()
+    for name, value in _sandbox_server.env().items():
+        monkeypatch.setenv(name, value)
+    return _sandbox_server
+
+
+@pytest.fixture
+def warehouse(syncline_home: Path) -> Callable[..., Path]:
+    """Run SQL statements into $SYNCLINE_HOME/warehouse.duckdb (schema ``analytics`` exists)."""
+
+    def build(*statements: str) -> Path:
+        path = syncline_home / "warehouse.duckdb"
+        con = duckdb.connect(str(path))
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            con.execute("CREATE SCHEMA IF NOT EXISTS analytics")
+            for statement in statements:
+                con.execute(statement)
+        finally:
+            con.close()
+        return path
+
+    return build
+
+
+@pytest.fixture
+def write_sync(tmp_path: Path) -> Callable[..., SyncSpec]:
+    """Write ``<name>.yaml`` + ``<name>.sql`` into a folder and load it. ``delivery`` defaults to fast retries."""
+    folder = tmp_path / "syncs"
+    folder.mkdir(exist_ok=True)
+
+    def write(name: str, yaml_body: str, sql: str, *, fast: bool = True) -> SyncSpec:
+        body = textwrap.dedent(yaml_body).strip() + "\n"
+        if "model:" not in body:
+            body += f"model: {name}.sql\n"
+        if "name:" not in body:
+            body = f"name: {name}\n" + body
+        if fast and "delivery:" not in body:
+            body += "delivery: {" + ", ".join(f"{k}: {v}" for k, v in FAST_DELIVERY.items()) + "}\n"
+        (folder / f"{name}.yaml").write_text(body)
+        (folder / f"{name}.sql").write_text(textwrap.dedent(sql))
+        return load_sync_file(folder / f"{name}.yaml")
+
+    write.folder = folder  # type: ignore[attr-defined]
+    return write
