@@ -74,6 +74,7 @@ class RunRow:
     bytes_sent: int = 0
     seconds: float = 0.0
     p95_latency_ms: float = 0.0
+    notes: str | None = None  # vendor warnings, e.g. "Screeb counted 99 of 100 events"
 
 
 ITEM_COLUMNS = [f.name for f in fields(ItemRow)]
@@ -94,7 +95,7 @@ SCHEMA = [
         run_id TEXT NOT NULL, sync TEXT NOT NULL, endpoint TEXT NOT NULL, span TEXT, dry_run BOOLEAN,
         status TEXT, error TEXT, source_rows INTEGER, delivered INTEGER, rejected INTEGER, skipped INTEGER,
         in_doubt INTEGER, failed INTEGER, requests INTEGER, retries INTEGER, http_429 INTEGER,
-        bytes_sent BIGINT, seconds REAL, p95_latency_ms REAL, started_at TEXT NOT NULL, finished_at TEXT,
+        bytes_sent BIGINT, seconds REAL, p95_latency_ms REAL, notes TEXT, started_at TEXT NOT NULL, finished_at TEXT,
         PRIMARY KEY (run_id, sync))""",
     "CREATE INDEX IF NOT EXISTS syncline_runs_sync ON syncline_runs (sync, started_at)",
 ]

@@ -18,7 +18,7 @@ from connectors.engine.endpoint import Endpoint, Vendor
 from connectors.engine.http import HttpClient
 from connectors.engine.ratelimit import NoLimit, RateLimiter, credential_scope
 from connectors.engine.retry import Backoff
-from connectors.engine.sender import SendPolicy, Sender
+from connectors.engine.sender import Sender, SendPolicy
 from connectors.errors import SynclineError
 from connectors.ledger import Ledger, RunRow, open_ledger
 from connectors.spec import SyncSpec

@@ -204,6 +204,11 @@ def load_sync_file(path: Path) -> SyncSpec:
             f"unknown endpoint {dest.get('endpoint')!r} for {vendor.name} (known: {', '.join(vendor.endpoints)})",
         )
     options = _expect(dest.get("options") or {}, dict, file, "destination.options", "a mapping")
+    try:
+        endpoint = endpoint.configure(options)
+    except ValueError as exc:
+        option, _, message = str(exc).partition(": ")
+        raise ConfigError(file, f"destination.options.{option}", message or str(exc)) from None
 
     model = doc.get("model")
     if not isinstance(model, str) or not model.endswith(".sql"):

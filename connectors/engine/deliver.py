@@ -223,6 +223,13 @@ class Delivery:
 
     def _finish(self, stop: SyncStopped | None) -> RunRow:
         run = self.run
+        if self.sender is not None and self.sender.side_attempts and not self.options.dry_run:
+            self.ledger.write_attempts(self.sender.side_attempts)
+            run.requests += len(self.sender.side_attempts)
+            self.sender.side_attempts = []
+        if self.warnings:
+            distinct = list(dict.fromkeys(self.warnings))
+            run.notes = "; ".join(distinct[:10]) + (f" (+{len(distinct) - 10} more)" if len(distinct) > 10 else "")
         run.seconds = round(time.perf_counter() - self._started, 3)
         if len(self.latencies) >= 2:
             run.p95_latency_ms = round(statistics.quantiles(self.latencies, n=20)[-1], 3)

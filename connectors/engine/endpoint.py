@@ -133,9 +133,19 @@ class Endpoint:
         """Bytes the body adds around the items (for byte-based chunking). Override with ``encode``."""
         return 2
 
-    def parse(self, response: HttpResponse, count: int) -> BatchOutcome:
-        """Interpret a 2xx response. Default: every item accepted, no vendor ids."""
-        return BatchOutcome(accepted=dict.fromkeys(range(count)))
+    def parse(self, response: HttpResponse, items: Sequence[bytes]) -> BatchOutcome:
+        """Interpret a 2xx response to a request carrying ``items``. Default: all accepted, no vendor ids."""
+        return BatchOutcome(accepted=dict.fromkeys(range(len(items))))
+
+    def configure(self, options: Mapping[str, Any]) -> Endpoint:
+        """Apply a sync's ``destination.options`` (e.g. Screeb ``anonymous_users``); return the endpoint to use.
+
+        Raise ``ValueError("<option>: <what is wrong>")`` for a bad option; the loader turns it into a
+        ConfigError naming the sync file and ``destination.options.<option>``. Default: no options.
+        """
+        if options:
+            raise ValueError(f"{next(iter(options))}: {self.qualified_name} takes no options")
+        return self
 
     def error_reason(self, response: HttpResponse) -> str:
         """A short human-readable reason from an error response body."""
@@ -151,8 +161,14 @@ class Endpoint:
         once through ``ctx.call`` (``ctx`` is the run's Sender). Returns a reason to reject, or None."""
         return None
 
-    def reconcile(self, ctx: Any, window_start: str | None, window_end: str | None, delivered: int) -> dict[str, Any]:
-        """Optional read-back: compare what the vendor holds for a window with the ledger's ``delivered``."""
+    def reconcile(
+        self, ctx: Any, *, sync: str, window_start: str | None, window_end: str | None, delivered: int
+    ) -> dict[str, Any]:
+        """Optional read-back: what the vendor holds for the sync's window vs the ledger's ``delivered`` count.
+
+        ``ctx`` is a Sender (use ``ctx.request_once``). Return at least ``{"vendor_count", "ledger_count",
+        "difference", "matches"}`` plus anything that explains a difference.
+        """
         raise NotImplementedError(f"{self.qualified_name} has no read API to reconcile against")
 
     @property

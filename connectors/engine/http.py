@@ -94,7 +94,7 @@ class HttpClient:
                     sent = False
                     continue
                 raise TransportError(f"connection dropped: {exc.__class__.__name__}", maybe_sent=sent) from None
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 self._drop()
                 raise TransportError(f"no answer within {self.timeout:g}s", maybe_sent=sent) from None
             except (ConnectionRefusedError, socket.gaierror) as exc:

@@ -129,6 +129,7 @@ class Sender:
         self.progress_store = progress_store
         self.single = single
         self.headers = endpoint.headers(self.credentials)
+        self.side_attempts: list[AttemptRow] = []
         self._rng = random.Random()
 
     # -- the one retrying call everything goes through ---------------------------------------------------
@@ -205,6 +206,30 @@ class Sender:
             )
         raise GiveUp(reason, maybe_sent)
 
+    def request_once(
+        self,
+        method: str,
+        path: str,
+        *,
+        label: str,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        limited: bool = False,
+    ) -> HttpResponse:
+        """A side request (a lookup, a read-back) with the usual retries; any non-auth 4xx is returned.
+
+        ``headers`` defaults to none at all: a lookup never carries the endpoint's credential unless the
+        caller passes it. Its attempts are kept in ``side_attempts`` for the run log.
+        """
+        result = ChunkResult(Chunk("side", []))
+        try:
+            return self.call(
+                method, path, body, result=result, chunk_id="side", items=0, headers=headers or {},
+                passthrough_4xx=True, limited=limited, label=label,
+            )
+        finally:
+            self.side_attempts += result.attempts
+
     # -- chunks ---------------------------------------------------------------------------------------------
     def send_chunk(self, chunk: Chunk) -> ChunkResult:
         result = ChunkResult(chunk)
@@ -252,7 +277,7 @@ class Sender:
                     result.failed[item.idem_key] = f"not delivered: {stop}"
                 return
             if 200 <= response.status < 300:
-                outcome = endpoint.parse(response, len(part))
+                outcome = endpoint.parse(response, [i.payload for i in part])
                 result.warnings += outcome.warnings
                 for index, item in enumerate(part):
                     if index in outcome.rejected:

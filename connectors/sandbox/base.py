@@ -172,6 +172,11 @@ class Emulator:
     def reset_state(self) -> None:
         """Clear vendor-specific state (stored feedback, uploads...)."""
 
+    def control(self, action: str, args: dict[str, Any]) -> Any:
+        """Vendor-specific test controls (e.g. Flux ``drop_events``), reachable over HTTP at
+        ``POST /_sandbox/control {"vendor", "action", "args"}``. Return something JSON-able."""
+        raise ValueError(f"{self.vendor} emulator has no control action {action!r}")
+
     # -- dispatch --------------------------------------------------------------------------------------------
     def dispatch(self, request: Request) -> Response:
         for route in self._routes:

@@ -6,10 +6,12 @@ foreground. Control endpoints under ``/_sandbox`` let another process set faults
 - ``POST /_sandbox/faults``  ``{"vendor", "endpoint", "mode", "count", "after", "retry_after", "delay", "match"}``
 - ``DELETE /_sandbox/faults`` clears them; ``POST /_sandbox/reset`` clears everything
 - ``GET /_sandbox/records?vendor=&endpoint=`` items accepted; ``GET /_sandbox/stats`` per-endpoint counters
+- ``POST /_sandbox/control`` ``{"vendor", "action", "args"}``: an emulator's own test controls
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -51,10 +53,8 @@ class _Handler(BaseHTTPRequestHandler):
             response = self.server.sandbox.handle(self.command, parts.path, parse_query(parts.query), headers, body)
         except Drop:
             self.close_connection = True
-            try:
+            with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             return
         payload = response.encoded()
         self.send_response(response.status)
@@ -181,6 +181,11 @@ class Sandbox:
             if path == "/records" and method == "GET":
                 vendor, endpoint = query["vendor"][0], query["endpoint"][0]
                 return Response(200, {"items": self.records(vendor, endpoint)})
+            if path == "/control" and method == "POST":
+                spec = json.loads(body or b"{}")
+                emulator = self.emulators[spec["vendor"]]
+                with emulator.lock:
+                    return Response(200, {"result": emulator.control(spec["action"], spec.get("args") or {})})
             if path == "/stats" and method == "GET":
                 return Response(200, self.stats())
         except (KeyError, TypeError, ValueError) as exc:
