@@ -116,6 +116,7 @@ class Endpoint:
     rate: Rate | None = None
     credential: str = "api_key"  # which credential authenticates (and scopes the rate limit)
     description: str = ""
+    idempotency_field: str | None = None  # vendor-native dedup field: the engine fills in the idem key
     steps: bool = False  # multi-step items: the engine calls deliver_item() for each item
     single: Endpoint | None = None  # a single-item sibling used for chunks smaller than single_below
     single_below: int = 0

@@ -270,8 +270,15 @@ class PayloadBuilder:
             "row_number() OVER (PARTITION BY CAST(_key AS VARCHAR) ORDER BY _cursor DESC NULLS LAST) AS _dup "
             f"FROM ({base})"
         )
-        payload = "'{' || concat_ws(','" + "".join(", " + p for p in pieces) + ") || '}'"
         scope = quote_literal(f"{self.sync_name}\x1f{self.endpoint.name}\x1f")
+        if self.endpoint.idempotency_field:
+            # The vendor dedups natively: send the ledger's idempotency key in the named field.
+            label = quote_literal(_json_string(self.endpoint.idempotency_field) + ":")
+            pieces.append(
+                f"CASE WHEN _key IS NULL OR _dup > 1 THEN NULL "
+                f"ELSE {label} || to_json(substr(sha256({scope} || _key), 1, 32)) END"
+            )
+        payload = "'{' || concat_ws(','" + "".join(", " + p for p in pieces) + ") || '}'"
         overhead = self.endpoint.envelope_bytes()
         limit = self.max_body_bytes - overhead
         return f"""
