@@ -215,6 +215,23 @@ class Ledger:
             counts[state] = int(n)
         return counts
 
+    def delivered_in_window(self, sync: str, start: dt.datetime | None, end: dt.datetime | None) -> int:
+        """Delivered items of ``sync`` whose source cursor falls in [start, end) (all of them without bounds)."""
+        where, params = "sync = ? AND state = 'delivered'", [sync]
+        rows = self._query(f"SELECT cursor FROM syncline_items WHERE {where}", params)
+        if start is None and end is None:
+            return len(rows)
+        count = 0
+        for (cursor,) in rows:
+            if cursor is None:
+                continue
+            at = dt.datetime.fromisoformat(cursor)
+            if at.tzinfo is None:
+                at = at.replace(tzinfo=dt.UTC)
+            if (start is None or at >= start) and (end is None or at < end):
+                count += 1
+        return count
+
     def items(self, sync: str, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         where, params = "sync = ?", [sync]
         if state:

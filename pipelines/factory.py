@@ -1,0 +1,239 @@
+"""Asset factory: one sync file -> extract / payloads / delivered assets, checks, job and schedule.
+
+The three assets are one ``multi_asset`` step (subsettable): the staging Parquet files between them never
+have to travel between processes or machines, while the UI still shows each stage with its own metadata.
+Materializing only ``extract`` and ``payloads`` is a preview: nothing is sent.
+"""
+
+
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+from dagster import AssetCheckExecutionContext, AssetExecutionContext, ScheduleEvaluationContext
+
+from connectors import runner, stage
+from connectors.errors import SyncStopped
+from connectors.ledger import Ledger, RunRow
+from connectors.spec import SyncSpec
+from pipelines.resources import SynclineResource, resource_key
+
+PREVIEW_ROWS = 3
+
+
+def partitions_for(spec: SyncSpec) -> dg.DailyPartitionsDefinition | None:
+    if spec.partition_start is None:
+        return None
+    # end_offset=1: today's partition exists, so an hourly schedule can deliver today's rows as they land.
+    return dg.DailyPartitionsDefinition(start_date=spec.partition_start.isoformat(), timezone="UTC", end_offset=1)
+
+
+def window_for(context: dg.AssetExecutionContext, spec: SyncSpec) -> stage.Window:
+    if not spec.partitioned:
+        return stage.Window()
+    keys = context.partition_key_range
+    return stage.Window.days(dt.date.fromisoformat(keys.start), dt.date.fromisoformat(keys.end))
+
+
+def pool_for(spec: SyncSpec) -> str:
+    """Concurrency pool per vendor credential: runs sharing a key queue for the same slots."""
+    return f"syncline_{spec.vendor.name}_{spec.endpoint.credential}"
+
+
+def run_metadata(run: RunRow) -> dict[str, Any]:
+    """Numeric metadata under stable keys, so the asset page plots trends across runs."""
+    rate = run.delivered / run.seconds if run.seconds else 0.0
+    return {
+        "items_delivered": dg.MetadataValue.int(run.delivered),
+        "items_rejected": dg.MetadataValue.int(run.rejected),
+        "items_skipped": dg.MetadataValue.int(run.skipped),
+        "items_in_doubt": dg.MetadataValue.int(run.in_doubt),
+        "items_failed": dg.MetadataValue.int(run.failed),
+        "source_rows": dg.MetadataValue.int(run.source_rows),
+        "requests": dg.MetadataValue.int(run.requests),
+        "retries": dg.MetadataValue.int(run.retries),
+        "http_429": dg.MetadataValue.int(run.http_429),
+        "events_per_s": dg.MetadataValue.float(round(rate, 2)),
+        "p95_latency_ms": dg.MetadataValue.float(float(run.p95_latency_ms)),
+        "bytes_sent": dg.MetadataValue.int(run.bytes_sent),
+        "seconds": dg.MetadataValue.float(float(run.seconds)),
+        "ledger_run_id": dg.MetadataValue.text(run.run_id),
+        "status": dg.MetadataValue.text(run.status),
+    }
+
+
+def reasons_table(ledger: Ledger, sync: str) -> dg.MetadataValue:
+    rows = ledger.rejection_reasons(sync, limit=15)
+    if not rows:
+        return dg.MetadataValue.md("No rejected rows.")
+    lines = ["| rejected rows | reason |", "|---:|---|"]
+    lines += [f"| {n} | {reason.replace('|', '/')[:200]} |" for reason, n in rows]
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class SyncDefinitions:
+    assets: dg.AssetsDefinition
+    checks: Sequence[dg.AssetChecksDefinition]
+    job: Any
+    schedule: dg.ScheduleDefinition | None
+
+
+def build_sync(spec: SyncSpec) -> SyncDefinitions:
+    name = spec.name
+    partitions = partitions_for(spec)
+    vendor_key = resource_key(spec.vendor)
+    extract_key = dg.AssetKey([name, "extract"])
+    payloads_key = dg.AssetKey([name, "payloads"])
+    delivered_key = dg.AssetKey([name, "delivered"])
+    source_desc = spec.source.table or spec.source.parquet or "query"
+    specs = [
+        dg.AssetSpec(extract_key, description=f"Rows of {source_desc} in the partition's cursor window.",
+                     kinds={"duckdb"}, skippable=True),
+        dg.AssetSpec(payloads_key, deps=[extract_key], kinds={"duckdb"}, skippable=True,
+                     description=f"{spec.endpoint.qualified_name} payloads rendered by {spec.model_file.name}."),
+        dg.AssetSpec(delivered_key, deps=[payloads_key], kinds={spec.vendor.name}, skippable=True,
+                     description=f"Items delivered to {spec.vendor.title} {spec.endpoint.path} (ledger-backed).",
+                     metadata={"sync_file": str(spec.file), "mode": spec.mode}),
+    ]
+
+    @dg.multi_asset(
+        name=f"{name}__sync",
+        specs=specs,
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run() if partitions else None,
+        can_subset=True,
+        group_name=name,
+        required_resource_keys={"syncline", vendor_key},
+        pool=pool_for(spec),
+        description=spec.description or None,
+    )
+    def _sync(context: AssetExecutionContext) -> Iterator[dg.MaterializeResult]:
+        syncline: SynclineResource = context.resources.syncline
+        vendor_res = getattr(context.resources, vendor_key)
+        window = window_for(context, spec)
+        selected = context.selected_asset_keys
+        out_dir = stage.staging_path(spec, window, context.run_id)
+        extract_path, extracted = stage.extract(spec, window, out_dir)
+        if extract_key in selected:
+            yield dg.MaterializeResult(asset_key=extract_key, metadata={
+                "rows": dg.MetadataValue.int(extracted), "window": dg.MetadataValue.text(window.label)})
+        if not selected & {payloads_key, delivered_key}:
+            return
+        payload_path, rows, rejected = stage.transform(spec, extract_path, out_dir)
+        if payloads_key in selected:
+            yield dg.MaterializeResult(asset_key=payloads_key, metadata={
+                "rows": dg.MetadataValue.int(rows),
+                "rows_failing_validation": dg.MetadataValue.int(rejected),
+                "preview": dg.MetadataValue.json(_preview(payload_path)),
+            })
+        if delivered_key not in selected:
+            return
+        ledger = syncline.open_ledger()
+        try:
+            run = runner.deliver_file(
+                spec, payload_path, run_id=context.run_id, span=window.label, ledger=ledger,
+                credentials=vendor_res.credentials(), base_url=vendor_res.base_url,
+                on_progress=_progress_logger(context),
+            )
+            metadata = run_metadata(run)
+            metadata["rejection_reasons"] = reasons_table(ledger, name)
+        finally:
+            ledger.close()
+        if run.notes:
+            context.log.warning(f"{name}: {run.notes}")
+        if run.status == "stopped":
+            raise dg.Failure(description=run.error or "sync stopped", metadata=metadata)
+        yield dg.MaterializeResult(asset_key=delivered_key, metadata=metadata)
+
+    checks = _checks(spec, delivered_key)
+    job = dg.define_asset_job(
+        f"{name}_job",
+        selection=dg.AssetSelection.assets(extract_key, payloads_key, delivered_key),
+        partitions_def=partitions,
+        description=f"Deliver {name} ({spec.endpoint.qualified_name}).",
+    )
+    return SyncDefinitions(_sync, checks, job, _schedule(spec, job))
+
+
+def _preview(payload_path: Any) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    table = pq.ParquetFile(payload_path).read_row_group(0) if pq.ParquetFile(payload_path).num_row_groups else None
+    if table is None:
+        return []
+    rows = table.slice(0, PREVIEW_ROWS).select(["_key", "payload", "reject_reason"]).to_pylist()
+    return [{k: v for k, v in r.items() if v is not None} for r in rows]
+
+
+def _progress_logger(context: dg.AssetExecutionContext) -> Any:
+    last = {"logged": 0}
+
+    def log(run: RunRow) -> None:
+        done = run.delivered + run.rejected + run.in_doubt + run.failed
+        if done - last["logged"] >= 10_000:
+            last["logged"] = done
+            context.log.info(f"{run.sync}: {run.delivered} delivered, {run.rejected} rejected so far")
+
+    return log
+
+
+def _checks(spec: SyncSpec, delivered_key: dg.AssetKey) -> list[dg.AssetChecksDefinition]:
+    name = spec.name
+
+    @dg.asset_check(asset=delivered_key, name="no_items_in_doubt_or_failed", required_resource_keys={"syncline"},
+                    description="Every item the ledger knows is delivered or rejected; none waits in doubt or failed.")
+    def settled(context: AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        ledger = context.resources.syncline.open_ledger()
+        try:
+            counts = ledger.counts(name)
+            pending = ledger.items(name, state="in_doubt", limit=5) + ledger.items(name, state="failed", limit=5)
+        finally:
+            ledger.close()
+        passed = counts["in_doubt"] == 0 and counts["failed"] == 0
+        return dg.AssetCheckResult(passed=passed, metadata={
+            **{f"items_{k}": dg.MetadataValue.int(v) for k, v in counts.items()},
+            "examples": dg.MetadataValue.md("\n".join(f"- `{p['source_key']}` {p['state']}: {p['reason']}" for p in pending) or "none"),
+        })
+
+    @dg.asset_check(asset=delivered_key, name="rejected_share_under_threshold", required_resource_keys={"syncline"},
+                    description=f"Rejected rows stay under {spec.max_rejected_share:.1%} of all rows (checks.max_rejected_share).")
+    def rejected_share(context: AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        ledger = context.resources.syncline.open_ledger()
+        try:
+            counts = ledger.counts(name)
+            reasons = reasons_table(ledger, name)
+        finally:
+            ledger.close()
+        total = sum(counts.values())
+        share = counts["rejected"] / total if total else 0.0
+        return dg.AssetCheckResult(passed=share <= spec.max_rejected_share, metadata={
+            "rejected_share": dg.MetadataValue.float(round(share, 5)),
+            "threshold": dg.MetadataValue.float(spec.max_rejected_share),
+            "rejection_reasons": reasons,
+        })
+
+    return [settled, rejected_share]
+
+
+def _schedule(spec: SyncSpec, job: Any) -> dg.ScheduleDefinition | None:
+    if not spec.schedule:
+        return None
+    if not spec.partitioned:
+        return dg.ScheduleDefinition(name=f"{spec.name}_schedule", cron_schedule=spec.schedule, job=job,
+                                     execution_timezone="UTC")
+
+    @dg.schedule(name=f"{spec.name}_schedule", cron_schedule=spec.schedule, job=job, execution_timezone="UTC",
+                 description="Delivers the current UTC day's partition (append mode skips what was delivered).")
+    def _today(context: ScheduleEvaluationContext) -> dg.RunRequest:
+        when = context.scheduled_execution_time or dt.datetime.now(dt.UTC)
+        day = when.astimezone(dt.UTC).date().isoformat()
+        return dg.RunRequest(run_key=f"{spec.name}:{when.isoformat()}", partition_key=day)
+
+    return _today
+
+
+def stop_message(exc: SyncStopped) -> str:
+    return str(exc)
