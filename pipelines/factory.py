@@ -115,7 +115,7 @@ def build_sync(spec: SyncSpec) -> SyncDefinitions:
         vendor_res = getattr(context.resources, vendor_key)
         window = window_for(context, spec)
         selected = context.selected_asset_keys
-        out_dir = stage.staging_path(spec, window, context.run_id)
+        out_dir = stage.staging_path(spec, window, context.run.run_id)
         extract_path, extracted = stage.extract(spec, window, out_dir)
         if extract_key in selected:
             yield dg.MaterializeResult(asset_key=extract_key, metadata={
@@ -134,7 +134,7 @@ def build_sync(spec: SyncSpec) -> SyncDefinitions:
         ledger = syncline.open_ledger()
         try:
             run = runner.deliver_file(
-                spec, payload_path, run_id=context.run_id, span=window.label, ledger=ledger,
+                spec, payload_path, run_id=context.run.run_id, span=window.label, ledger=ledger,
                 credentials=vendor_res.credentials(), base_url=vendor_res.base_url,
                 on_progress=_progress_logger(context),
             )
@@ -152,7 +152,6 @@ def build_sync(spec: SyncSpec) -> SyncDefinitions:
     job = dg.define_asset_job(
         f"{name}_job",
         selection=dg.AssetSelection.assets(extract_key, payloads_key, delivered_key),
-        partitions_def=partitions,
         description=f"Deliver {name} ({spec.endpoint.qualified_name}).",
     )
     return SyncDefinitions(_sync, checks, job, _schedule(spec, job))

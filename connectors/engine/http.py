@@ -76,34 +76,26 @@ class HttpClient:
         all_headers.update(headers or {})
         started = time.perf_counter()
         sent = False
-        for fresh in (False, True):
-            conn = self._connection()
-            try:
-                conn.request(method, self.prefix + path, body=body, headers=all_headers)
-                sent = True
-                resp = conn.getresponse()
-                data = resp.read()
-                latency = time.perf_counter() - started
-                if resp.getheader("Connection", "").lower() == "close":
-                    self._drop()
-                return HttpResponse(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data, latency)
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-                self._drop()
-                # A kept-alive connection the server closed while idle: the request never got in. Reopen once.
-                if not fresh and isinstance(exc, http.client.RemoteDisconnected | BrokenPipeError):
-                    sent = False
-                    continue
-                raise TransportError(f"connection dropped: {exc.__class__.__name__}", maybe_sent=sent) from None
-            except TimeoutError:
-                self._drop()
-                raise TransportError(f"no answer within {self.timeout:g}s", maybe_sent=sent) from None
-            except (ConnectionRefusedError, socket.gaierror) as exc:
-                self._drop()
-                raise TransportError(f"cannot connect to {self.host}: {exc.__class__.__name__}", maybe_sent=False) from None
-            except (OSError, http.client.HTTPException) as exc:
-                self._drop()
-                raise TransportError(f"HTTP error: {exc.__class__.__name__}", maybe_sent=sent) from None
-        raise TransportError("connection dropped twice", maybe_sent=sent)
+        conn = self._connection()
+        try:
+            conn.request(method, self.prefix + path, body=body, headers=all_headers)
+            sent = True
+            resp = conn.getresponse()
+            data = resp.read()
+        except (TimeoutError, socket.timeout):
+            self._drop()
+            raise TransportError(f"no answer within {self.timeout:g}s", maybe_sent=sent) from None
+        except (ConnectionRefusedError, socket.gaierror) as exc:
+            self._drop()
+            raise TransportError(f"cannot connect to {self.host}: {exc.__class__.__name__}", maybe_sent=False) from None
+        except (OSError, http.client.HTTPException) as exc:
+            # Includes a kept-alive connection the server closed: retried by the caller like any drop.
+            # After the request went out we cannot know whether the vendor stored it: maybe_sent.
+            self._drop()
+            raise TransportError(f"connection dropped: {exc.__class__.__name__}", maybe_sent=sent) from None
+        if resp.getheader("Connection", "").lower() == "close":
+            self._drop()
+        return HttpResponse(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data, time.perf_counter() - started)
 
     def _absolute(
         self, method: str, url: str, body: bytes | None, headers: Mapping[str, str] | None

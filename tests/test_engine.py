@@ -1,0 +1,198 @@
+"""The delivery engine over real HTTP: chunking, retries, Retry-After, in-doubt handling, crash recovery."""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from connectors.engine.deliver import ChunkLimits, chunk_items
+from connectors.engine.retry import Backoff, parse_retry_after
+from connectors.engine.sender import Item
+from connectors.ledger import open_ledger
+from connectors.runner import run_sync
+from connectors.sandbox import Fault
+
+EVENTS = """
+    CREATE TABLE analytics.events AS
+    SELECT 'e' || lpad(i::VARCHAR, 5, '0') AS event_id, 'u' || i AS user_id, 'Signed up' AS event_name,
+           TIMESTAMPTZ '2026-06-01 00:00:00+00' + i * INTERVAL 1 MINUTE AS occurred_at,
+           repeat('x', {pad}) AS padding
+    FROM range({n}) t(i)
+"""
+SYNC = """
+    source: {{table: analytics.events, key: event_id, cursor: occurred_at}}
+    destination: {{vendor: trubrics, endpoint: publish_events}}
+    partitions: {{daily: {{start: 2026-06-01}}}}
+    {extra}
+"""
+SQL = "SELECT _key, user_id, event_name AS event, occurred_at AS timestamp, {'pad': padding} AS properties FROM source"
+
+
+def items(*sizes: int) -> list[Item]:
+    return [Item(f"k{i}", f"s{i}", "h", b"x" * size) for i, size in enumerate(sizes)]
+
+
+def test_chunking_by_item_count():
+    chunks = list(chunk_items(iter(items(*[10] * 250)), ChunkLimits(max_items=100, max_body_bytes=10**6, envelope_bytes=2)))
+    assert [len(c) for c in chunks] == [100, 100, 50]
+
+
+def test_chunking_by_bytes_counts_envelope_and_separators():
+    # Body = 2 (brackets) + 3*30 + 2 commas = 94 bytes fits 94; a 4th item would not.
+    limits = ChunkLimits(max_items=100, max_body_bytes=94, envelope_bytes=2)
+    chunks = list(chunk_items(iter(items(*[30] * 7)), limits))
+    assert [len(c) for c in chunks] == [3, 3, 1]
+    for chunk in chunks:
+        body = b"[" + b",".join(i.payload for i in chunk) + b"]"
+        assert len(body) <= 94
+
+
+def test_chunking_never_yields_an_empty_chunk():
+    assert list(chunk_items(iter([]), ChunkLimits(100, 1000, 2))) == []
+
+
+def test_retry_after_parses_seconds_and_http_date():
+    now = time.time()
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("0.5") == 0.5
+    date = email.utils.formatdate(now + 30, usegmt=True)
+    assert 28 <= parse_retry_after(date, now=now) <= 31  # type: ignore[operator]
+    assert parse_retry_after(email.utils.formatdate(now - 60, usegmt=True), now=now) == 0.0
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+def test_backoff_is_capped_exponential_with_jitter():
+    backoff = Backoff(base=1.0, cap=8.0)
+    for attempt, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (9, 8.0)]:
+        delays = [backoff.delay(attempt) for _ in range(200)]
+        assert max(delays) <= ceiling and min(delays) >= 0
+        assert len(set(delays)) > 100  # jittered, not a fixed sleep
+
+
+@pytest.mark.parametrize("mode", ["429", "429_date"])
+def test_429_honours_retry_after_in_both_forms(sandbox, warehouse, write_sync, mode):
+    warehouse(EVENTS.format(n=150, pad=1))
+    spec = write_sync("ev", SYNC.format(extra=""), SQL)
+    sandbox.set_fault("trubrics", "publish_events", Fault(mode, count=1, retry_after=1.2))
+
+    started = time.monotonic()
+    run = run_sync(spec)
+    elapsed = time.monotonic() - started
+
+    assert run.delivered == 150 and run.http_429 == 1 and run.retries == 1
+    # The whole credential paused for the Retry-After (an HTTP-date has 1 s resolution, hence the margin).
+    assert elapsed >= 0.2
+    log = sandbox.emulator("trubrics").request_log["publish_events"]
+    first_429_at, next_at = log[0]["at"], log[1]["at"]
+    assert next_at - first_429_at >= (1.0 if mode == "429" else 0.2)
+    assert len(sandbox.records("trubrics", "publish_events")) == 150
+
+
+def test_5xx_backs_off_and_retries_then_delivers_once(sandbox, warehouse, write_sync):
+    warehouse(EVENTS.format(n=100, pad=1))
+    spec = write_sync("ev", SYNC.format(extra=""), SQL)
+    sandbox.set_fault("trubrics", "publish_events", Fault("500", count=3))
+    run = run_sync(spec)
+    assert run.delivered == 100 and run.retries == 3
+    statuses = [a["status"] for a in sorted(open_ledger().attempts(sync="ev"), key=lambda a: a["attempt"])]
+    assert statuses == [500, 500, 500, 200]
+    assert len(sandbox.records("trubrics", "publish_events")) == 100
+
+
+def test_exhausted_5xx_leaves_items_in_doubt_and_a_rerun_resends_them(sandbox, warehouse, write_sync):
+    warehouse(EVENTS.format(n=20, pad=1))
+    spec = write_sync("ev", SYNC.format(extra="delivery: {max_attempts: 2, backoff_base: 0.01}"), SQL)
+    sandbox.set_fault("trubrics", "publish_events", Fault("500", count=2))
+    first = run_sync(spec)
+    assert first.in_doubt == 20 and first.delivered == 0 and first.status == "partial"
+    assert open_ledger().counts("ev")["in_doubt"] == 20
+    second = run_sync(spec)  # default policy: at-least-once, resend in-doubt items
+    assert second.delivered == 20
+    assert open_ledger().counts("ev") == {"delivered": 20, "rejected": 0, "in_doubt": 0, "failed": 0}
+
+
+def test_lost_response_is_in_doubt_and_hold_policy_does_not_resend(sandbox, warehouse, write_sync):
+    warehouse(EVENTS.format(n=10, pad=1))
+    spec = write_sync("ev", SYNC.format(extra="delivery: {max_attempts: 1, in_doubt: hold}"), SQL)
+    sandbox.set_fault("trubrics", "publish_events", Fault("drop_after", count=1))
+    first = run_sync(spec)
+    assert first.in_doubt == 10
+    assert len(sandbox.records("trubrics", "publish_events")) == 10  # it did land: the answer was lost
+    second = run_sync(spec)
+    assert second.in_doubt == 10 and second.delivered == 0
+    assert len(sandbox.records("trubrics", "publish_events")) == 10  # held, not sent twice
+
+
+def test_timeout_is_retried(sandbox, warehouse, write_sync):
+    warehouse(EVENTS.format(n=10, pad=1))
+    spec = write_sync("ev", SYNC.format(extra="delivery: {timeout: 0.3, backoff_base: 0.01}"), SQL)
+    sandbox.set_fault("trubrics", "publish_events", Fault("slow", count=1, delay=1.0))
+    run = run_sync(spec)
+    assert run.delivered == 10 and run.retries == 1
+    errors = [a["error"] for a in open_ledger().attempts(sync="ev") if a["status"] is None]
+    assert errors and "no answer within" in errors[0]
+    # The slow first request still lands after the client gave up: at-least-once, as documented.
+    deadline = time.monotonic() + 5
+    while len(sandbox.records("trubrics", "publish_events")) < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(sandbox.records("trubrics", "publish_events")) == 20
+
+
+def test_unreachable_vendor_leaves_items_failed_not_in_doubt(warehouse, write_sync, monkeypatch):
+    warehouse(EVENTS.format(n=5, pad=1))
+    monkeypatch.setenv("TRUBRICS_BASE_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setenv("TRUBRICS_API_KEY", "k")
+    spec = write_sync("ev", SYNC.format(extra="delivery: {max_attempts: 2, backoff_base: 0.01}"), SQL)
+    run = run_sync(spec)
+    assert run.failed == 5 and run.in_doubt == 0
+    assert "cannot connect" in open_ledger().items("ev", state="failed")[0]["reason"]
+
+
+def test_oversized_item_is_rejected_before_sending(sandbox, warehouse, write_sync):
+    warehouse(EVENTS.format(n=3, pad=5000))
+    spec = write_sync("ev", SYNC.format(extra="delivery: {max_body_bytes: 4000}"), SQL)
+    run = run_sync(spec)
+    assert run.rejected == 3 and run.requests == 0
+    assert "over the 3998-byte request limit" in open_ledger().items("ev", state="rejected")[0]["reason"]
+
+
+def test_partition_window_selects_one_day(sandbox, warehouse, write_sync):
+    import datetime as dt
+
+    from connectors.stage import Window
+
+    warehouse(EVENTS.format(n=3000, pad=1))  # one event a minute: 1440 a day
+    spec = write_sync("ev", SYNC.format(extra=""), SQL)
+    run = run_sync(spec, Window.days(dt.date(2026, 6, 2), dt.date(2026, 6, 2)))
+    assert run.source_rows == 1440 and run.delivered == 1440 and run.span == "2026-06-02"
+
+
+CRASH_SCRIPT = """
+import sys
+from connectors.spec import load_sync_file
+from connectors.runner import run_sync
+run_sync(load_sync_file(__import__('pathlib').Path(sys.argv[1])))
+"""
+
+
+def test_crash_between_chunks_then_rerun_delivers_every_item_exactly_once(sandbox, warehouse, write_sync):
+    warehouse(EVENTS.format(n=1000, pad=1))
+    spec = write_sync("ev", SYNC.format(extra="delivery: {concurrency: 1}"), SQL)
+    env = {**os.environ, "SYNCLINE_CRASH_AFTER_CHUNKS": "4"}
+    crashed = subprocess.run([sys.executable, "-c", CRASH_SCRIPT, str(spec.file)], env=env, cwd=Path(__file__).parent.parent,
+                             capture_output=True, text=True, timeout=120)
+    assert crashed.returncode == 70, crashed.stderr
+    assert len(sandbox.records("trubrics", "publish_events")) == 400
+    assert open_ledger().counts("ev")["delivered"] == 400
+
+    rerun = run_sync(spec)
+
+    assert rerun.skipped == 400 and rerun.delivered == 600
+    received = [r["user_id"] for r in sandbox.records("trubrics", "publish_events")]
+    assert len(received) == 1000 and len(set(received)) == 1000  # every item exactly once, counted at the sandbox
