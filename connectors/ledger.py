@@ -116,6 +116,7 @@ class Ledger:
         self._lock = threading.RLock()
         self.description = description
         with self._write() as cur:
+            self._lock_schema(cur)
             for statement in SCHEMA:
                 cur.execute(statement)
 
@@ -140,6 +141,9 @@ class Ledger:
 
     def _begin(self, cur: Any) -> None:
         """Start a write transaction (SQLite takes the write lock up front to avoid upgrade deadlocks)."""
+
+    def _lock_schema(self, cur: Any) -> None:
+        """Serialize first-time schema creation between processes (Postgres needs it; SQLite's BEGIN IMMEDIATE does it)."""
 
     def _query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -348,9 +352,9 @@ class PostgresLedger(Ledger):
         host = conn.info.host
         super().__init__(conn, f"postgresql://{host}/{conn.info.dbname}")
 
-    def _begin(self, cur: Any) -> None:
-        # Concurrent first-time CREATE TABLE IF NOT EXISTS can race in Postgres; a lock serializes it.
-        cur.execute("SELECT pg_advisory_xact_lock(74218)") if not getattr(self, "_ready", False) else None
+    def _lock_schema(self, cur: Any) -> None:
+        # Concurrent CREATE TABLE IF NOT EXISTS can still collide in Postgres' catalog; serialize it.
+        cur.execute("SELECT pg_advisory_xact_lock(74218)")
 
     def _sql(self, statement: str) -> str:
         return statement.replace("?", "%s")
@@ -362,7 +366,5 @@ def open_ledger(url: str | None = None) -> Ledger:
 
     target = url or settings.ledger_url()
     if target.startswith(("postgresql://", "postgres://")):
-        ledger: Ledger = PostgresLedger(target)
-        ledger._ready = True  # type: ignore[attr-defined]
-        return ledger
+        return PostgresLedger(target)
     return SqliteLedger(Path(target.removeprefix("sqlite:")))

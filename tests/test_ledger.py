@@ -1,0 +1,127 @@
+"""The ledger's contract, run against both stores: embedded SQLite and the real PostgreSQL server."""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from connectors.ledger import AttemptRow, ItemRow, RunRow, open_ledger
+
+PG_URL = os.environ.get("SYNCLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def postgres_ledger_url() -> Iterator[str]:
+    """A fresh schema on the real server; CI must reach it (no silent skip)."""
+    schema = f"syncline_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_URL, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+    yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    with psycopg.connect(PG_URL, autocommit=True) as admin:
+        admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def ledger_url(request, syncline_home) -> str:
+    if request.param == "sqlite":
+        return str(syncline_home / "ledger.sqlite")
+    return request.getfixturevalue("postgres_ledger_url")
+
+
+def item(key: str, state: str, **kw) -> ItemRow:
+    return ItemRow(key, "s", "ep", f"src-{key}", "hash", state, **kw)
+
+
+def test_items_upsert_lookup_and_counts(ledger_url):
+    ledger = open_ledger(ledger_url)
+    ledger.write_items([item("a", "in_doubt"), item("b", "in_doubt"), item("c", "rejected", reason="bad")])
+    ledger.write_items([item("a", "delivered", vendor_id="v1"), item("b", "failed", reason="HTTP 503")])
+    ledger.write_items([item("a", "delivered")])  # a later write without an id keeps the stored one
+    assert ledger.lookup(["a", "b", "zz"]) == {"a": ("delivered", "hash"), "b": ("failed", "hash")}
+    assert ledger.counts("s") == {"delivered": 1, "rejected": 1, "in_doubt": 0, "failed": 1}
+    assert ledger.items("s", state="delivered")[0]["vendor_id"] == "v1"
+    assert ledger.rejection_reasons("s") == [("bad", 1)]
+    ledger.close()
+    reopened = open_ledger(ledger_url)  # durable, and schema creation is idempotent
+    assert reopened.counts("s")["delivered"] == 1
+
+
+def test_lookup_handles_more_keys_than_one_statement(ledger_url):
+    ledger = open_ledger(ledger_url)
+    ledger.write_items([item(f"k{i}", "delivered") for i in range(1234)])
+    assert len(ledger.lookup([f"k{i}" for i in range(0, 2000)])) == 1234
+
+
+def test_progress_is_saved_per_item(ledger_url):
+    ledger = open_ledger(ledger_url)
+    ledger.write_items([item("a", "in_doubt")])
+    ledger.set_progress("a", '{"feedback": "fb_1"}', vendor_id="fb_1")
+    assert ledger.progress(["a"]) == {"a": ('{"feedback": "fb_1"}', "fb_1")}
+
+
+def test_runs_and_attempts_are_logged(ledger_url):
+    ledger = open_ledger(ledger_url)
+    run = RunRow("r1", "s", "ep", "2026-06-01")
+    ledger.start_run(run)
+    ledger.write_attempts([AttemptRow("r1", "s", "ep", "c1", 1, 100, 5000, 429, 3.2, "rate limited")])
+    run.delivered, run.status = 100, "success"
+    ledger.finish_run(run)
+    (logged,) = ledger.runs("s")
+    assert logged["delivered"] == 100 and logged["status"] == "success" and logged["finished_at"]
+    assert ledger.attempts(run_id="r1")[0]["status"] == 429
+
+
+def test_delivered_in_window_uses_the_cursor(ledger_url):
+    ledger = open_ledger(ledger_url)
+    ledger.write_items([item("a", "delivered", cursor="2026-06-01 10:00:00+00:00"),
+                        item("b", "delivered", cursor="2026-06-02 10:00:00+00:00")])
+    start = dt.datetime(2026, 6, 2, tzinfo=dt.UTC)
+    assert ledger.delivered_in_window("s", start, start + dt.timedelta(days=1)) == 1
+    assert ledger.delivered_in_window("s", None, None) == 2
+
+
+def _writer(url: str, worker: int, errors) -> None:  # pragma: no cover - child process
+    try:
+        ledger = open_ledger(url)
+        for chunk in range(20):
+            rows = [item(f"w{worker}-{chunk}-{i}", "in_doubt") for i in range(50)]
+            ledger.write_items(rows)
+            for row in rows:
+                row.state = "delivered"
+            ledger.write_items(rows)
+        ledger.close()
+    except Exception as exc:
+        errors.put(repr(exc))
+
+
+def test_concurrent_writer_processes(ledger_url):
+    ctx = multiprocessing.get_context("spawn")
+    errors = ctx.Queue()
+    workers = [ctx.Process(target=_writer, args=(ledger_url, w, errors)) for w in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert errors.empty(), errors.get()
+    assert open_ledger(ledger_url).counts("s")["delivered"] == 4 * 20 * 50
+
+
+def test_a_sync_runs_on_the_postgres_ledger(sandbox, warehouse, write_sync, postgres_ledger_url, monkeypatch):
+    from connectors.runner import run_sync
+
+    monkeypatch.setenv("SYNCLINE_LEDGER_URL", postgres_ledger_url)
+    warehouse("CREATE TABLE analytics.ev AS SELECT 'e' || i AS id, 'u' || i AS u, now() AS ts FROM range(150) t(i)")
+    spec = write_sync("pgsync", """
+        source: {table: analytics.ev, key: id, cursor: ts}
+        destination: {vendor: trubrics, endpoint: publish_events}
+    """, "SELECT _key, u AS user_id, 'Ping' AS event, ts AS timestamp FROM source")
+    assert run_sync(spec).delivered == 150
+    assert run_sync(spec).skipped == 150
+    assert open_ledger(postgres_ledger_url).counts("pgsync")["delivered"] == 150
+    assert not (os.path.exists(os.path.join(os.environ["SYNCLINE_HOME"], "ledger.sqlite")))
