@@ -51,6 +51,10 @@ class Window:
 def _connect(database: str = ":memory:", read_only: bool = False) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(database, read_only=read_only)
     con.execute("SET TimeZone = 'UTC'")
+    # Bounded memory whatever the row count: DuckDB spills sorts and windows to disk past this limit.
+    con.execute(f"SET memory_limit = '{os.environ.get('SYNCLINE_DUCKDB_MEMORY', '256MB')}'")
+    con.execute(f"SET temp_directory = '{settings.home() / 'duckdb_tmp'}'")
+    con.execute("SET preserve_insertion_order = false")
     threads = os.environ.get("SYNCLINE_DUCKDB_THREADS")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
