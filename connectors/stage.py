@@ -68,15 +68,21 @@ def staging_path(spec: SyncSpec, window: Window, run_id: str) -> Path:
     return path
 
 
-def _source_select(spec: SyncSpec) -> str:
+def parquet_glob(spec: SyncSpec) -> str:
+    assert spec.source.parquet
+    return expand_path(spec.source.parquet, settings.home())
+
+
+def _source_select(spec: SyncSpec, files: list[str] | None = None) -> str:
     src = spec.source
     if src.table:
         return f"SELECT * FROM {src.table}"
     if src.query:
         return f"SELECT * FROM ({src.query}) AS q"
-    assert src.parquet
-    glob = expand_path(src.parquet, settings.home())
-    return f"SELECT * FROM read_parquet({quote_literal(glob)}, union_by_name = true)"
+    if files is not None:
+        listed = ", ".join(quote_literal(f) for f in files)
+        return f"SELECT * FROM read_parquet([{listed}], union_by_name = true)"
+    return f"SELECT * FROM read_parquet({quote_literal(parquet_glob(spec))}, union_by_name = true)"
 
 
 def _key_expr(spec: SyncSpec) -> str:
@@ -102,8 +108,10 @@ def _window_filter(spec: SyncSpec, window: Window, placeholder: str = "?") -> tu
     return " WHERE " + " AND ".join(clauses), params
 
 
-def extract(spec: SyncSpec, window: Window, out_dir: Path) -> tuple[Path, int]:
-    """Copy the source rows of ``window`` to ``extract.parquet``, adding ``_key`` and ``_cursor``."""
+def extract(spec: SyncSpec, window: Window, out_dir: Path, files: list[str] | None = None) -> tuple[Path, int]:
+    """Copy the source rows of ``window`` to ``extract.parquet``, adding ``_key`` and ``_cursor``.
+
+    ``files`` limits a Parquet source to those files (the sensor's new file set)."""
     out = out_dir / "extract.parquet"
     if spec.source.warehouse == "postgres":
         from connectors.postgres_source import extract_postgres
@@ -120,7 +128,7 @@ def extract(spec: SyncSpec, window: Window, out_dir: Path) -> tuple[Path, int]:
         con = _connect(str(path), read_only=True)
     where, params = _window_filter(spec, window)
     cursor = f"{quote_ident(spec.source.cursor)} AS _cursor" if spec.source.cursor else "NULL AS _cursor"
-    query = f"SELECT *, {_key_expr(spec)} AS _key, {cursor} FROM ({_source_select(spec)}) AS s{where}"
+    query = f"SELECT *, {_key_expr(spec)} AS _key, {cursor} FROM ({_source_select(spec, files)}) AS s{where}"
     try:
         con.execute(
             f"COPY ({query}) TO {quote_literal(str(out))} (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_SIZE})",

@@ -28,6 +28,7 @@ def build_definitions() -> dg.Definitions:
         asset_checks=[c for b in built for c in b.checks],
         jobs=[b.job for b in built],
         schedules=[b.schedule for b in built if b.schedule is not None],
+        sensors=[b.sensor for b in built if b.sensor is not None],
         resources=resources,
     )
 

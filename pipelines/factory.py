@@ -7,6 +7,7 @@ Materializing only ``extract`` and ``payloads`` is a preview: nothing is sent.
 
 
 import datetime as dt
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from connectors.errors import SyncStopped
 from connectors.ledger import Ledger, RunRow
 from connectors.spec import SyncSpec
 from pipelines.resources import SynclineResource, resource_key
+from pipelines.sensors import FILES_TAG, build_parquet_sensor
 
 PREVIEW_ROWS = 3
 
@@ -79,6 +81,7 @@ class SyncDefinitions:
     checks: Sequence[dg.AssetChecksDefinition]
     job: Any
     schedule: dg.ScheduleDefinition | None
+    sensor: dg.SensorDefinition | None = None
 
 
 def build_sync(spec: SyncSpec) -> SyncDefinitions:
@@ -116,7 +119,9 @@ def build_sync(spec: SyncSpec) -> SyncDefinitions:
         window = window_for(context, spec)
         selected = context.selected_asset_keys
         out_dir = stage.staging_path(spec, window, context.run.run_id)
-        extract_path, extracted = stage.extract(spec, window, out_dir)
+        files_tag = context.run.tags.get(FILES_TAG)
+        files = json.loads(files_tag) if files_tag and spec.source.parquet else None
+        extract_path, extracted = stage.extract(spec, window, out_dir, files)
         if extract_key in selected:
             yield dg.MaterializeResult(asset_key=extract_key, metadata={
                 "rows": dg.MetadataValue.int(extracted), "window": dg.MetadataValue.text(window.label)})
@@ -154,7 +159,8 @@ def build_sync(spec: SyncSpec) -> SyncDefinitions:
         selection=dg.AssetSelection.assets(extract_key, payloads_key, delivered_key),
         description=f"Deliver {name} ({spec.endpoint.qualified_name}).",
     )
-    return SyncDefinitions(_sync, checks, job, _schedule(spec, job))
+    sensor = build_parquet_sensor(spec, job) if spec.source.parquet else None
+    return SyncDefinitions(_sync, checks, job, _schedule(spec, job), sensor)
 
 
 def _preview(payload_path: Any) -> list[dict[str, Any]]:

@@ -43,3 +43,13 @@ def build(con: duckdb.DuckDBPyConnection, home: Path) -> None:
         FROM range(800) AS t(i)
         """
     )
+    # The LLM interactions also land as one Parquet file a day (the llm sync reads these, not the table),
+    # so the demo exercises a Parquet source and the new-file sensor has something to watch.
+    folder = home / "parquet" / "llm_interactions"
+    folder.mkdir(parents=True, exist_ok=True)
+    for offset in range(7):
+        target = folder / f"day={offset + 1:02d}.parquet"
+        con.execute(
+            f"COPY (SELECT * FROM analytics.llm_interactions WHERE occurred_at >= {day(offset)} "
+            f"AND occurred_at < {day(offset + 1)} ORDER BY occurred_at) TO '{target}' (FORMAT parquet)"
+        )
