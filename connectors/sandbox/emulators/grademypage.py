@@ -1,0 +1,286 @@
+"""GradeMyPage emulator: ``/api/analytics/track``, ``/server-events`` and ``/experiments/active``, strict.
+
+What it enforces (the vendor document, read strictly, plus the one rule the design notes insist on: a key
+never goes where it does not belong):
+
+- ``POST /track``: JSON ``{"projectId", "events"}``; ``projectId`` must be the public key (401 when missing,
+  403 when it is anything else). The secret key anywhere in the request (headers, query, body) is refused
+  with 403 and counted in ``counters["secret_key_refused"]``. ``events`` is a non-empty array of objects with
+  ``eventType``, ``pathname``, ``fullUrl``, ``sessionId``, ``visitorId`` (strings) and ``timestamp`` (an
+  integer of epoch milliseconds); optional members have their documented types (``utm`` holds only the five
+  documented string members). Any problem refuses the whole batch with 400 and stores nothing. Stored events
+  are deduplicated on (visitorId, timestamp, eventType, pathname), within and across requests; each drop is
+  counted in ``counters["track_duplicates_dropped"]`` and the answer says how many were stored.
+- ``POST /server-events``: ``Authorization: Bearer <secret key>`` (401 when missing or wrong; 403 and
+  ``counters["public_key_refused"]`` when the public key is offered). One JSON object with ``eventType`` and
+  ``eventName``; ``timestamp`` an ISO 8601 string; ``visitor`` only ``id``/``ip``/``userAgent`` strings;
+  ``experimentId`` and ``variantId`` together and naming an active experiment and one of its variants (400
+  otherwise). A repeated ``idempotencyKey`` answers 200 without storing the event again
+  (``counters["server_events_deduplicated"]``).
+- ``GET /experiments/active?projectId=<public key>``: the fixed :data:`EXPERIMENTS` (401 without projectId,
+  403 for any other value, and 403 + ``secret_key_refused`` if the secret key shows up).
+
+``key_log`` records, for every request that reaches the emulator, which sandbox keys appeared anywhere in it
+(headers, query, body), the ``Authorization`` header and the ``projectId``, so tests can prove which key went
+where. The control action ``state`` returns the counters and the key log to another process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections import defaultdict
+from typing import Any
+
+from connectors.sandbox.base import Emulator, Request, Response, Route
+
+PUBLIC_KEY = "5b0e8a52-3c4f-4e7d-9a61-2f8c7d1e4b90"
+SECRET_KEY = "gmp_sk_sandbox_7Qm2Xv9LpT4rW8kZ"
+MAX_BODY_BYTES = 1_048_576  # a typical Node framework's default body limit (the doc names none)
+PATHS = {
+    "/api/analytics/track": "track",
+    "/api/analytics/server-events": "server_events",
+    "/api/analytics/experiments/active": "experiments_active",
+}
+UTM_MEMBERS = {"source", "medium", "campaign", "term", "content"}
+VISITOR_MEMBERS = {"id", "ip", "userAgent"}
+
+
+def _variant(vid: str, name: str, control: bool, weight: int, selector: str, value: str) -> dict[str, Any]:
+    return {"id": vid, "name": name, "isControl": control, "weight": weight,
+            "changes": [{"selector": selector, "changeType": "text", "value": value}]}
+
+
+# The project's running experiments, shaped as the document's ActiveExperimentsResponse. The sample
+# warehouse (pipelines/sample_data/grademypage.py) names these ids.
+EXPERIMENTS: list[dict[str, Any]] = [
+    {
+        "id": "exp_pricing_headline", "name": "Pricing headline", "type": "copy",
+        "targetUrl": "/pricing", "urlMatchType": "exact", "trafficPercentage": 100,
+        "variants": [
+            _variant("var_pricing_control", "Control", True, 50, "h1", "Simple pricing"),
+            _variant("var_pricing_value", "Value first", False, 50, "h1", "Pay for results, not seats"),
+        ],
+    },
+    {
+        "id": "exp_signup_cta", "name": "Signup button", "type": "css",
+        "targetUrl": "/signup", "urlMatchType": "starts_with", "trafficPercentage": 80,
+        "variants": [
+            _variant("var_cta_control", "Control", True, 34, "#cta", "Sign up"),
+            _variant("var_cta_green", "Green", False, 33, "#cta", "Start free"),
+            _variant("var_cta_large", "Large", False, 33, "#cta", "Get started"),
+        ],
+    },
+]
+
+TRACK_REQUIRED = ("eventType", "pathname", "fullUrl", "sessionId", "visitorId")
+TRACK_OPTIONAL_STRINGS = ("eventName", "referrer")
+
+
+def _is_iso(value: Any) -> bool:
+    if not isinstance(value, str) or len(value) < 10 or "T" not in value.upper():
+        return False
+    try:
+        dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+class GradeMyPageEmulator(Emulator):
+    vendor = "grademypage"
+    keys = {"public_key": PUBLIC_KEY, "secret_key": SECRET_KEY}
+
+    def __init__(self, record_items: bool = True, base_url: str = "") -> None:
+        super().__init__(record_items, base_url)
+        self.reset_state()
+
+    def reset_state(self) -> None:
+        self.counters: dict[str, int] = defaultdict(int)
+        self.key_log: list[dict[str, Any]] = []
+        self._track_seen: set[tuple[Any, ...]] = set()
+        self._idempotency_keys: set[str] = set()
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("POST", "/api/analytics/track", self._track, "track"),
+            Route("POST", "/api/analytics/server-events", self._server_event, "server_events"),
+            Route("GET", "/api/analytics/experiments/active", self._experiments, "experiments_active"),
+        ]
+
+    def control(self, action: str, args: dict[str, Any]) -> Any:
+        if action == "state":
+            return {"counters": dict(self.counters), "key_log": list(self.key_log)}
+        return super().control(action, args)
+
+    # -- which key went where -------------------------------------------------------------------------------
+    def dispatch(self, request: Request) -> Response:
+        raw = "\n".join([*request.headers.values(), json.dumps(request.query), request.body.decode("utf-8", "replace")])
+        project = request.arg("projectId")
+        if project is None and request.body:
+            try:
+                body = request.json()
+            except ValueError:
+                body = None
+            if isinstance(body, dict) and isinstance(body.get("projectId"), str):
+                project = body["projectId"]
+        with self.lock:
+            self.key_log.append({
+                "endpoint": PATHS.get(request.path, request.path),
+                "method": request.method,
+                "keys_seen": sorted(name for name, value in self.keys.items() if value in raw),
+                "authorization": request.headers.get("authorization"),
+                "projectId": project,
+            })
+        return super().dispatch(request)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            self.counters[name] += n
+
+    def _public_auth(self, request: Request, project: Any) -> Response | None:
+        """Public endpoints: the secret key must not appear anywhere; projectId must be the public key."""
+        raw = b"\n".join([*(v.encode() for v in request.headers.values()), json.dumps(request.query).encode(), request.body])
+        if SECRET_KEY.encode() in raw:
+            self._count("secret_key_refused")
+            return Response(403, {"error": "The secret key must never be sent to a public endpoint; rotate it"})
+        if not project:
+            return Response(401, {"error": "projectId is required"})
+        if project != PUBLIC_KEY:
+            return Response(403, {"error": "Unknown projectId"})
+        return None
+
+    # -- handlers --------------------------------------------------------------------------------------------
+    def _track(self, request: Request) -> Response:
+        if len(request.body) > MAX_BODY_BYTES:
+            return Response(413, {"error": "Payload too large"})
+        try:
+            body = request.json()
+        except ValueError:
+            body = None
+        project = body.get("projectId") if isinstance(body, dict) else None
+        refused = self._public_auth(request, project)
+        if refused is not None:
+            return refused
+        assert isinstance(body, dict)
+        events = body.get("events")
+        if not isinstance(events, list):
+            return self.validation_error("track", "events must be an array")
+        self.note_batch("track", len(events))
+        if not events:
+            return self.validation_error("track", "events must not be empty")
+        problems = [f"events[{i}]: {p}" for i, event in enumerate(events) for p in self._track_problems(event)]
+        if problems:
+            return Response(400, {"error": "Invalid events", "details": problems[:20]})
+        stored = []
+        with self.lock:
+            for event in events:
+                key = (event["visitorId"], event["timestamp"], event["eventType"], event["pathname"])
+                if key in self._track_seen:
+                    self.counters["track_duplicates_dropped"] += 1
+                    continue
+                self._track_seen.add(key)
+                stored.append(event)
+        self.record("track", stored)
+        return Response(200, {"success": True, "received": len(events), "stored": len(stored)})
+
+    @staticmethod
+    def _track_problems(event: Any) -> list[str]:
+        if not isinstance(event, dict):
+            return ["must be an object"]
+        problems = []
+        for name in TRACK_REQUIRED:
+            if not isinstance(event.get(name), str) or not event[name]:
+                problems.append(f"{name} is required (a non-empty string)")
+        ts = event.get("timestamp")
+        if not (isinstance(ts, int) and not isinstance(ts, bool) and ts > 0):
+            problems.append(f"timestamp must be an integer of epoch milliseconds, got {ts!r}")
+        for name in TRACK_OPTIONAL_STRINGS:
+            if name in event and not isinstance(event[name], str):
+                problems.append(f"{name} must be a string")
+        if "eventData" in event and not isinstance(event["eventData"], dict):
+            problems.append("eventData must be an object")
+        if "utm" in event:
+            utm = event["utm"]
+            if not isinstance(utm, dict):
+                problems.append("utm must be an object")
+            else:
+                problems += [f"utm.{k} is not a UTM member" for k in utm if k not in UTM_MEMBERS]
+                problems += [f"utm.{k} must be a string" for k, v in utm.items() if not isinstance(v, str)]
+        unknown = set(event) - set(TRACK_REQUIRED) - set(TRACK_OPTIONAL_STRINGS) - {"timestamp", "eventData", "utm"}
+        problems += [f"{k} is not a TrackEvent member" for k in sorted(unknown)]
+        return problems
+
+    def _server_event(self, request: Request) -> Response:
+        auth = request.headers.get("authorization")
+        if not auth:
+            return Response(401, {"error": "Missing Authorization header"})
+        offered = request.bearer()
+        if PUBLIC_KEY in auth:
+            self._count("public_key_refused")
+            return Response(403, {"error": "The public key cannot authenticate server events; use the secret key"})
+        if offered != SECRET_KEY:
+            return Response(401, {"error": "Invalid secret key"})
+        if len(request.body) > MAX_BODY_BYTES:
+            return Response(413, {"error": "Payload too large"})
+        try:
+            event = request.json()
+        except ValueError:
+            return self.validation_error("server_events", "body is not valid JSON")
+        if not isinstance(event, dict):
+            return self.validation_error("server_events", "body must be one event object")
+        self.note_batch("server_events", 1)
+        problems = self._server_event_problems(event)
+        if problems:
+            return Response(400, {"error": "Invalid event", "details": problems})
+        key = event.get("idempotencyKey")
+        with self.lock:
+            if key is not None and key in self._idempotency_keys:
+                self.counters["server_events_deduplicated"] += 1
+                return Response(200, {"success": True, "deduplicated": True})
+            if key is not None:
+                self._idempotency_keys.add(key)
+        self.record("server_events", [event])
+        return Response(200, {"success": True, "id": uuid.uuid4().hex})
+
+    @staticmethod
+    def _server_event_problems(event: dict[str, Any]) -> list[str]:
+        problems = [f"{name} is required (a non-empty string)" for name in ("eventType", "eventName")
+                    if not isinstance(event.get(name), str) or not event[name]]
+        if "timestamp" in event and not _is_iso(event["timestamp"]):
+            problems.append(f"timestamp must be an ISO 8601 string, got {event['timestamp']!r}")
+        for name in ("idempotencyKey", "page", "experimentId", "variantId"):
+            if name in event and not isinstance(event[name], str):
+                problems.append(f"{name} must be a string")
+        if "properties" in event and not isinstance(event["properties"], dict):
+            problems.append("properties must be an object")
+        if "visitor" in event:
+            visitor = event["visitor"]
+            if not isinstance(visitor, dict):
+                problems.append("visitor must be an object")
+            else:
+                problems += [f"visitor.{k} is not a visitor member" for k in visitor if k not in VISITOR_MEMBERS]
+                problems += [f"visitor.{k} must be a string" for k, v in visitor.items() if not isinstance(v, str)]
+        experiment, variant = event.get("experimentId"), event.get("variantId")
+        if (experiment is None) != (variant is None):
+            problems.append("experimentId and variantId must be given together")
+        elif experiment is not None:
+            match = next((e for e in EXPERIMENTS if e["id"] == experiment), None)
+            if match is None:
+                problems.append(f"experiment {experiment!r} is not active")
+            elif variant not in {v["id"] for v in match["variants"]}:
+                problems.append(f"variant {variant!r} is not part of experiment {experiment!r}")
+        known = {"eventType", "eventName", "timestamp", "idempotencyKey", "visitor", "page", "properties",
+                 "experimentId", "variantId"}
+        problems += [f"{k} is not a ServerEventRequest member" for k in sorted(set(event) - known)]
+        return problems
+
+    def _experiments(self, request: Request) -> Response:
+        refused = self._public_auth(request, request.arg("projectId"))
+        if refused is not None:
+            return refused
+        return Response(200, {"experiments": EXPERIMENTS}, {"Cache-Control": "public, s-maxage=60, stale-while-revalidate=30"})
+
+
+EMULATOR = GradeMyPageEmulator
