@@ -1,0 +1,491 @@
+"""StreamBack SDK API (``../shared/vendor-docs/streamback.md``): one feedback per request, plus files.
+
+``POST /v1/sdk/feedback`` answers 201 ``{"id": "fb_..."}``; a screenshot is ``POST /v1/sdk/upload-url`` ->
+``PUT`` the bytes to the presigned ``uploadUrl`` -> ``POST /v1/sdk/feedback/:id/finalize``; an attachment
+is ``POST /v1/sdk/feedback/:id/attachments/presign`` -> ``PUT``. Auth is ``X-API-Key``; errors are
+``{"error": {"code", "message"}}``. There is no idempotency key, so the feedback id is saved to the ledger
+the moment the 201 arrives, and every finished step after it is recorded in the item's progress: a rerun
+resumes an item at the step that failed and never submits the same feedback twice nor re-uploads a file
+that already landed.
+
+The ``feedback`` endpoint is multi-step (``steps=True``, one item per request). Payload fields are the
+documented body (``message``, ``type``, ``emotion``, ``triggerSource``, ``surveyResponse``, ``snapshot``,
+``user``) plus two pseudo-fields that are never sent in the body but drive the extra steps:
+
+- ``screenshot_path``: a local file uploaded as the feedback's screenshot, then finalized;
+- ``attachments``: a list of local file paths, each presigned and uploaded as an attachment.
+
+Choices where the document is silent (options under ``destination.options`` are named):
+
+- ``type`` is required (the table does not mark it optional and gives a closed list); ``triggerSource`` is
+  optional and free text ("and related types" makes the list open). ``emotion`` is a whole number 1-5.
+  ``message`` is required only when neither ``emotion`` nor ``surveyResponse`` is given; a blank message
+  counts as absent (and is trimmed when sent).
+- File paths: relative paths are resolved against the files root, which is ``$SYNCLINE_HOME`` unless
+  ``files_root`` says otherwise; a path that resolves outside the root (``/etc/...``, ``../..``) is refused,
+  so a warehouse row can never make syncline upload an arbitrary file of the machine it runs on. A missing
+  or empty file is refused before anything is sent (no feedback is created for it).
+- The upload-url request carries ``{"feedbackId", "contentType"}`` (the document shows no body; the key in
+  its finalize example, ``screenshots/abc123.png``, follows the feedback id). The response has no
+  ``objectKey``: it is taken from the response when present, else from the path of ``fileUrl``.
+- Presigned URLs are never stored in the ledger (they are short-lived write capabilities and the ledger
+  holds nothing secret): a rerun that finds the upload unfinished asks for a fresh URL. Only object keys of
+  finished uploads are recorded. The ``PUT`` carries no API key, only ``Content-Type``.
+- Attachments are uploaded before finalize, so a feedback is finalized only once all its files landed.
+  Attachment MIME types are guessed from the file name (``application/octet-stream`` when unknown).
+- ``finalize``: ``screenshot`` (default) finalizes only feedback that has a screenshot, as the document
+  describes; ``always`` also finalizes the others with ``{"screenshotUploaded": false}``.
+- ``verify`` (default true): after finalize, ``GET .../status`` must say ``finalized: true``, else the item
+  is ``in_doubt`` and the next run finalizes it again. A finalize answered 409 is taken as "already
+  finalized" when the status confirms it.
+- A 400 on any step is a permanent refusal (the item is rejected with the vendor's message); when the
+  feedback already exists the reason says so and names its id. A 404/405 on the feedback POST means a wrong
+  base URL and stops the sync. A 2xx without an ``id`` leaves the item ``in_doubt``.
+- A feedback POST whose outcome stays unknown (timeouts or 5xx until retries run out) is ``in_doubt``: the
+  next run submits it again under the default ``delivery.in_doubt: resend`` (at-least-once; there is no
+  idempotency key to dedup with); ``hold`` keeps it for a person to check with the status/history API.
+- No rate limit is documented: none is applied; 429 and ``Retry-After`` are honoured on every step.
+- ``mirror`` mode cannot update a feedback (there is no update API): an item whose progress holds a
+  feedback id is never sent again.
+
+Read API wrappers (:func:`get_config`, :func:`get_user_history`, :func:`get_feedback_status`,
+:func:`verify_feedback`) take a run's :class:`~connectors.engine.sender.Sender`. There is no list API, so
+:meth:`FeedbackEndpoint.reconcile` checks the status of every feedback id the ledger holds for the window.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import mimetypes
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote, urlencode, urlsplit
+
+from connectors import settings
+from connectors.engine.endpoint import Credential, Endpoint, Field, HttpResponse, Vendor
+from connectors.engine.sender import GiveUp, ItemContext, ItemRejected, Sender
+from connectors.errors import SynclineError, SyncStopped
+
+FEEDBACK_TYPES = ("bug", "suggestion", "praise", "question", "other")
+PSEUDO_FIELDS = ("screenshot_path", "attachments")
+FEEDBACK_PATH = "/v1/sdk/feedback"
+MAX_RECONCILE_ITEMS = 1_000_000
+
+
+class StreamBackError(SynclineError):
+    """A read request (config, history, status) was refused; the message carries the vendor's reason."""
+
+
+def describe_error(response: HttpResponse) -> str:
+    """``HTTP 400 VALIDATION_ERROR: <message>`` from the documented ``{error: {code, message}}`` body."""
+    body = response.json()
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict):
+            code = error.get("code") or ""
+            message = error.get("message") or ""
+            return f"HTTP {response.status} {code}: {message}".replace(" : ", ": ").strip(": ")
+        if isinstance(error, str):
+            return f"HTTP {response.status}: {error}"
+    return f"HTTP {response.status}: {response.excerpt(200)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class _File:
+    given: str  # the path as the row gave it (the progress key)
+    path: Path  # resolved, inside the files root
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FeedbackEndpoint(Endpoint):
+    """``POST /v1/sdk/feedback`` and the screenshot/attachment steps around it."""
+
+    files_root: str | None = None  # None: $SYNCLINE_HOME, read at send time
+    finalize: Literal["screenshot", "always"] = "screenshot"
+    verify: bool = True
+
+    # --- engine hooks ---------------------------------------------------------------------------------
+    def headers(self, credentials: Mapping[str, str]) -> dict[str, str]:
+        return {"X-API-Key": credentials["api_key"]}
+
+    def configure(self, options: Mapping[str, Any]) -> Endpoint:
+        changes: dict[str, Any] = {}
+        for name, value in options.items():
+            if name == "files_root":
+                if not isinstance(value, str) or not value.strip():
+                    raise ValueError("files_root: a folder path is required")
+                changes[name] = value
+            elif name == "finalize":
+                if value not in ("screenshot", "always"):
+                    raise ValueError("finalize: must be screenshot (only feedback with a screenshot) or always")
+                changes[name] = value
+            elif name == "verify":
+                if not isinstance(value, bool):
+                    raise ValueError("verify: must be true or false")
+                changes[name] = value
+            else:
+                raise ValueError(f"{name}: unknown option (known: files_root, finalize, verify)")
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def error_reason(self, response: HttpResponse) -> str:
+        return f"StreamBack refused the request ({describe_error(response)})"
+
+    def deliver_item(self, ctx: ItemContext) -> str | None:
+        payload, progress = ctx.payload, ctx.progress
+        feedback_id: str | None = progress.get("feedback_id")
+        has_screenshot = payload.get("screenshot_path") is not None
+        # Files are checked before the feedback exists, so a missing file never leaves a half-made feedback;
+        # on a resumed item only the files still to upload are checked.
+        screenshot, attachments = self._pending_files(payload, progress, feedback_id)
+        if feedback_id is None:
+            feedback_id = self._submit(ctx, {k: v for k, v in payload.items() if k not in PSEUDO_FIELDS})
+        if screenshot is not None:
+            self._upload_screenshot(ctx, feedback_id, screenshot)
+        progress.setdefault("attachments", {})
+        for file in attachments:
+            self._upload_attachment(ctx, feedback_id, file)
+        if (has_screenshot or self.finalize == "always") and not progress.get("finalized"):
+            self._finalize(ctx, feedback_id)
+        return feedback_id
+
+    # --- steps -----------------------------------------------------------------------------------------
+    def _submit(self, ctx: ItemContext, body: dict[str, Any]) -> str:
+        response = ctx.call("POST", FEEDBACK_PATH, step="feedback", json_body=body)
+        if response.status in (404, 405):
+            raise SyncStopped(
+                f"{self.qualified_name} answered HTTP {response.status} on POST {FEEDBACK_PATH}: "
+                "check STREAMBACK_BASE_URL"
+            )
+        if not 200 <= response.status < 300:
+            raise ItemRejected(self._refusal(response, "feedback", None))
+        answer = response.json()
+        feedback_id = answer.get("id") if isinstance(answer, dict) else None
+        if not isinstance(feedback_id, str) or not feedback_id:
+            raise GiveUp(f"StreamBack answered HTTP {response.status} without a feedback id", maybe_sent=True)
+        # Saved before anything else happens: a crash from here on resumes with this id, never re-submits.
+        ctx.progress["feedback_id"] = feedback_id
+        ctx.save(vendor_id=feedback_id)
+        return feedback_id
+
+    def _upload_screenshot(self, ctx: ItemContext, feedback_id: str, file: _File) -> None:
+        content_type = _content_type(file.path, default="image/png")
+        response = ctx.call(
+            "POST", "/v1/sdk/upload-url", step="upload_url",
+            json_body={"feedbackId": feedback_id, "contentType": content_type},
+        )
+        if not 200 <= response.status < 300:
+            raise ItemRejected(self._refusal(response, "upload_url", feedback_id))
+        answer = response.json()
+        upload_url = answer.get("uploadUrl") if isinstance(answer, dict) else None
+        object_key = _object_key(answer) if isinstance(answer, dict) else None
+        if not isinstance(upload_url, str) or not object_key:
+            raise GiveUp("StreamBack upload-url answer lacks uploadUrl or a file URL", maybe_sent=False)
+        self._put(ctx, "upload", upload_url, _read_file(file, feedback_id), content_type, feedback_id)
+        ctx.progress["screenshot_key"] = object_key
+        ctx.save()
+
+    def _upload_attachment(self, ctx: ItemContext, feedback_id: str, file: _File) -> None:
+        content_type = _content_type(file.path, default="application/octet-stream")
+        data = _read_file(file, feedback_id)  # read once: sizeBytes must match the bytes PUT
+        response = ctx.call(
+            "POST", f"{FEEDBACK_PATH}/{quote(feedback_id, safe='')}/attachments/presign", step="attachment_presign",
+            json_body={"filename": file.path.name, "mimeType": content_type, "sizeBytes": len(data)},
+        )
+        if not 200 <= response.status < 300:
+            raise ItemRejected(self._refusal(response, "attachment_presign", feedback_id))
+        answer = response.json()
+        upload_url = answer.get("uploadUrl") if isinstance(answer, dict) else None
+        object_key = answer.get("objectKey") if isinstance(answer, dict) else None
+        if not isinstance(upload_url, str) or not isinstance(object_key, str):
+            raise GiveUp("StreamBack attachment presign answer lacks uploadUrl or objectKey", maybe_sent=False)
+        self._put(ctx, "attachment_upload", upload_url, data, content_type, feedback_id)
+        ctx.progress["attachments"][file.given] = object_key
+        ctx.save()
+
+    def _put(self, ctx: ItemContext, step: str, url: str, data: bytes, content_type: str, feedback_id: str) -> None:
+        """PUT bytes to a presigned URL: no API key, and the URL (a write capability) never logged."""
+        response = ctx.call(
+            "PUT", "(presigned upload URL)", step=step, body=data, headers={"Content-Type": content_type},
+            absolute_url=url, limited=False,
+        )
+        if not 200 <= response.status < 300:
+            raise ItemRejected(self._refusal(response, step, feedback_id))
+
+    def _finalize(self, ctx: ItemContext, feedback_id: str) -> None:
+        object_key = ctx.progress.get("screenshot_key")
+        body: dict[str, Any] = {"screenshotUploaded": bool(object_key)}
+        if object_key:
+            body["objectKey"] = object_key
+        path = f"{FEEDBACK_PATH}/{quote(feedback_id, safe='')}"
+        response = ctx.call("POST", f"{path}/finalize", step="finalize", json_body=body)
+        if response.status != 409 and not 200 <= response.status < 300:
+            raise ItemRejected(self._refusal(response, "finalize", feedback_id))
+        if response.status == 409 or self.verify:
+            status = ctx.call("GET", f"{path}/status", step="status")
+            answer = status.json() if 200 <= status.status < 300 else None
+            if not isinstance(answer, dict) or answer.get("finalized") is not True:
+                seen = f"finalized={answer.get('finalized')!r}" if isinstance(answer, dict) else describe_error(status)
+                raise GiveUp(
+                    f"StreamBack does not report feedback {feedback_id} finalized after finalize ({seen}); "
+                    "the next run finalizes it again",
+                    maybe_sent=True,
+                )
+        ctx.progress["finalized"] = True
+        ctx.save()
+
+    def _refusal(self, response: HttpResponse, step: str, feedback_id: str | None) -> str:
+        reason = describe_error(response)
+        body = response.json()
+        error = body.get("error") if isinstance(body, dict) else None
+        if response.status == 400 and isinstance(error, dict) and error.get("message"):
+            reason = f"{error.get('code') or 'VALIDATION_ERROR'}: {error['message']}"
+        where = "StreamBack refused the feedback" if step == "feedback" else f"StreamBack refused step {step}"
+        text = f"{where} ({reason})"
+        if feedback_id is not None and response.status == 404:
+            text += f"; StreamBack no longer knows feedback {feedback_id}"
+        elif feedback_id is not None:
+            text += f"; feedback {feedback_id} exists, a rerun resumes at this step"
+        return text
+
+    # --- files -----------------------------------------------------------------------------------------
+    def root(self) -> Path:
+        """The folder every uploaded file must live in (``files_root``, default ``$SYNCLINE_HOME``)."""
+        home = settings.home()
+        if self.files_root is None:
+            return home
+        given = Path(os.path.expandvars(os.path.expanduser(self.files_root)))
+        return (given if given.is_absolute() else home / given).resolve()
+
+    def files_of(
+        self, payload: Mapping[str, Any], root: Path, *, skip_screenshot: bool = False,
+        skip: frozenset[str] | set[str] = frozenset(),
+    ) -> tuple[_File | None, list[_File]]:
+        """The screenshot and attachments of a payload still to upload (``skip``: already uploaded), checked;
+        raises ItemRejected with a clear reason."""
+        screenshot = None
+        raw = payload.get("screenshot_path")
+        if raw is not None and not skip_screenshot:
+            if not isinstance(raw, str) or not raw.strip():
+                raise ItemRejected("screenshot_path must be a file path")
+            screenshot = _checked_file("screenshot_path", raw, root)
+        attachments: list[_File] = []
+        listed = payload.get("attachments")
+        if listed is not None:
+            if not isinstance(listed, list) or not all(isinstance(p, str) and p.strip() for p in listed):
+                raise ItemRejected("attachments must be a list of file paths")
+            attachments = [_checked_file("attachments", p, root) for p in dict.fromkeys(listed) if p not in skip]
+        return screenshot, attachments
+
+    def _pending_files(
+        self, payload: Mapping[str, Any], progress: Mapping[str, Any], feedback_id: str | None
+    ) -> tuple[_File | None, list[_File]]:
+        try:
+            screenshot, attachments = self.files_of(
+                payload, self.root(), skip_screenshot=bool(progress.get("screenshot_key")),
+                skip=set(progress.get("attachments") or {}),
+            )
+        except ItemRejected as exc:
+            if feedback_id is None:
+                raise
+            raise ItemRejected(f"{exc}; feedback {feedback_id} exists, a rerun resumes once the file is back") from None
+        return screenshot, attachments
+
+    # --- read-back ---------------------------------------------------------------------------------------
+    def reconcile(
+        self, ctx: Any, *, sync: str, window_start: str | None, window_end: str | None, delivered: int
+    ) -> dict[str, Any]:
+        """Check, id by id, that every feedback the ledger delivered in the window exists (and is finalized
+        when the run finalized it). There is no list API, so ids come from the ledger: the Sender's
+        ``progress_store`` when it is a ledger (as the CLI passes it), else :func:`open_ledger`."""
+        items = _ledger_items(ctx, sync)
+        start, end = _parse_time(window_start), _parse_time(window_end)
+        in_window = [i for i in items if _cursor_in(i.get("cursor"), start, end)]
+        expected_final = {i["vendor_id"] for i in in_window if i.get("vendor_id") and _progress(i).get("finalized")}
+        ids = [str(i["vendor_id"]) for i in in_window if i.get("vendor_id")]
+        found = verify_feedback(ctx, ids)
+        present = [fid for fid, status in found.items() if status is not None]
+        missing = [fid for fid, status in found.items() if status is None]
+        not_finalized = [
+            fid for fid in expected_final if (found.get(fid) or {}).get("finalized") is not True and fid not in missing
+        ]
+        without_id = len(in_window) - len(ids)
+        difference = delivered - len(present)
+        return {
+            "vendor_count": len(present),
+            "ledger_count": delivered,
+            "difference": difference,
+            "matches": difference == 0 and not missing and not not_finalized and without_id == 0,
+            "checked_ids": len(ids),
+            "missing_ids": missing[:50],
+            "not_finalized_ids": sorted(not_finalized)[:50],
+            "delivered_without_vendor_id": without_id,
+            "method": "GET /v1/sdk/feedback/:id/status for each feedback id in the ledger (no list API)",
+        }
+
+
+# --- read API wrappers -------------------------------------------------------------------------------------
+def api_headers(sender: Sender) -> dict[str, str]:
+    """``request_once`` sends no credential unless told: the X-API-Key of the sender's credentials."""
+    return {"X-API-Key": sender.credentials["api_key"]}
+
+
+def _read(sender: Sender, path: str, label: str) -> HttpResponse:
+    response = sender.request_once("GET", path, label=label, headers=api_headers(sender))
+    if response.status != 404 and not 200 <= response.status < 300:
+        raise StreamBackError(f"StreamBack GET {path.split('?')[0]} failed ({describe_error(response)})")
+    return response
+
+
+def get_config(sender: Sender) -> dict[str, Any]:
+    """``GET /v1/sdk/config``: the server-driven feedback layer configuration."""
+    response = _read(sender, "/v1/sdk/config", "config")
+    if response.status == 404:
+        raise StreamBackError("StreamBack GET /v1/sdk/config answered 404: check STREAMBACK_BASE_URL")
+    body = response.json()
+    return body if isinstance(body, dict) else {}
+
+
+def get_user_history(
+    sender: Sender, *, end_user_id: str | None = None, end_user_email: str | None = None
+) -> dict[str, Any] | None:
+    """``GET /v1/sdk/user/history`` for an end user (by id, email or both); None when StreamBack knows none."""
+    if not end_user_id and not end_user_email:
+        raise ValueError("give end_user_id or end_user_email")
+    query = {k: v for k, v in (("endUserId", end_user_id), ("endUserEmail", end_user_email)) if v}
+    response = _read(sender, f"/v1/sdk/user/history?{urlencode(query)}", "user_history")
+    body = response.json()
+    return body if response.status != 404 and isinstance(body, dict) else None
+
+
+def get_feedback_status(sender: Sender, feedback_id: str) -> dict[str, Any] | None:
+    """``GET /v1/sdk/feedback/:id/status``; None when the feedback does not exist (404)."""
+    response = _read(sender, f"{FEEDBACK_PATH}/{quote(feedback_id, safe='')}/status", "feedback_status")
+    body = response.json()
+    return body if response.status != 404 and isinstance(body, dict) else None
+
+
+def verify_feedback(sender: Sender, ids: Iterable[str]) -> dict[str, dict[str, Any] | None]:
+    """Status of each feedback id (None for one StreamBack does not know). One request per id."""
+    return {fid: get_feedback_status(sender, fid) for fid in dict.fromkeys(ids)}
+
+
+# --- helpers -------------------------------------------------------------------------------------------------
+def _checked_file(field: str, given: str, root: Path) -> _File:
+    raw = Path(os.path.expanduser(given))
+    path = (raw if raw.is_absolute() else root / raw).resolve()
+    if not path.is_relative_to(root):
+        raise ItemRejected(
+            f"{field} {given} is outside the files root {root} (set destination.options.files_root to allow it)"
+        )
+    if not path.is_file():
+        raise ItemRejected(f"{field} file not found: {given}")
+    if path.stat().st_size == 0:
+        raise ItemRejected(f"{field} file is empty: {given}")
+    return _File(given, path)
+
+
+def _read_file(file: _File, feedback_id: str) -> bytes:
+    try:
+        return file.path.read_bytes()
+    except OSError as exc:
+        raise ItemRejected(
+            f"cannot read {file.given} ({exc.__class__.__name__}); feedback {feedback_id} exists, "
+            "a rerun resumes at this upload"
+        ) from None
+
+
+def _content_type(path: Path, default: str) -> str:
+    guessed, _ = mimetypes.guess_type(path.name)
+    return guessed or default
+
+
+def _object_key(answer: Mapping[str, Any]) -> str | None:
+    """The screenshot's object key: ``objectKey`` if StreamBack sends one, else the path of ``fileUrl``."""
+    key = answer.get("objectKey")
+    if isinstance(key, str) and key:
+        return key
+    file_url = answer.get("fileUrl")
+    if not isinstance(file_url, str) or not file_url:
+        return None
+    path = urlsplit(file_url).path.lstrip("/")
+    marker = path.find("screenshots/")
+    return path[marker:] if marker >= 0 else path or None
+
+
+def _ledger_items(sender: Any, sync: str) -> list[dict[str, Any]]:
+    store = getattr(sender, "progress_store", None)
+    if store is not None and hasattr(store, "items"):
+        return list(store.items(sync, state="delivered", limit=MAX_RECONCILE_ITEMS))
+    from connectors.ledger import open_ledger
+
+    ledger = open_ledger()
+    try:
+        return ledger.items(sync, state="delivered", limit=MAX_RECONCILE_ITEMS)
+    finally:
+        ledger.close()
+
+
+def _progress(item: Mapping[str, Any]) -> dict[str, Any]:
+    import json
+
+    try:
+        value = json.loads(item.get("progress") or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _parse_time(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    at = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return at if at.tzinfo else at.replace(tzinfo=dt.UTC)
+
+
+def _cursor_in(cursor: str | None, start: dt.datetime | None, end: dt.datetime | None) -> bool:
+    if start is None and end is None:
+        return True
+    at = _parse_time(cursor)
+    if at is None:
+        return False
+    return (start is None or at >= start) and (end is None or at < end)
+
+
+FEEDBACK = FeedbackEndpoint(
+    vendor="streamback",
+    name="feedback",
+    path=FEEDBACK_PATH,
+    description=(
+        "One feedback item per row (message, type, emotion, survey answer, page snapshot, user), with an "
+        "optional screenshot (upload-url -> PUT -> finalize) and attachments (presign -> PUT)."
+    ),
+    fields=(
+        Field(
+            "message", "string",
+            required_when='emotion IS NULL AND "surveyResponse" IS NULL',
+            required_because="when neither emotion nor surveyResponse is given",
+        ),
+        Field("type", "string", required=True, choices=FEEDBACK_TYPES),
+        Field("emotion", "integer", min_value=1, max_value=5),
+        Field("triggerSource", "string"),
+        Field("surveyResponse", "object"),
+        Field("snapshot", "object"),
+        Field("user", "object"),
+        Field("screenshot_path", "string"),  # pseudo-field: uploaded, never sent in the body
+        Field("attachments", "array"),  # pseudo-field: list of file paths, each uploaded as an attachment
+    ),
+    max_items=1,
+    steps=True,
+)
+
+VENDOR = Vendor(
+    name="streamback",
+    title="StreamBack",
+    env_prefix="STREAMBACK",
+    default_base_url="https://api.streamback.tech",
+    credentials=(Credential("api_key", "STREAMBACK_API_KEY"),),
+    endpoints={FEEDBACK.name: FEEDBACK},
+)
