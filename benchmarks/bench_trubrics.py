@@ -26,6 +26,54 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+BUILD_SQL = """CREATE TABLE analytics.bench_events AS
+    SELECT 'evt_' || i AS event_id, 'user_' || (i % 50000) AS user_id,
+           (['Signed up', 'Viewed pricing', 'Started trial', 'Upgraded plan'])[1 + i % 4] AS event_name,
+           TIMESTAMPTZ '2026-06-01 00:00:00+00' + (i % 604800) * INTERVAL 1 SECOND AS occurred_at,
+           'thread_' || (i % 9973) AS thread_id, (['free', 'team', 'enterprise'])[1 + i % 3] AS plan
+    FROM range({n}) t(i)"""
+
+
+def build_warehouse(home: Path, events: int) -> None:
+    """In a child process, so building the synthetic table does not count toward syncline's memory."""
+    script = (
+        "import duckdb,sys; c=duckdb.connect(sys.argv[1]); c.execute('CREATE SCHEMA analytics'); "
+        "c.execute(sys.argv[2]); c.close()"
+    )
+    subprocess.run([sys.executable, "-c", script, str(home / "warehouse.duckdb"), BUILD_SQL.format(n=events)], check=True)
+
+
+class RssSampler:
+    """Samples this process's resident memory (VmRSS) every 50 ms; ``peak()`` since the last ``mark()``."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def current_mb() -> float:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.05):
+            self._peak = max(self._peak, self.current_mb())
+
+    def start(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def mark(self) -> float:
+        peak, self._peak = max(self._peak, self.current_mb()), self.current_mb()
+        return peak
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -59,26 +107,15 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, home: Path, port: int) -> None:
-    import duckdb
-
     from connectors.ledger import open_ledger
     from connectors.runner import deliver_file, new_run_id
     from connectors.spec import load_sync_file
     from connectors.stage import Window, extract, staging_path, transform
 
     started = time.perf_counter()
-    con = duckdb.connect(str(home / "warehouse.duckdb"))
-    con.execute("CREATE SCHEMA analytics")
-    con.execute(
-        f"""CREATE TABLE analytics.bench_events AS
-        SELECT 'evt_' || i AS event_id, 'user_' || (i % 50000) AS user_id,
-               (['Signed up', 'Viewed pricing', 'Started trial', 'Upgraded plan'])[1 + i % 4] AS event_name,
-               TIMESTAMPTZ '2026-06-01 00:00:00+00' + (i % 604800) * INTERVAL 1 SECOND AS occurred_at,
-               'thread_' || (i % 9973) AS thread_id, (['free', 'team', 'enterprise'])[1 + i % 3] AS plan
-        FROM range({args.events}) t(i)"""
-    )
-    con.close()
+    build_warehouse(home, args.events)
     build_s = time.perf_counter() - started
+    sampler = RssSampler().start()
 
     folder = home / "syncs"
     folder.mkdir()
@@ -95,15 +132,17 @@ def run(args: argparse.Namespace, home: Path, port: int) -> None:
     run_id = new_run_id()
     out = staging_path(spec, Window(), run_id)
 
+    sampler.mark()
     t0 = time.perf_counter()
     extract_path, rows = extract(spec, Window(), out)
     t1 = time.perf_counter()
     payload_path, _, rejected = transform(spec, extract_path, out)
     t2 = time.perf_counter()
-    rss_before_delivery = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_stage = sampler.mark()
     ledger = open_ledger()
     result = deliver_file(spec, payload_path, run_id=run_id, span="all", ledger=ledger)
     t3 = time.perf_counter()
+    rss_delivery = sampler.mark()
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/_sandbox/stats") as resp:
@@ -121,8 +160,9 @@ def run(args: argparse.Namespace, home: Path, port: int) -> None:
         "deliver_s": round(t3 - t2, 2),
         "end_to_end_events_per_s": round(args.events / (t3 - t0)),
         "delivery_events_per_s": round(result.delivered / (t3 - t2)),
-        "peak_rss_mb_before_delivery": round(rss_before_delivery),
-        "peak_rss_mb": round(peak_rss_mb),
+        "peak_rss_mb_extract_transform": round(rss_stage),
+        "peak_rss_mb_delivery": round(rss_delivery),
+        "peak_rss_mb_process": round(peak_rss_mb),
         "warehouse_build_s": round(build_s, 2),
         "concurrency": args.concurrency,
     }

@@ -185,6 +185,13 @@ class Delivery:
 
     def run_file(self, payload_path: Path) -> RunRow:
         """Deliver every pending item of ``payload_path``; returns the run's counters."""
+        try:
+            return self._run_file(payload_path)
+        except SyncStopped as stop:  # e.g. an item checker's lookup refused the credential
+            self.run.status, self.run.error = "stopped", str(stop)
+            return self._finish(stop)
+
+    def _run_file(self, payload_path: Path) -> RunRow:
         items = self._plan(payload_path)
         chunks = chunk_items(items, self.options.limits)
         stop: SyncStopped | None = None

@@ -64,7 +64,9 @@ def json_of(expr: str, dtype: DuckDBPyType, keep_nulls: bool) -> str:
                 members.append(f"{label} || coalesce({value}, 'null')")
             else:
                 members.append(f"CASE WHEN {child} IS NULL THEN NULL ELSE {label} || {value} END")
-        return "('{' || concat_ws(','" + "".join(", " + m for m in members) + ") || '}')"
+        obj = "('{' || concat_ws(','" + "".join(", " + m for m in members) + ") || '}')"
+        # An object whose members are all NULL is absent, not "{}" (unless NULLs are kept on purpose).
+        return obj if keep_nulls else f"NULLIF({obj}, '{{}}')"
     if dtype.id in TIMESTAMP_IDS:
         return f"CAST(to_json({_iso_from_timestamp(expr, dtype.id)}) AS VARCHAR)"
     if _is_json(dtype):
@@ -204,7 +206,7 @@ class PayloadBuilder:
                 if f.kind == "string_map":
                     is_object += (
                         f" AND list_bool_and(list_transform(map_values(json_transform({col}, '\"MAP(VARCHAR, JSON)\"')),"
-                        " v -> json_type(v) = 'VARCHAR')) IS NOT FALSE"
+                        " lambda v: json_type(v) = 'VARCHAR')) IS NOT FALSE"
                     )
                 value, out_type = f"CASE WHEN {is_object} THEN CAST({col} AS JSON) END", duckdb.sqltype("JSON")
                 what = "an object of string values" if f.kind == "string_map" else "a JSON object"
