@@ -1,0 +1,129 @@
+"""How close syncline runs to Screeb's documented 50 requests/s per token without a single 429.
+
+    .venv/bin/python benchmarks/bench_screeb_rate.py               # ~20 s: 930 requests of 100 events
+    .venv/bin/python benchmarks/bench_screeb_rate.py --seconds 10
+
+A track sync of ``seconds * 46.5 * 100`` synthetic events goes to an in-process :class:`Sandbox` whose
+Screeb emulator enforces 50 requests per sliding second per token (answering 429 beyond). Reported, as
+measured *at the sandbox*: requests/s between the first and the last request (target >= 45 of 50), 429s
+(target 0), the most requests seen in any one-second window (must stay <= 50) and the largest batch
+(<= 100). The run is bounded: it aborts after ``3 * seconds + 30`` s whatever happens. Exit status 1 when
+a target is missed.
+
+Why 45: the Screeb endpoint's limiter spaces requests at 93% of the documented rate (46.5/s), so that a
+sliding one-second window at the vendor never sees 51 even when requests arrive up to ~75 ms late and
+bunch up (see ``connectors/vendors/screeb.py``); 45 leaves room for scheduling noise on a busy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TARGET_RPS = 45.0
+DOCUMENTED_RPS = 50
+
+
+def _abort(signum: int, frame: Any) -> None:
+    raise SystemExit("benchmark exceeded its time bound; aborted")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=20.0, help="intended duration at the endpoint's paced rate (max 30)")
+    parser.add_argument("--concurrency", type=int, default=4)
+    args = parser.parse_args()
+    seconds = min(max(args.seconds, 2.0), 30.0)
+    signal.signal(signal.SIGALRM, _abort)
+    signal.alarm(int(3 * seconds + 30))
+
+    home = Path(tempfile.mkdtemp(prefix="syncline-bench-screeb-"))
+    os.environ["SYNCLINE_HOME"] = str(home)
+
+    import duckdb
+
+    from connectors.ledger import open_ledger
+    from connectors.runner import run_sync
+    from connectors.sandbox import Sandbox
+    from connectors.spec import load_sync_file
+    from connectors.vendors.screeb import EVENT as SCREEB_EVENT
+
+    assert SCREEB_EVENT.rate is not None
+
+    paced = SCREEB_EVENT.rate.requests * SCREEB_EVENT.rate.safety / SCREEB_EVENT.rate.per_seconds
+    requests_planned = int(seconds * paced)
+    events = requests_planned * 100
+    con = duckdb.connect(str(home / "warehouse.duckdb"))
+    con.execute("CREATE SCHEMA analytics")
+    con.execute(
+        f"""CREATE TABLE analytics.bench_events AS
+        SELECT 'evt_' || i AS event_id, 'usr_' || (i % 5000) AS user_alias,
+               (['Report exported', 'Dashboard shared', 'Teammate invited'])[1 + i % 3] AS event_name,
+               (['free', 'team', 'enterprise'])[1 + i % 3] AS plan,
+               TIMESTAMPTZ '2026-06-01 00:00:00+00' + (i % 604800) * INTERVAL 1 SECOND AS occurred_at
+        FROM range({events}) t(i)"""
+    )
+    con.close()
+    folder = home / "syncs"
+    folder.mkdir()
+    (folder / "bench.sql").write_text(
+        "SELECT _key, user_alias, 'track' AS type, event_name, {'plan': plan} AS properties FROM source"
+    )
+    (folder / "bench.yaml").write_text(
+        "name: bench_screeb\nsource: {table: analytics.bench_events, key: event_id, cursor: occurred_at}\n"
+        "destination: {vendor: screeb, endpoint: event}\nmodel: bench.sql\n"
+        f"delivery: {{concurrency: {args.concurrency}}}\n"
+    )
+    spec = load_sync_file(folder / "bench.yaml")
+
+    with Sandbox(record_items=False) as sandbox:
+        os.environ.update(sandbox.env())
+        ledger = open_ledger()
+        started = time.perf_counter()
+        run = run_sync(spec, ledger=ledger)
+        elapsed = time.perf_counter() - started
+        ledger.close()
+        stats = sandbox.stats()["screeb"]["event"]
+
+    span = stats["last_at"] - stats["first_at"]
+    rps = (stats["requests"] - 1) / span if span > 0 else 0.0
+    http_429 = stats["by_status"].get(429, 0)
+    report = {
+        "events": events,
+        "delivered": run.delivered,
+        "requests_at_sandbox": stats["requests"],
+        "achieved_requests_per_s": round(rps, 2),
+        "target_requests_per_s": f">= {TARGET_RPS:g} of {DOCUMENTED_RPS}",
+        "http_429": http_429,
+        "rate_limited_by_sandbox": stats["rate_limited"],
+        "max_requests_in_any_1s_window": stats["max_in_window"],
+        "max_items_per_request": stats["max_items_per_request"],
+        "run_seconds_incl_extract_transform": round(elapsed, 2),
+        "concurrency": args.concurrency,
+    }
+    print(json.dumps(report, indent=2))
+    failures = []
+    if rps < TARGET_RPS:
+        failures.append(f"achieved {rps:.2f} req/s, under the {TARGET_RPS:g} target")
+    if http_429 or run.http_429:
+        failures.append(f"{max(http_429, run.http_429)} responses were 429")
+    if stats["max_in_window"] > DOCUMENTED_RPS:
+        failures.append(f"{stats['max_in_window']} requests in one second, over the documented {DOCUMENTED_RPS}")
+    if run.delivered != events or stats["items_accepted"] != events:
+        failures.append(f"delivered {run.delivered} / stored {stats['items_accepted']} of {events} events")
+    print("PASS" if not failures else "FAIL: " + "; ".join(failures))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
