@@ -52,7 +52,7 @@ def _connect(database: str = ":memory:", read_only: bool = False) -> duckdb.Duck
     con = duckdb.connect(database, read_only=read_only)
     con.execute("SET TimeZone = 'UTC'")
     # Bounded memory whatever the row count: DuckDB spills sorts and windows to disk past this limit.
-    con.execute(f"SET memory_limit = '{os.environ.get('SYNCLINE_DUCKDB_MEMORY', '256MB')}'")
+    con.execute(f"SET memory_limit = '{os.environ.get('SYNCLINE_DUCKDB_MEMORY', '128MB')}'")
     con.execute(f"SET temp_directory = '{settings.home() / 'duckdb_tmp'}'")
     con.execute("SET preserve_insertion_order = false")
     threads = os.environ.get("SYNCLINE_DUCKDB_THREADS")

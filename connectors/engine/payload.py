@@ -304,7 +304,6 @@ class PayloadBuilder:
                          THEN 'item is ' || strlen(payload) || ' bytes, over the {limit}-byte request limit' END
                 ), '') AS reject_reason
             FROM rendered
-            ORDER BY _cursor NULLS LAST, _key
         """
 
 
