@@ -65,7 +65,7 @@ class RssSampler:
         while not self._stop.wait(0.05):
             self._peak = max(self._peak, self.current_mb())
 
-    def start(self) -> "RssSampler":
+    def start(self) -> RssSampler:
         self._thread.start()
         return self
 

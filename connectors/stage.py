@@ -98,7 +98,8 @@ def _window_filter(spec: SyncSpec, window: Window, placeholder: str = "?") -> tu
     if spec.source.cursor is None or (window.start is None and window.end is None):
         return "", []
     cursor = quote_ident(spec.source.cursor)
-    clauses, params = [], []
+    clauses: list[str] = []
+    params: list[object] = []
     if window.start is not None:
         clauses.append(f"{cursor} >= {placeholder}")
         params.append(window.start)

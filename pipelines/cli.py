@@ -15,6 +15,7 @@ sandbox, a staging vendor or production.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -23,7 +24,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from connectors import settings
 from connectors.errors import ConfigError, SynclineError
 from connectors.ledger import RunRow, open_ledger
 from connectors.runner import new_run_id, resolve_base_url, resolve_credentials, run_sync
@@ -63,9 +63,9 @@ def _day(value: str) -> dt.date:
 
 
 def _window(spec: SyncSpec, args: argparse.Namespace) -> Window:
-    first = getattr(args, "partition", None) or getattr(args, "from_day", None)
-    last = getattr(args, "partition", None) or getattr(args, "to_day", None) or first
-    if first is None:
+    first: dt.date | None = getattr(args, "partition", None) or getattr(args, "from_day", None)
+    last: dt.date | None = getattr(args, "partition", None) or getattr(args, "to_day", None) or first
+    if first is None or last is None:
         return Window()
     if not spec.partitioned:
         raise SynclineError(f"{spec.name} has no daily partitions; run it without --partition/--from/--to")
@@ -195,10 +195,8 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         print(f"export {name}={value}")
     sys.stdout.flush()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         sandbox.serve_forever()
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

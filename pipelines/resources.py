@@ -17,7 +17,7 @@ from connectors.engine.endpoint import Vendor
 from connectors.ledger import Ledger, open_ledger
 
 
-class SynclineResource(dg.ConfigurableResource):  # type: ignore[misc]
+class SynclineResource(dg.ConfigurableResource):
     """Where syncline keeps its ledger; defaults to ``SYNCLINE_LEDGER_URL`` or ``$SYNCLINE_HOME/ledger.sqlite``."""
 
     ledger_url: str | None = PydanticField(default=None, description="postgresql://... or a SQLite path")
@@ -26,7 +26,7 @@ class SynclineResource(dg.ConfigurableResource):  # type: ignore[misc]
         return open_ledger(self.ledger_url)
 
 
-class VendorResource(dg.ConfigurableResource):  # type: ignore[misc]
+class VendorResource(dg.ConfigurableResource):
     """Base URL and credentials of one vendor. Subclasses add one optional field per credential."""
 
     base_url: str | None = PydanticField(default=None, description="defaults to <PREFIX>_BASE_URL, then the vendor's public URL")

@@ -196,9 +196,9 @@ class Delivery:
         chunks = chunk_items(items, self.options.limits)
         stop: SyncStopped | None = None
         if self.options.dry_run or self.sender is None:
-            for chunk in chunks:
+            for planned in chunks:
                 self.run.requests += 1
-                self.run.bytes_sent += sum(len(i.payload) for i in chunk)
+                self.run.bytes_sent += sum(len(i.payload) for i in planned)
             return self._finish(None)
         in_flight: set[Future[ChunkResult]] = set()
         with ThreadPoolExecutor(max_workers=self.options.concurrency, thread_name_prefix="syncline-send") as pool:

@@ -82,7 +82,7 @@ class HttpClient:
             sent = True
             resp = conn.getresponse()
             data = resp.read()
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             self._drop()
             raise TransportError(f"no answer within {self.timeout:g}s", maybe_sent=sent) from None
         except (ConnectionRefusedError, socket.gaierror) as exc:
@@ -102,9 +102,13 @@ class HttpClient:
     ) -> HttpResponse:
         """A one-off request to another host (e.g. a presigned upload URL); no connection reuse."""
         parts = urlsplit(url)
-        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        kwargs = {"context": ssl.create_default_context()} if parts.scheme == "https" else {}
-        conn = cls(parts.hostname or "", parts.port, timeout=self.timeout, **kwargs)  # type: ignore[arg-type]
+        conn: http.client.HTTPConnection
+        if parts.scheme == "https":
+            conn = http.client.HTTPSConnection(
+                parts.hostname or "", parts.port, timeout=self.timeout, context=ssl.create_default_context()
+            )
+        else:
+            conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=self.timeout)
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         started = time.perf_counter()
         sent = False

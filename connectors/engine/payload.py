@@ -56,7 +56,7 @@ def json_of(expr: str, dtype: DuckDBPyType, keep_nulls: bool) -> str:
     """SQL for the JSON text of ``expr``; objects drop NULL members unless ``keep_nulls``."""
     if dtype.id == "struct":
         members = []
-        for child_name, child_type in dtype.children:
+        for child_name, child_type in _struct_children(dtype):
             child = f"struct_extract({expr}, {quote_literal(child_name)})"
             label = quote_literal(_json_string(child_name) + ":")
             value = json_of(child, child_type, keep_nulls)
@@ -72,6 +72,10 @@ def json_of(expr: str, dtype: DuckDBPyType, keep_nulls: bool) -> str:
     if _is_json(dtype):
         return f"CAST({expr} AS VARCHAR)"
     return f"CAST(to_json({expr}) AS VARCHAR)"
+
+
+def _struct_children(dtype: DuckDBPyType) -> list[tuple[str, DuckDBPyType]]:
+    return [(str(name), child) for name, child in dtype.children if isinstance(child, DuckDBPyType)]
 
 
 def _json_string(text: str) -> str:
@@ -191,7 +195,7 @@ class PayloadBuilder:
         elif f.kind in ("object", "string_map"):
             if tid == "struct":
                 if f.kind == "string_map":
-                    for child_name, child_type in dtype.children:
+                    for child_name, child_type in _struct_children(dtype):
                         if child_type.id != "varchar" or _is_json(child_type):
                             raise self._fail(
                                 f"{f.name}.{child_name}",
@@ -199,7 +203,7 @@ class PayloadBuilder:
                                 f"{child_type}: cast it to VARCHAR in the model",
                             )
             elif tid == "map":
-                if f.kind == "string_map" and str(dtype.value).upper() != "VARCHAR":  # type: ignore[attr-defined]
+                if f.kind == "string_map" and str(dtype).upper() != "MAP(VARCHAR, VARCHAR)":
                     raise self._fail(f.name, f"{self.endpoint.qualified_name} wants string values, the map is {dtype}")
             elif tid == "varchar":
                 is_object = f"(json_valid({col}) AND json_type(CAST({col} AS JSON)) = 'OBJECT')"

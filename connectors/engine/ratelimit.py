@@ -16,6 +16,7 @@ import os
 import struct
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 _STATE = struct.Struct("<d")
@@ -35,7 +36,7 @@ class RateLimiter:
         self.interval = interval
         self._lock = threading.Lock()
 
-    def _update(self, decide: callable) -> float:  # type: ignore[valid-type]
+    def _update(self, decide: Callable[[float], tuple[float, float]]) -> float:
         with self._lock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
@@ -44,7 +45,7 @@ class RateLimiter:
                 tat = _STATE.unpack(raw)[0] if len(raw) == _STATE.size else 0.0
                 new_tat, result = decide(tat)
                 os.pwrite(fd, _STATE.pack(new_tat), 0)
-                return result  # type: ignore[no-any-return]
+                return result
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 os.close(fd)

@@ -83,7 +83,8 @@ class Sandbox:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, record_items: bool = True) -> None:
         self._server = _Server((host, port), _Handler)
         self._server.sandbox = self
-        self.host, self.port = self._server.server_address[:2]  # type: ignore[misc]
+        address = self._server.server_address
+        self.host, self.port = str(address[0]), int(address[1])
         self.emulators: dict[str, Emulator] = {
             name: cls(record_items=record_items, base_url=self.base_url(name)) for name, cls in emulator_classes().items()
         }
