@@ -159,10 +159,21 @@ def open_model(spec: SyncSpec, extract_path: Path) -> tuple[duckdb.DuckDBPyConne
     try:
         con.execute(f"CREATE VIEW model AS {spec.model_sql}")
         columns = describe(con, "model")
+        relation = "model"
+        if spec.source.cursor and "_cursor" not in columns and "_key" in columns:
+            # Carry the source cursor to each item by key, so the ledger can answer "what was delivered
+            # for this window" (reconciliation) without every model having to select _cursor.
+            con.execute(
+                "CREATE VIEW model_with_cursor AS SELECT m.*, c._cursor FROM model AS m LEFT JOIN "
+                "(SELECT _key, max(_cursor) AS _cursor FROM source WHERE _key IS NOT NULL GROUP BY _key) AS c "
+                "ON CAST(m._key AS VARCHAR) = c._key"
+            )
+            relation = "model_with_cursor"
+            columns = describe(con, relation)
     except duckdb.Error as exc:
         con.close()
         raise ConfigError(str(spec.model_file), "(sql)", f"the model does not run: {exc}") from None
-    return con, builder_for(spec).sql("model", columns)
+    return con, builder_for(spec).sql(relation, columns)
 
 
 def transform(spec: SyncSpec, extract_path: Path, out_dir: Path) -> tuple[Path, int, int]:

@@ -321,7 +321,7 @@ def test_5xx_and_429_on_every_step_are_retried(sandbox, feedback_sync, syncline_
     write_file(syncline_home, "shots/r.png", sample.png(8, 8, 9))
     write_file(syncline_home, "files/r.txt", b"retry me\n")
     spec = feedback_sync({"a": {"screenshot": "shots/r.png", "files": ["files/r.txt"]}})
-    sandbox.set_fault("streamback", "feedback", Fault("503"))
+    sandbox.set_fault("streamback", "feedback", Fault("429_bare"))  # a 429 was surely not stored: retried
     sandbox.set_fault("streamback", "upload_url", Fault("429", count=2, retry_after=0))
     sandbox.set_fault("streamback", "storage", Fault("500"))
     sandbox.set_fault("streamback", "attachments_presign", Fault("429_bare"))
@@ -331,13 +331,28 @@ def test_5xx_and_429_on_every_step_are_retried(sandbox, feedback_sync, syncline_
     run = run_sync(spec)
 
     assert (run.delivered, run.in_doubt, run.failed) == (1, 0, 0)
-    assert run.retries == 8 and run.http_429 == 3
+    assert run.retries == 8 and run.http_429 == 4
     emu = emulator(sandbox)
-    (stored,) = emu.feedback.values()  # the 503 answered before storing: one feedback
+    (stored,) = emu.feedback.values()
     assert stored["finalized"] is True
     assert sorted(emu.upload_counts.values()) == [1, 1]
     by_status = {ep: s["by_status"] for ep, s in sandbox.stats()["streamback"].items()}
     assert by_status["finalize"] == {503: 2, 200: 1} and by_status["storage"] == {500: 1, 200: 2}
+
+
+@pytest.mark.parametrize("fault", ["503", "drop_after"])
+def test_a_feedback_post_with_unknown_outcome_is_not_resent_within_the_run(sandbox, feedback_sync, fault):
+    spec = feedback_sync({"a": {}})
+    sandbox.set_fault("streamback", "feedback", Fault(fault))
+
+    run = run_sync(spec)
+
+    # The vendor may have stored it (drop_after: it did): no silent second POST, the item waits in doubt.
+    assert (run.delivered, run.in_doubt) == (0, 1)
+    assert requests(sandbox, "feedback") == 1
+    assert len(emulator(sandbox).feedback) == (1 if fault == "drop_after" else 0)
+    (item,) = open_ledger().items("fb")
+    assert item["state"] == "in_doubt" and "not resent" in item["reason"]
 
 
 def test_a_step_that_keeps_failing_leaves_the_item_in_doubt_and_the_next_run_resumes_it(

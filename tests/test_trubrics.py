@@ -127,3 +127,15 @@ def test_unknown_model_column_is_a_config_error_naming_the_sql_file(sandbox, war
         run_sync(spec)
     assert str(spec.model_file) in str(error.value)
     assert "evnt" in str(error.value)
+
+
+def test_the_source_cursor_reaches_the_ledger_without_the_model_selecting_it(sandbox, warehouse, write_sync):
+    import datetime as dt
+
+    warehouse(EVENTS.format(n=200))  # one event every 10 minutes from 2026-06-01 00:00
+    spec = write_sync("events", EVENTS_SYNC, EVENTS_SQL)
+    run_sync(spec)
+    ledger = open_ledger()
+    day2 = dt.datetime(2026, 6, 2, tzinfo=dt.UTC)
+    assert ledger.delivered_in_window("events", day2, day2 + dt.timedelta(days=1)) == 200 - 144
+    assert ledger.delivered_in_window("events", None, None) == 199

@@ -147,9 +147,15 @@ class Sender:
         passthrough_4xx: bool = False,
         limited: bool = True,
         label: str | None = None,
+        idempotent: bool = True,
     ) -> HttpResponse:
         """Send with limiter and retries. Returns 2xx and refusals (400/413/422, or any 4xx if
-        ``passthrough_4xx``); raises :class:`GiveUp` after retries and :class:`SyncStopped` to stop."""
+        ``passthrough_4xx``); raises :class:`GiveUp` after retries and :class:`SyncStopped` to stop.
+
+        ``idempotent=False`` (a create with no dedup key): once an attempt may have reached the vendor
+        (timeout or drop after sending, 5xx), do not resend within the run: give up ``in_doubt`` so the
+        sync's ``in_doubt`` policy decides, instead of creating a duplicate silently. 429s and failures
+        to connect are still retried: the vendor surely did not act on those."""
         maybe_sent = False
         reason = "no attempt made"
         send_headers = dict(self.headers if headers is None else headers)
@@ -162,6 +168,8 @@ class Sender:
                 maybe_sent = maybe_sent or exc.maybe_sent
                 reason = str(exc)
                 self._log(result, chunk_id, attempt, items, len(body or b""), None, 0.0, reason, label)
+                if exc.maybe_sent and not idempotent:
+                    raise GiveUp(f"{reason}; not resent (the vendor may have stored it)", True)
                 if attempt < self.policy.max_attempts:
                     self.sleep(self.policy.backoff.delay(attempt, self._rng))
                 continue
@@ -180,6 +188,8 @@ class Sender:
                 if status >= 500:
                     maybe_sent = True
                 reason = f"HTTP {status} after {attempt} attempt(s): {error or ''}".strip()
+                if status >= 500 and not idempotent:
+                    raise GiveUp(f"{reason}; not resent (the vendor may have stored it)", True)
                 wait = parse_retry_after(response.headers.get("retry-after"))
                 if wait is not None and wait > self.policy.max_retry_after:
                     raise GiveUp(
@@ -347,8 +357,11 @@ class ItemContext:
         headers: Mapping[str, str] | None = None,
         absolute_url: str | None = None,
         limited: bool = True,
+        idempotent: bool = True,
     ) -> HttpResponse:
-        """One step's request (retried like any other). Any 4xx other than 401/403/429 is returned."""
+        """One step's request (retried like any other). Any 4xx other than 401/403/429 is returned.
+
+        Pass ``idempotent=False`` for a step that creates something the vendor cannot dedup."""
         self.current_step = step
         if os.environ.get(CRASH_STEP_ENV) == step:
             os._exit(70)
@@ -357,7 +370,7 @@ class ItemContext:
         return self.sender.call(
             method, path, body, result=self.result, chunk_id=self.item.idem_key[:16], items=1,
             headers=headers, absolute_url=absolute_url, passthrough_4xx=True, limited=limited,
-            label=f"{self.sender.endpoint.name}:{step}",
+            label=f"{self.sender.endpoint.name}:{step}", idempotent=idempotent,
         )
 
     def save(self, vendor_id: str | None = None) -> None:

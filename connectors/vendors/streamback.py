@@ -41,8 +41,8 @@ Choices where the document is silent (options under ``destination.options`` are 
 - A 400 on any step is a permanent refusal (the item is rejected with the vendor's message); when the
   feedback already exists the reason says so and names its id. A 404/405 on the feedback POST means a wrong
   base URL and stops the sync. A 2xx without an ``id`` leaves the item ``in_doubt``.
-- A feedback POST whose outcome stays unknown (timeouts or 5xx until retries run out) is ``in_doubt``: the
-  next run submits it again under the default ``delivery.in_doubt: resend`` (at-least-once; there is no
+- A feedback POST whose outcome is unknown (a timeout or dropped connection after sending, or a 5xx) is
+  not resent within the run (``idempotent=False``): the item is ``in_doubt`` at once, and the next run submits it again under the default ``delivery.in_doubt: resend`` (at-least-once; there is no
   idempotency key to dedup with); ``hold`` keeps it for a person to check with the status/history API.
 - No rate limit is documented: none is applied; 429 and ``Retry-After`` are honoured on every step.
 - ``mirror`` mode cannot update a feedback (there is no update API): an item whose progress holds a
@@ -153,7 +153,8 @@ class FeedbackEndpoint(Endpoint):
 
     # --- steps -----------------------------------------------------------------------------------------
     def _submit(self, ctx: ItemContext, body: dict[str, Any]) -> str:
-        response = ctx.call("POST", FEEDBACK_PATH, step="feedback", json_body=body)
+        # No idempotency key: never resend a feedback POST that may have landed (in_doubt instead).
+        response = ctx.call("POST", FEEDBACK_PATH, step="feedback", json_body=body, idempotent=False)
         if response.status in (404, 405):
             raise SyncStopped(
                 f"{self.qualified_name} answered HTTP {response.status} on POST {FEEDBACK_PATH}: "
