@@ -16,6 +16,8 @@ from connectors.spec import SyncSpec, load_sync_file
 # Fast retries for tests; a sync file may still override any of these.
 FAST_DELIVERY = {"backoff_base": 0.01, "backoff_cap": 0.05, "max_retry_after": 5}
 
+POSTGRES_URL = os.environ.get("SYNCLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
 _ENV_PREFIXES = ("SYNCLINE_", "TRUBRICS_", "SCREEB_", "STREAMBACK_", "GRADEMYPAGE_", "FLUX_")
 
 
@@ -23,7 +25,7 @@ _ENV_PREFIXES = ("SYNCLINE_", "TRUBRICS_", "SCREEB_", "STREAMBACK_", "GRADEMYPAG
 def syncline_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own state folder and an environment with no syncline/vendor variables."""
     for name in list(os.environ):
-        if name.startswith(_ENV_PREFIXES):
+        if name.startswith(_ENV_PREFIXES) and name != "SYNCLINE_TEST_POSTGRES_URL":
             monkeypatch.delenv(name)
     home = tmp_path / "home"
     home.mkdir()
@@ -85,3 +87,18 @@ def write_sync(tmp_path: Path) -> Callable[..., SyncSpec]:
 
     write.folder = folder  # type: ignore[attr-defined]
     return write
+
+
+@pytest.fixture
+def postgres_ledger_url() -> Iterator[str]:
+    """A fresh schema on the real PostgreSQL server for a ledger; CI must reach it (no silent skip)."""
+    import uuid
+
+    import psycopg
+
+    schema = f"syncline_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+    yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        admin.execute(f"DROP SCHEMA {schema} CASCADE")

@@ -5,26 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import multiprocessing
 import os
-import uuid
-from collections.abc import Iterator
 
-import psycopg
 import pytest
 
 from connectors.ledger import AttemptRow, ItemRow, RunRow, open_ledger
+from tests.conftest import POSTGRES_URL
 
-PG_URL = os.environ.get("SYNCLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-@pytest.fixture
-def postgres_ledger_url() -> Iterator[str]:
-    """A fresh schema on the real server; CI must reach it (no silent skip)."""
-    schema = f"syncline_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_URL, autocommit=True) as admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-    yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    with psycopg.connect(PG_URL, autocommit=True) as admin:
-        admin.execute(f"DROP SCHEMA {schema} CASCADE")
+PG_URL = POSTGRES_URL
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
