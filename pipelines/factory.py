@@ -16,7 +16,7 @@ import dagster as dg
 from dagster import AssetCheckExecutionContext, AssetExecutionContext, ScheduleEvaluationContext
 
 from connectors import runner, stage
-from connectors.errors import SyncStopped
+from connectors.engine.endpoint import Endpoint
 from connectors.ledger import Ledger, RunRow
 from connectors.spec import SyncSpec
 from pipelines.resources import SynclineResource, resource_key
@@ -220,7 +220,38 @@ def _checks(spec: SyncSpec, delivered_key: dg.AssetKey) -> list[dg.AssetChecksDe
             "rejection_reasons": reasons,
         })
 
-    return [settled, rejected_share]
+    checks = [settled, rejected_share]
+    if type(spec.endpoint).reconcile is not Endpoint.reconcile:
+        checks.append(_reconcile_check(spec, delivered_key))
+    return checks
+
+
+def _reconcile_check(spec: SyncSpec, delivered_key: dg.AssetKey) -> dg.AssetChecksDefinition:
+    """Vendors with a read API (Flux, StreamBack): what the vendor holds vs what the ledger delivered."""
+    name = spec.name
+    vendor_key = resource_key(spec.vendor)
+
+    @dg.asset_check(asset=delivered_key, name="reconciled_with_vendor", required_resource_keys={"syncline", vendor_key},
+                    description=f"Reads back from {spec.vendor.title} and compares with the ledger's delivered items.")
+    def reconciled(context: AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        vendor_res = getattr(context.resources, vendor_key)
+        ledger = context.resources.syncline.open_ledger()
+        try:
+            delivered = ledger.delivered_in_window(name, None, None)
+            sender = runner.make_sender(
+                spec, runner.resolve_credentials(spec.vendor, vendor_res.credentials()),
+                runner.resolve_base_url(spec.vendor, vendor_res.base_url), context.run.run_id, ledger,
+            )
+            report = spec.endpoint.reconcile(sender, sync=name, window_start=None, window_end=None, delivered=delivered)
+        finally:
+            ledger.close()
+        metadata: dict[str, Any] = {
+            k: (dg.MetadataValue.int(v) if isinstance(v, int) and not isinstance(v, bool) else dg.MetadataValue.text(str(v)))
+            for k, v in report.items() if v is not None
+        }
+        return dg.AssetCheckResult(passed=bool(report.get("matches")), metadata=metadata)
+
+    return reconciled
 
 
 def _schedule(spec: SyncSpec, job: Any) -> dg.ScheduleDefinition | None:
@@ -239,6 +270,3 @@ def _schedule(spec: SyncSpec, job: Any) -> dg.ScheduleDefinition | None:
 
     return _today
 
-
-def stop_message(exc: SyncStopped) -> str:
-    return str(exc)

@@ -190,3 +190,25 @@ def test_demo_data_conservation_every_source_row_is_accounted_for(sandbox, syncl
         assert run.source_rows == rows
         assert counts["rejected"] > 0, f"{spec.name}: the sample data should exercise rejections"
         assert all(reason for reason, _ in ledger.rejection_reasons(spec.name))
+
+
+def test_reconciliation_check_on_a_vendor_with_a_read_api(sandbox, warehouse, write_sync):
+    """StreamBack has a read API: the check reads back each feedback and compares with the ledger."""
+    warehouse("""CREATE TABLE analytics.fb AS SELECT 'f' || i AS id, 'Great app ' || i AS message, 'praise' AS kind,
+                 TIMESTAMPTZ '2026-06-01 09:00:00+00' + i * INTERVAL 1 HOUR AS ts FROM range(5) t(i)""")
+    spec = write_sync("fb", """
+        source: {table: analytics.fb, key: id, cursor: ts}
+        destination: {vendor: streamback, endpoint: feedback}
+    """, "SELECT _key, message, kind AS type FROM source")
+    built = build_sync(spec)
+    assert "reconciled_with_vendor" in {key.name for c in built.checks for key in c.check_keys}
+    result = dg.materialize([built.assets, *built.checks], resources=_resources(spec))
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["reconciled_with_vendor"].passed
+    assert checks["reconciled_with_vendor"].metadata["vendor_count"].value == 5
+
+    (feedback_id, *_) = sandbox.emulator("streamback").feedback
+    sandbox.emulator("streamback").control("delete_feedback", {"id": feedback_id})
+    again = dg.materialize([built.assets, *built.checks], resources=_resources(spec))
+    failed = {c.check_name: c for c in again.get_asset_check_evaluations()}["reconciled_with_vendor"]
+    assert not failed.passed and failed.metadata["difference"].value == 1
