@@ -169,7 +169,7 @@ class Sender:
                 reason = str(exc)
                 self._log(result, chunk_id, attempt, items, len(body or b""), None, 0.0, reason, label)
                 if exc.maybe_sent and not idempotent:
-                    raise GiveUp(f"{reason}; not resent (the vendor may have stored it)", True)
+                    raise GiveUp(f"{reason}; not resent (the vendor may have stored it)", True) from None
                 if attempt < self.policy.max_attempts:
                     self.sleep(self.policy.backoff.delay(attempt, self._rng))
                 continue

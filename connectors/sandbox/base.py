@@ -8,6 +8,7 @@ test can assert that syncline stayed inside the documented limits, measured at t
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import threading
@@ -265,6 +266,17 @@ class Emulator:
         with self.lock:
             stats = self.stats[endpoint]
             stats.max_items_per_request = max(stats.max_items_per_request, items)
+
+
+def is_iso_datetime(value: Any, *, require_offset: bool = True) -> bool:
+    """An ISO 8601 / RFC 3339 date-time string (``T`` or space between date and time, ``Z`` or ``±hh:mm``)."""
+    if not isinstance(value, str) or len(value) < 16 or value[10] not in "Tt ":
+        return False
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return False
+    return parsed.tzinfo is not None or not require_offset
 
 
 def parse_query(raw: str) -> dict[str, list[str]]:

@@ -27,13 +27,12 @@ where. The control action ``state`` returns the counters and the key log to anot
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import uuid
 from collections import defaultdict
 from typing import Any
 
-from connectors.sandbox.base import Emulator, Request, Response, Route
+from connectors.sandbox.base import Emulator, Request, Response, Route, is_iso_datetime
 
 PUBLIC_KEY = "5b0e8a52-3c4f-4e7d-9a61-2f8c7d1e4b90"
 SECRET_KEY = "gmp_sk_sandbox_7Qm2Xv9LpT4rW8kZ"
@@ -76,16 +75,6 @@ EXPERIMENTS: list[dict[str, Any]] = [
 
 TRACK_REQUIRED = ("eventType", "pathname", "fullUrl", "sessionId", "visitorId")
 TRACK_OPTIONAL_STRINGS = ("eventName", "referrer")
-
-
-def _is_iso(value: Any) -> bool:
-    if not isinstance(value, str) or len(value) < 10 or "T" not in value.upper():
-        return False
-    try:
-        dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        return False
-    return True
 
 
 class GradeMyPageEmulator(Emulator):
@@ -248,7 +237,7 @@ class GradeMyPageEmulator(Emulator):
     def _server_event_problems(event: dict[str, Any]) -> list[str]:
         problems = [f"{name} is required (a non-empty string)" for name in ("eventType", "eventName")
                     if not isinstance(event.get(name), str) or not event[name]]
-        if "timestamp" in event and not _is_iso(event["timestamp"]):
+        if "timestamp" in event and not is_iso_datetime(event["timestamp"], require_offset=False):
             problems.append(f"timestamp must be an ISO 8601 string, got {event['timestamp']!r}")
         for name in ("idempotencyKey", "page", "experimentId", "variantId"):
             if name in event and not isinstance(event[name], str):

@@ -25,7 +25,7 @@ import datetime as dt
 import itertools
 from typing import Any
 
-from connectors.sandbox.base import Emulator, RateRule, Request, Response, Route
+from connectors.sandbox.base import Emulator, RateRule, Request, Response, Route, is_iso_datetime
 
 MAX_ITEMS = 100
 EVENT_TYPES = ("identify", "track", "group.assign", "group.unassign", "page", "screen", "copilot")
@@ -108,16 +108,6 @@ def _check_event(index: int, item: Any) -> list[dict[str, Any]]:
     return problems
 
 
-def _is_datetime(value: Any) -> bool:
-    if not isinstance(value, str):
-        return False
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return False
-    return parsed.tzinfo is not None
-
-
 def _check_release(body: Any) -> list[dict[str, Any]]:
     if not isinstance(body, dict):
         return [_problem(None, "", "the body must be one JSON object (a release), not an array")]
@@ -130,7 +120,7 @@ def _check_release(body: Any) -> list[dict[str, Any]]:
             problems.append(_problem(None, field, "must be a string"))
     if "tags" in body and not (isinstance(body["tags"], list) and all(isinstance(t, str) for t in body["tags"])):
         problems.append(_problem(None, "tags", "must be an array of strings"))
-    if "released_at" in body and not _is_datetime(body["released_at"]):
+    if "released_at" in body and not is_iso_datetime(body["released_at"]):
         problems.append(_problem(None, "released_at", "must be an ISO 8601 date-time with an offset"))
     return problems
 

@@ -8,24 +8,11 @@ Any problem answers 422 with FastAPI's ``{"detail": [{"loc", "msg", "type"}]}`` 
 
 from __future__ import annotations
 
-import datetime as dt
-import re
 from typing import Any
 
-from connectors.sandbox.base import Emulator, Request, Response, Route
+from connectors.sandbox.base import Emulator, Request, Response, Route, is_iso_datetime
 
-RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 MAX_ITEMS = 100
-
-
-def _is_datetime(value: Any) -> bool:
-    if not isinstance(value, str) or not RFC3339.match(value):
-        return False
-    try:
-        dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        return False
-    return True
 
 
 SCHEMAS: dict[str, dict[str, tuple[str, bool]]] = {
@@ -58,7 +45,7 @@ def _type_ok(kind: str, value: Any) -> bool:
     if kind == "object":
         return isinstance(value, dict)
     if kind == "datetime":
-        return _is_datetime(value)
+        return is_iso_datetime(value)
     return True
 
 
