@@ -1,0 +1,116 @@
+"""The ``syncline`` CLI, driven as a user would: demo twice, run/preview/log/list, errors with exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from connectors.ledger import open_ledger
+from pipelines.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+EVENTS = """
+    CREATE TABLE analytics.events AS
+    SELECT 'e' || i AS event_id, CASE WHEN i = 3 THEN NULL ELSE 'u' || i END AS user_id, 'Signed up' AS event_name,
+           TIMESTAMPTZ '2026-06-01 00:00:00+00' + i * INTERVAL 6 HOUR AS occurred_at
+    FROM range(20) t(i)
+"""
+SYNC = """
+    source: {table: analytics.events, key: event_id, cursor: occurred_at}
+    destination: {vendor: trubrics, endpoint: publish_events}
+    partitions: {daily: {start: 2026-06-01}}
+"""
+SQL = "SELECT _key, user_id, event_name AS event, occurred_at AS timestamp FROM source"
+
+
+@pytest.fixture
+def cli_sync(sandbox, warehouse, write_sync, monkeypatch):
+    warehouse(EVENTS)
+    spec = write_sync("cli_events", SYNC, SQL)
+    monkeypatch.setenv("SYNCLINE_SYNCS_DIR", str(write_sync.folder))
+    return spec
+
+
+@pytest.mark.slow
+def test_demo_delivers_every_vendor_then_nothing_new_on_the_second_run(syncline_home):
+    env_cmd = [sys.executable, "-m", "pipelines.cli", "demo"]
+    first = subprocess.run(env_cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    for vendor in ("trubrics", "screeb", "streamback", "grademypage", "flux"):
+        assert f"{vendor}." in first.stdout  # each vendor and endpoint appears in the summary
+    assert "every source row accounted for: yes" in first.stdout
+    second = subprocess.run(env_cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "0 new items delivered" in second.stdout
+
+
+def test_run_a_partition_then_a_range(cli_sync, sandbox, capsys):
+    assert main(["run", "cli_events", "--partition", "2026-06-02"]) == 0
+    assert len(sandbox.records("trubrics", "publish_events")) == 4
+    assert main(["run", "cli_events", "--from", "2026-06-01", "--to", "2026-06-05"]) == 0
+    out = capsys.readouterr().out
+    assert "cli_events" in out and "2026-06-01..2026-06-05" in out
+    assert len(sandbox.records("trubrics", "publish_events")) == 19  # one row has no user: rejected
+
+
+def test_dry_run_sends_nothing_and_writes_no_ledger(cli_sync, sandbox, capsys):
+    assert main(["run", "cli_events", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "dry run: nothing was sent" in out
+    assert sandbox.stats()["trubrics"] == {}
+    assert open_ledger().counts("cli_events") == {"delivered": 0, "rejected": 0, "in_doubt": 0, "failed": 0}
+
+
+def test_preview_shows_payloads_and_validation(cli_sync, capsys):
+    assert main(["preview", "cli_events", "--limit", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "Nothing is sent" in out and "1 fail validation" in out
+    assert "REJECT: user_id is required" in out
+    assert '"event": "Signed up"' in out
+
+
+def test_log_lists_runs_attempts_and_reasons(cli_sync, capsys):
+    main(["run", "cli_events"])
+    capsys.readouterr()
+    assert main(["log", "cli_events"]) == 0
+    out = capsys.readouterr().out
+    assert "recent HTTP attempts" in out and "publish_events" in out
+    assert "rejected     1  user_id is required" in out
+
+
+def test_list_reports_a_broken_sync_file_with_file_and_field(cli_sync, write_sync, capsys):
+    (write_sync.folder / "broken.yaml").write_text("name: broken\nsource: {table: t, key: id}\ndestination: {vendor: nobody}\n")
+    assert main(["list"]) == 1
+    out = capsys.readouterr().out
+    assert "cli_events" in out
+    assert "broken.yaml: destination.vendor: unknown vendor 'nobody'" in out
+
+
+def test_errors_have_exit_codes_and_no_tracebacks(cli_sync, capsys, monkeypatch):
+    assert main(["run", "nope"]) == 2
+    assert "unknown sync(s): nope" in capsys.readouterr().err
+    monkeypatch.setenv("TRUBRICS_API_KEY", "bad-key-value")
+    assert main(["run", "cli_events"]) == 1
+    err = capsys.readouterr().err
+    assert "refused the credential (HTTP 401)" in err and "bad-key-value" not in err
+
+
+def test_sandbox_command_serves_and_prints_its_environment(syncline_home):
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "sandbox", "--port", "0"], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]  # type: ignore[union-attr]
+        assert "syncline sandbox listening on http://127.0.0.1:" in lines[0]
+        assert any(line.startswith("export ") and "_BASE_URL=http://127.0.0.1:" in line for line in lines[1:])
+        url = lines[0].split(" on ")[1].split(" ")[0]
+        import urllib.request
+
+        with urllib.request.urlopen(f"{url}/_sandbox/stats", timeout=10) as resp:
+            assert set(json.load(resp)) >= {"trubrics", "screeb", "streamback", "grademypage", "flux"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
