@@ -48,7 +48,7 @@ import re
 import uuid
 from typing import Any
 
-from connectors.sandbox.base import Emulator, RateRule, Request, Response, Route
+from connectors.sandbox.base import Emulator, RateRule, Request, Response, Route, is_iso_datetime
 
 KEY = "sk_sandbox_flux"
 MAX_BATCH = 500
@@ -86,9 +86,7 @@ def _check_event(event: Any, index: int | None) -> None:
     if not isinstance(name, str) or not name.strip():
         raise Invalid("missing_name", "Event name is required", index)
     timestamp = event.get("timestamp")
-    if timestamp is not None and not (
-        isinstance(timestamp, str) and ISO_DATETIME.match(timestamp.strip()) and _parse_time(timestamp)
-    ):
+    if timestamp is not None and not is_iso_datetime(timestamp, require_offset=False):
         raise Invalid("invalid_timestamp", "Timestamp format invalid", index)
     if event.get("user_id") is not None and not isinstance(event["user_id"], str):
         raise Invalid("invalid_user_id", "user_id must be a string", index)
