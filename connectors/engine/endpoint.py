@@ -101,6 +101,15 @@ class BatchOutcome:
     warnings: list[str] = field(default_factory=list)  # e.g. "vendor counted 99 of 100 items"
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What an endpoint may know about the run it serves: given to :meth:`Endpoint.bind` once per Sender."""
+
+    sync: str
+    run_id: str
+    sender: Any  # the run's Sender: its retrying ``request_once`` serves lookups and read-backs
+
+
 @dataclass(frozen=True, kw_only=True)
 class Endpoint:
     """A vendor ingestion endpoint. Subclass and override the methods below for vendor-specific shapes."""
@@ -137,6 +146,11 @@ class Endpoint:
     def parse(self, response: HttpResponse, items: Sequence[bytes]) -> BatchOutcome:
         """Interpret a 2xx response to a request carrying ``items``. Default: all accepted, no vendor ids."""
         return BatchOutcome(accepted=dict.fromkeys(range(len(items))))
+
+    def bind(self, run: RunContext) -> Endpoint:
+        """A copy of the endpoint for one run (e.g. to tag events with the sync name in ``encode``).
+        Called once per Sender; the declared endpoint itself is shared and never mutated. Default: self."""
+        return self
 
     def configure(self, options: Mapping[str, Any]) -> Endpoint:
         """Apply a sync's ``destination.options`` (e.g. Screeb ``anonymous_users``); return the endpoint to use.

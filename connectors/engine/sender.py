@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from connectors.engine.endpoint import Endpoint, HttpResponse
+from connectors.engine.endpoint import Endpoint, HttpResponse, RunContext
 from connectors.engine.http import HttpClient, TransportError
 from connectors.engine.ratelimit import NoLimit, RateLimiter
 from connectors.engine.retry import Backoff, parse_retry_after
@@ -118,7 +118,7 @@ class Sender:
         progress_store: ProgressStore | None = None,
         single: Sender | None = None,
     ) -> None:
-        self.endpoint = endpoint
+        self.endpoint = endpoint.bind(RunContext(sync, run_id, self))
         self.credentials = dict(credentials)
         self.client = client
         self.limiter = limiter
@@ -128,7 +128,7 @@ class Sender:
         self.sleep = sleep
         self.progress_store = progress_store
         self.single = single
-        self.headers = endpoint.headers(self.credentials)
+        self.headers = self.endpoint.headers(self.credentials)
         self.side_attempts: list[AttemptRow] = []
         self._rng = random.Random()
 

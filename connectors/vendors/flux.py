@@ -61,10 +61,9 @@ Choices where the document is silent (``destination.options`` in brackets):
   half-open). It assumes the model sends the source cursor as ``timestamp`` (as the sample sync does);
   events without a timestamp land "now" at Flux and fall outside their window.
 
-How the sync name reaches ``encode``: the engine hands ``encode`` only the payloads and credentials. The
-per-run hook ``item_checker(sender)`` is called once before the first request of every delivery; it swaps
-the run's Sender (and its single-endpoint Sender) onto copies of these endpoints bound to that run
-(:class:`RunBinding`: sync name, run id, the Sender for read-backs). Nothing is shared between runs.
+How the sync name reaches ``encode``: the engine calls ``Endpoint.bind(RunContext)`` once per Sender, and
+these endpoints keep the run's context (sync name, run id, the Sender for read-backs) on a per-run copy.
+Nothing is shared between runs.
 """
 
 from __future__ import annotations
@@ -87,6 +86,7 @@ from connectors.engine.endpoint import (
     HttpResponse,
     Rate,
     Rule,
+    RunContext,
     Vendor,
 )
 from connectors.engine.ratelimit import RateLimiter, credential_scope
@@ -128,13 +128,7 @@ class FluxError(SynclineError):
     """A read API call failed (after retries) or answered something we cannot interpret."""
 
 
-@dataclasses.dataclass(frozen=True)
-class RunBinding:
-    """What the endpoints of one delivery run know beyond their declaration (see the module docstring)."""
 
-    sync: str
-    run_id: str
-    sender: Any  # the run's Sender: read-backs go through its retrying request_once
 
 
 def tail_threshold(batch: Rate, single: Rate) -> int:
@@ -150,12 +144,12 @@ def tail_threshold(batch: Rate, single: Rate) -> int:
 class FluxEventEndpoint(Endpoint):
     """``POST /api/v1/events``: one event per request (also the batch endpoint's tail path)."""
 
-    run: RunBinding | None = dataclasses.field(default=None, compare=False, hash=False, repr=False)
+    run: RunContext | None = dataclasses.field(default=None, compare=False, hash=False, repr=False)
 
     def headers(self, credentials: Mapping[str, str]) -> dict[str, str]:
         return {"Authorization": f"Bearer {credentials['api_key']}"}
 
-    def bind(self, run: RunBinding) -> FluxEventEndpoint:
+    def bind(self, run: RunContext) -> FluxEventEndpoint:
         return dataclasses.replace(self, run=run)
 
     def encode(self, items: Sequence[bytes], credentials: Mapping[str, str]) -> bytes:
@@ -178,11 +172,6 @@ class FluxEventEndpoint(Endpoint):
 
     def error_reason(self, response: HttpResponse) -> str:
         return flux_error_reason(response)
-
-    def item_checker(self, ctx: Any) -> None:
-        """Bind this run (sync name, Sender) to the endpoints the run's Senders use; no per-item check."""
-        _bind_run(ctx)
-        return None
 
     def configure(self, options: Mapping[str, Any]) -> Endpoint:
         unknown = sorted(set(options) - {"rate_per_minute"})
@@ -245,7 +234,7 @@ class FluxBatchEndpoint(FluxEventEndpoint):
 
     read_back: bool = True
 
-    def bind(self, run: RunBinding) -> FluxEventEndpoint:
+    def bind(self, run: RunContext) -> FluxEventEndpoint:
         single = self.single.bind(run) if isinstance(self.single, FluxEventEndpoint) else self.single
         return dataclasses.replace(self, run=run, single=single)
 
@@ -346,17 +335,6 @@ class FluxBatchEndpoint(FluxEventEndpoint):
                 raise ValueError(f"read_back: true or false, got {options['read_back']!r}")
             changes["read_back"] = options["read_back"]
         return dataclasses.replace(self, **changes) if changes else self
-
-
-def _bind_run(sender: Any) -> None:
-    """Point ``sender`` (and its single-endpoint Sender) at copies of their endpoints bound to this run."""
-    sync, run_id = getattr(sender, "sync", None), getattr(sender, "run_id", "")
-    if not sync or not isinstance(sender.endpoint, FluxEventEndpoint):
-        return
-    sender.endpoint = sender.endpoint.bind(RunBinding(sync, run_id, sender))
-    single = getattr(sender, "single", None)
-    if single is not None and isinstance(single.endpoint, FluxEventEndpoint):
-        single.endpoint = single.endpoint.bind(RunBinding(sync, run_id, single))
 
 
 # --- payload helpers ---------------------------------------------------------------------------------------
