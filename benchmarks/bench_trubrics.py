@@ -21,6 +21,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -108,7 +109,8 @@ def main() -> None:
 
 def run(args: argparse.Namespace, home: Path, port: int) -> None:
     from connectors.ledger import open_ledger
-    from connectors.runner import deliver_file, new_run_id
+    from connectors.runner import new_run_id
+    deliver_file = globals().get("deliver_file") or __import__("connectors.runner", fromlist=["x"]).deliver_file
     from connectors.spec import load_sync_file
     from connectors.stage import Window, extract, staging_path, transform
 
@@ -140,7 +142,14 @@ def run(args: argparse.Namespace, home: Path, port: int) -> None:
     t2 = time.perf_counter()
     rss_stage = sampler.mark()
     ledger = open_ledger()
-    result = deliver_file(spec, payload_path, run_id=run_id, span="all", ledger=ledger)
+    timeline: list[tuple[int, int]] = []
+
+    def progress(run_row: Any) -> None:
+        done = run_row.delivered + run_row.rejected
+        if not timeline or done - timeline[-1][0] >= max(args.events // 10, 1):
+            timeline.append((done, round(RssSampler.current_mb())))
+
+    result = deliver_file(spec, payload_path, run_id=run_id, span="all", ledger=ledger, on_progress=progress)
     t3 = time.perf_counter()
     rss_delivery = sampler.mark()
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -163,6 +172,7 @@ def run(args: argparse.Namespace, home: Path, port: int) -> None:
         "peak_rss_mb_extract_transform": round(rss_stage),
         "peak_rss_mb_delivery": round(rss_delivery),
         "peak_rss_mb_process": round(peak_rss_mb),
+        "rss_mb_during_delivery": timeline,
         "warehouse_build_s": round(build_s, 2),
         "concurrency": args.concurrency,
     }

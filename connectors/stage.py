@@ -22,7 +22,7 @@ from connectors.engine.payload import PayloadBuilder, describe, quote_ident, quo
 from connectors.errors import ConfigError, SynclineError
 from connectors.spec import SyncSpec, expand_path
 
-ROW_GROUP_SIZE = 50_000
+ROW_GROUP_SIZE = 10_240  # small row groups keep the delivery reader's working set small
 
 
 @dataclass(frozen=True)
