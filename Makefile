@@ -25,8 +25,7 @@ lint: install
 	$(BIN)/mypy
 
 dagster: install
-	$(BIN)/syncline demo --warehouse-only
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	$(BIN)/syncline ui --port 3000
 
 bench: install
 	$(BIN)/python benchmarks/bench_trubrics.py --events 100000

@@ -2,6 +2,7 @@
 
     syncline sandbox                      local emulators of every vendor API on 127.0.0.1
     syncline demo [--warehouse-only]      sample warehouse -> sandbox, every sync, with a summary
+    syncline ui                           the Dagster UI on the sample warehouse, vendors in the sandbox
     syncline list                         the syncs found, and sync files that failed to load
     syncline run SYNC... | --all [--partition DAY | --from DAY --to DAY] [--dry-run]
     syncline preview SYNC [--limit N]     rendered payloads and validation results; nothing is sent
@@ -22,8 +23,10 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from connectors import settings
 from connectors.errors import ConfigError, SynclineError
 from connectors.ledger import RunRow, open_ledger
 from connectors.runner import new_run_id, resolve_base_url, resolve_credentials, run_sync
@@ -200,6 +203,32 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    """The Dagster UI on the sample warehouse, with the sandbox standing in for every vendor."""
+    import shutil
+    import subprocess
+
+    from connectors.sandbox import Sandbox
+    from pipelines.sample_data import build_warehouse
+
+    root = Path(__file__).resolve().parent.parent
+    build_warehouse(settings.warehouse_path(), settings.home())
+    dagster_home = settings.home() / "dagster"
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    template = root / "deploy" / "dagster.yaml"
+    if template.is_file() and not (dagster_home / "dagster.yaml").exists():
+        shutil.copy(template, dagster_home / "dagster.yaml")
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home)}
+    dagster = str(Path(sys.executable).parent / "dagster")
+    command = [dagster, "dev", "-w", str(root / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
+    if args.no_sandbox:
+        return subprocess.call(command, env=env, cwd=root)
+    with Sandbox(port=args.sandbox_port) as sandbox:
+        env.update(sandbox.env())
+        print(f"sandbox: {sandbox.url} (every vendor); Dagster UI: http://{args.host}:{args.port}", flush=True)
+        return subprocess.call(command, env=env, cwd=root)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.demo import run_demo
 
@@ -226,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="sample warehouse -> sandbox, every sync, with a summary")
     p.add_argument("--warehouse-only", action="store_true", help="only build the sample warehouse under SYNCLINE_HOME")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("ui", help="the Dagster UI on the sample warehouse, vendors served by the sandbox")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--sandbox-port", type=int, default=0)
+    p.add_argument("--no-sandbox", action="store_true", help="use the vendor URLs and keys in the environment")
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("list", help="list syncs and sync-file errors")
     p.set_defaults(func=cmd_list)
