@@ -77,15 +77,16 @@ def _window(spec: SyncSpec, args: argparse.Namespace) -> Window:
     return Window.days(first, last)
 
 
-def _summary_rows(runs: Sequence[RunRow]) -> list[list[Any]]:
+def _summary_rows(runs: Sequence[RunRow], specs: Sequence[SyncSpec]) -> list[list[Any]]:
+    endpoints = {s.name: s.endpoint.qualified_name for s in specs}
     return [
-        [r.sync, f"{r.endpoint}", r.span, r.delivered, r.rejected, r.skipped, r.in_doubt + r.failed, r.retries,
+        [r.sync, endpoints.get(r.sync, r.endpoint), r.span, r.delivered, r.rejected, r.skipped, r.in_doubt + r.failed, r.retries,
          r.http_429, f"{r.seconds:.2f}", r.status]
         for r in runs
     ]
 
 
-SUMMARY_HEADERS = ["sync", "endpoint", "window", "delivered", "rejected", "skipped", "pending", "retries", "429s", "secs", "status"]
+SUMMARY_HEADERS = ["sync", "vendor.endpoint", "window", "delivered", "rejected", "skipped", "pending", "retries", "429s", "secs", "status"]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -100,7 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"{spec.name}: {run.error}", file=sys.stderr)
         if run.notes:
             print(f"{spec.name}: note: {run.notes}", file=sys.stderr)
-    _print_table(SUMMARY_HEADERS, _summary_rows(runs))
+    _print_table(SUMMARY_HEADERS, _summary_rows(runs, specs))
     if args.dry_run:
         print("dry run: nothing was sent and the ledger was not written ('requests' below is what would be sent)")
         _print_table(["sync", "items to send", "requests"], [[r.sync, r.source_rows - r.skipped - r.rejected - r.in_doubt, r.requests] for r in runs])

@@ -12,7 +12,7 @@ import time
 from connectors import settings
 from connectors.ledger import RunRow, open_ledger
 from connectors.runner import run_sync
-from connectors.spec import load_syncs
+from connectors.spec import SyncSpec, load_syncs
 from pipelines.sample_data import build_warehouse
 
 
@@ -48,7 +48,7 @@ def run_demo(warehouse_only: bool = False) -> int:
                 if run.notes:
                     print(f"    note: {run.notes}")
             print()
-            _summary(runs, sandbox.stats())
+            _summary(runs, list(loaded.syncs.values()), sandbox.stats())
             conserved = all(
                 r.source_rows == r.delivered + r.rejected + r.skipped + r.in_doubt + r.failed for r in runs
             )
@@ -67,11 +67,11 @@ def run_demo(warehouse_only: bool = False) -> int:
     return 1 if stopped or not conserved else 0
 
 
-def _summary(runs: list[RunRow], stats: dict[str, dict[str, dict[str, object]]]) -> None:
+def _summary(runs: list[RunRow], specs: list[SyncSpec], stats: dict[str, dict[str, dict[str, object]]]) -> None:
     from pipelines.cli import SUMMARY_HEADERS, _print_table, _summary_rows
 
     print("per-sync summary")
-    _print_table(SUMMARY_HEADERS, _summary_rows(runs))
+    _print_table(SUMMARY_HEADERS, _summary_rows(runs, specs))
     print("\nwhat each sandbox endpoint received in this demo")
     rows = []
     for vendor, endpoints in stats.items():

@@ -114,3 +114,31 @@ def test_sandbox_command_serves_and_prints_its_environment(syncline_home):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_reconcile_a_flux_sync_matches_then_reports_dropped_events(sandbox, warehouse, write_sync, monkeypatch, capsys):
+    warehouse("""CREATE TABLE analytics.usage AS SELECT 'x' || i AS id, 'api.call' AS name, i * 1.5 AS amount,
+                 TIMESTAMPTZ '2026-06-01 00:00:00+00' + i * INTERVAL 1 HOUR AS ts FROM range(30) t(i)""")
+    write_sync("usage_cli", """
+        source: {table: analytics.usage, key: id, cursor: ts}
+        destination: {vendor: flux, endpoint: events_batch}
+        partitions: {daily: {start: 2026-06-01}}
+    """, "SELECT _key, name, ts AS timestamp, amount AS value FROM source")
+    monkeypatch.setenv("SYNCLINE_SYNCS_DIR", str(write_sync.folder))
+    assert main(["run", "usage_cli"]) == 0
+    capsys.readouterr()
+
+    assert main(["reconcile", "usage_cli"]) == 0
+    clean = json.loads(capsys.readouterr().out)
+    assert (clean["vendor_count"], clean["ledger_count"], clean["matches"]) == (30, 30, True)
+
+    sandbox.emulator("flux").control("drop_events", {"count": 4})
+    assert main(["reconcile", "usage_cli"]) == 3
+    whole = json.loads(capsys.readouterr().out)
+    assert whole["difference"] == 4 and whole["missing_at_vendor"] == 4 and whole["matches"] is False
+    by_day = []
+    for day in ("2026-06-01", "2026-06-02"):  # windows follow the ledger's cursor: 24 + 6 events
+        main(["reconcile", "usage_cli", "--partition", day])
+        by_day.append(json.loads(capsys.readouterr().out))
+    assert [d["ledger_count"] for d in by_day] == [24, 6]
+    assert sum(d["difference"] for d in by_day) == 4
