@@ -109,8 +109,7 @@ def main() -> None:
 
 def run(args: argparse.Namespace, home: Path, port: int) -> None:
     from connectors.ledger import open_ledger
-    from connectors.runner import new_run_id
-    deliver_file = globals().get("deliver_file") or __import__("connectors.runner", fromlist=["x"]).deliver_file
+    from connectors.runner import deliver_file, new_run_id
     from connectors.spec import load_sync_file
     from connectors.stage import Window, extract, staging_path, transform
 

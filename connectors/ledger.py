@@ -12,10 +12,13 @@ Nothing secret is ever written here: attempts keep a redacted error excerpt, nev
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
+import hashlib
 import operator
+import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -164,6 +167,25 @@ class Ledger:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    # -- window locks ---------------------------------------------------------------------------------
+    @contextmanager
+    def window_lock(self, sync: str, days: Sequence[str] | None, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+        """Hold the sync's window while delivering, so overlapping runs of one sync never send at once.
+
+        A run over days takes the sync's "all" lock shared and each of its days exclusively (in sorted
+        order, so two runs cannot deadlock); a run over the whole source takes "all" exclusively. Runs
+        over disjoint days proceed in parallel; an overlapping run waits (``on_wait`` is called first), then
+        finds the overlap delivered in the ledger and skips it. Locks die with their process, so a crashed
+        run never blocks the next one.
+        """
+        names = [("all", days is not None)] + [(day, False) for day in sorted(set(days or []))]
+        with self._lock_names(sync, names, on_wait):
+            yield
+
+    @contextmanager
+    def _lock_names(self, sync: str, names: list[tuple[str, bool]], on_wait: Callable[[], None] | None) -> Iterator[None]:
+        raise NotImplementedError
 
     # -- items ---------------------------------------------------------------------------------------
     def lookup(self, idem_keys: Sequence[str]) -> dict[str, tuple[str, str | None]]:
@@ -318,6 +340,7 @@ class Ledger:
 class SqliteLedger(Ledger):
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_dir = path.parent / f"{path.name}.locks"
         conn = sqlite3.connect(str(path), timeout=120, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
@@ -326,6 +349,30 @@ class SqliteLedger(Ledger):
 
     def _begin(self, cur: Any) -> None:
         cur.execute("BEGIN IMMEDIATE")
+
+    @contextmanager
+    def _lock_names(self, sync: str, names: list[tuple[str, bool]], on_wait: Callable[[], None] | None) -> Iterator[None]:
+        """``flock`` on one file per name: the SQLite ledger lives on one machine, as do its writers."""
+        folder = self._lock_dir / hashlib.sha256(sync.encode()).hexdigest()[:16]
+        folder.mkdir(parents=True, exist_ok=True)
+        handles: list[int] = []
+        try:
+            for name, shared in names:
+                fd = os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+                handles.append(fd)
+                mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+                try:
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if on_wait is not None:
+                        on_wait()
+                        on_wait = None
+                    fcntl.flock(fd, mode)
+            yield
+        finally:
+            for fd in reversed(handles):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
 
 
 class _AutoCommitSqlite:
@@ -355,6 +402,7 @@ class PostgresLedger(Ledger):
     def __init__(self, url: str) -> None:
         import psycopg
 
+        self._url = url
         conn = psycopg.connect(url, autocommit=False)
         host = conn.info.host
         super().__init__(conn, f"postgresql://{host}/{conn.info.dbname}")
@@ -362,6 +410,27 @@ class PostgresLedger(Ledger):
     def _lock_schema(self, cur: Any) -> None:
         # Concurrent CREATE TABLE IF NOT EXISTS can still collide in Postgres' catalog; serialize it.
         cur.execute("SELECT pg_advisory_xact_lock(74218)")
+
+    @contextmanager
+    def _lock_names(self, sync: str, names: list[tuple[str, bool]], on_wait: Callable[[], None] | None) -> Iterator[None]:
+        """Session advisory locks on their own connection: they hold across machines and are released
+        by the server if the run's process dies."""
+        import psycopg
+
+        conn = psycopg.connect(self._url, autocommit=True)
+        try:
+            for name, shared in names:
+                key = int.from_bytes(hashlib.sha256(f"syncline\x1f{sync}\x1f{name}".encode()).digest()[:8], "big", signed=True)
+                kind = "_shared" if shared else ""
+                row = conn.execute(f"SELECT pg_try_advisory_lock{kind}(%s)", (key,)).fetchone()
+                if not (row and row[0]):
+                    if on_wait is not None:
+                        on_wait()
+                        on_wait = None
+                    conn.execute(f"SELECT pg_advisory_lock{kind}(%s)", (key,))
+            yield
+        finally:
+            conn.close()  # ends the session: every lock it held is released
 
     def _sql(self, statement: str) -> str:
         return statement.replace("?", "%s")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -109,23 +110,29 @@ def deliver_file(
     base_url: str | None = None,
     dry_run: bool = False,
     on_progress: Callable[[RunRow], None] | None = None,
+    window: Window | None = None,
+    on_wait: Callable[[], None] | None = None,
 ) -> RunRow:
-    """Deliver a rendered payload file and record the run in the ledger."""
+    """Deliver a rendered payload file and record the run in the ledger.
+
+    The sync's ``window`` is locked for the delivery (see :meth:`Ledger.window_lock`): an overlapping run
+    of the same sync waits, then skips what this one delivered, so concurrent backfills never double-send.
+    """
     run = RunRow(run_id, spec.name, spec.endpoint.name, span, dry_run=dry_run)
-    sender = None
-    if not dry_run:
-        creds = resolve_credentials(spec.vendor, credentials)
-        sender = make_sender(spec, creds, resolve_base_url(spec.vendor, base_url), run_id, ledger)
+    if dry_run:
+        return Delivery(None, ledger, run, delivery_options(spec, dry_run), on_progress).run_file(payload_path)
+    creds = resolve_credentials(spec.vendor, credentials)
+    sender = make_sender(spec, creds, resolve_base_url(spec.vendor, base_url), run_id, ledger)
+    days = (window or Window()).day_labels() if spec.partitioned else None
+    with ledger.window_lock(spec.name, days, on_wait):
         ledger.start_run(run)
-    delivery = Delivery(sender, ledger, run, delivery_options(spec, dry_run), on_progress)
-    try:
-        result = delivery.run_file(payload_path)
-    except BaseException as exc:
-        run.status, run.error = "error", f"{exc.__class__.__name__}: {exc}"
-        if not dry_run:
+        delivery = Delivery(sender, ledger, run, delivery_options(spec, dry_run), on_progress)
+        try:
+            result = delivery.run_file(payload_path)
+        except BaseException as exc:
+            run.status, run.error = "error", f"{exc.__class__.__name__}: {exc}"
             ledger.finish_run(run)
-        raise
-    if not dry_run:
+            raise
         ledger.finish_run(result)
     return result
 
@@ -153,7 +160,9 @@ def run_sync(
         payload_path, _, _ = transform(spec, extract_path, out_dir)
         return deliver_file(
             spec, payload_path, run_id=run_id, span=window.label, ledger=ledger, credentials=credentials,
-            base_url=base_url, dry_run=dry_run, on_progress=on_progress,
+            base_url=base_url, dry_run=dry_run, on_progress=on_progress, window=window,
+            on_wait=lambda: print(f"{spec.name}: waiting for another run delivering an overlapping window",
+                                  file=sys.stderr, flush=True),
         )
     finally:
         if not keep_staging:

@@ -39,6 +39,13 @@ class Window:
         end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
         return cls(start, end)
 
+    def day_labels(self) -> list[str] | None:
+        """The UTC days the window covers (None: the whole source, no bounds)."""
+        if self.start is None or self.end is None:
+            return None
+        first, last = self.start.date(), (self.end - dt.timedelta(microseconds=1)).date()
+        return [(first + dt.timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
+
     @property
     def label(self) -> str:
         if self.start is None and self.end is None:

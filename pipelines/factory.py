@@ -141,7 +141,8 @@ def build_sync(spec: SyncSpec) -> SyncDefinitions:
             run = runner.deliver_file(
                 spec, payload_path, run_id=context.run.run_id, span=window.label, ledger=ledger,
                 credentials=vendor_res.credentials(), base_url=vendor_res.base_url,
-                on_progress=_progress_logger(context),
+                on_progress=_progress_logger(context), window=window,
+                on_wait=lambda: context.log.info(f"{name}: waiting for a run delivering an overlapping window"),
             )
             metadata = run_metadata(run)
             metadata["rejection_reasons"] = reasons_table(ledger, name)

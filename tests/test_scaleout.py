@@ -91,3 +91,43 @@ def test_seven_day_backfill_as_seven_parallel_runs_delivers_each_item_once(
     received = [(r["user_id"], r["timestamp"]) for r in sandbox.records("trubrics", "publish_events")]
     assert len(received) == len(set(received)) == 48 * 7  # every item exactly once, counted at the sandbox
     assert open_ledger().counts("ev") == {"delivered": 48 * 7, "rejected": 0, "in_doubt": 0, "failed": 0}
+
+
+OVERLAP_SYNC = """
+    source: {table: analytics.events, key: event_id, cursor: occurred_at}
+    destination: {vendor: trubrics, endpoint: publish_events}
+    partitions: {daily: {start: 2026-06-01}}
+    delivery: {concurrency: 1}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_overlapping_backfills_at_the_same_time_send_each_item_once(
+    sandbox, warehouse, write_sync, request, monkeypatch, store
+):
+    """Days 1-4 and days 3-6 of one sync, launched together in two processes: the later one waits for the
+    overlapping days, then skips what the first delivered. Every item arrives exactly once."""
+    import time
+
+    from connectors.sandbox import Fault
+
+    if store == "postgres":
+        monkeypatch.setenv("SYNCLINE_LEDGER_URL", request.getfixturevalue("postgres_ledger_url"))
+    warehouse(EVENTS)
+    write_sync("overlap", OVERLAP_SYNC, SQL, fast=False)
+    sandbox.set_fault("trubrics", "publish_events", Fault("slow", count=1000, delay=0.4))  # hold the window a while
+    env = {**os.environ, "SYNCLINE_SYNCS_DIR": str(write_sync.folder)}
+    cli = [sys.executable, "-m", "pipelines.cli", "run", "overlap"]
+    first = subprocess.Popen([*cli, "--from", "2026-06-01", "--to", "2026-06-04"], cwd=ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    second = subprocess.Popen([*cli, "--from", "2026-06-03", "--to", "2026-06-06"], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    outputs = [p.communicate(timeout=180) for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0], outputs
+
+    received = [(r["user_id"], r["timestamp"]) for r in sandbox.records("trubrics", "publish_events")]
+    assert len(received) == len(set(received)) == 48 * 6  # days 1..6, each item once
+    assert any("waiting for another run" in err for _, err in outputs)  # one of them really waited
+    assert open_ledger().counts("overlap")["delivered"] == 48 * 6
