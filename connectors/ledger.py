@@ -340,7 +340,7 @@ class Ledger:
 class SqliteLedger(Ledger):
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_dir = path.parent / f"{path.name}.locks"
+        self._lock_dir = path.parent / f".{path.stem}-locks"
         conn = sqlite3.connect(str(path), timeout=120, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")

@@ -36,7 +36,12 @@ def extract_postgres(spec: SyncSpec, window: Window, out: Path) -> Path:
         raise SynclineError(f"{spec.name} reads from Postgres: set SYNCLINE_WAREHOUSE_URL=postgresql://...")
     src = spec.source
     base = f"SELECT * FROM {_table_ref(src.table)}" if src.table else f"SELECT * FROM ({src.query}) AS q"
-    keys = " || '|' || ".join(f"CAST({_ident(k)} AS TEXT)" for k in src.key)
+    if len(src.key) == 1:
+        keys = f"CAST({_ident(src.key[0])} AS TEXT)"
+    else:  # the same JSON-array form as DuckDB sources (compact separators), NULL if any part is NULL
+        parts = ", ".join(f"CAST({_ident(k)} AS TEXT)" for k in src.key)
+        nulls = " OR ".join(f"{_ident(k)} IS NULL" for k in src.key)
+        keys = f"(CASE WHEN {nulls} THEN NULL ELSE replace(CAST(json_build_array({parts}) AS TEXT), '\", \"', '\",\"') END)"
     cursor_col = f"{_ident(src.cursor)} AS _cursor" if src.cursor else "NULL AS _cursor"
     clauses, params = [], []
     if src.cursor and window.start is not None:

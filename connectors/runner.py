@@ -17,9 +17,9 @@ from connectors import settings
 from connectors.engine.deliver import ChunkLimits, Delivery, DeliveryOptions
 from connectors.engine.endpoint import Endpoint, Vendor
 from connectors.engine.http import HttpClient
-from connectors.engine.ratelimit import NoLimit, RateLimiter, credential_scope
+from connectors.engine.ratelimit import RateLimiter, credential_scope
 from connectors.engine.retry import Backoff
-from connectors.engine.sender import Sender, SendPolicy
+from connectors.engine.sender import Sender, SendPolicy, redact
 from connectors.errors import SynclineError
 from connectors.ledger import Ledger, RunRow, open_ledger
 from connectors.spec import SyncSpec
@@ -34,7 +34,9 @@ def resolve_credentials(vendor: Vendor, given: Mapping[str, str | None] | None =
     """Credentials by name, from ``given`` or the environment. Errors name the variable, never the value."""
     found: dict[str, str] = {}
     for cred in vendor.credentials:
-        value = (given or {}).get(cred.name) or os.environ.get(cred.env)
+        value = ((given or {}).get(cred.name) or os.environ.get(cred.env) or "").strip()
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            raise SynclineError(f"{vendor.title}: {cred.env} contains a control character; fix the secret's value")
         if value:
             found[cred.name] = value
     return found
@@ -46,12 +48,11 @@ def require_credential(vendor: Vendor, credentials: Mapping[str, str], name: str
         raise SynclineError(f"{vendor.title}: set {env} in the environment (the sync needs it to authenticate)")
 
 
-def _limiter(spec: SyncSpec, endpoint: Endpoint, credentials: Mapping[str, str]) -> RateLimiter | NoLimit:
-    if endpoint.rate is None:
-        return NoLimit()
-    rate = endpoint.rate
-    safety = spec.delivery.rate_safety or rate.safety
-    interval = rate.per_seconds / (rate.requests * safety)
+def _limiter(spec: SyncSpec, endpoint: Endpoint, credentials: Mapping[str, str]) -> RateLimiter:
+    interval = 0.0  # no documented rate: no spacing, but a Retry-After still pauses the whole credential
+    if endpoint.rate is not None:
+        rate = endpoint.rate
+        interval = rate.per_seconds / (rate.requests * (spec.delivery.rate_safety or rate.safety))
     # Scoped by credential and endpoint path: one key's budget is shared by every run that uses it.
     scope = credential_scope(f"{spec.vendor.name}{endpoint.path}", credentials[endpoint.credential])
     return RateLimiter(settings.home() / "ratelimit", scope.replace("/", "_"), interval)
@@ -129,10 +130,12 @@ def deliver_file(
         delivery = Delivery(sender, ledger, run, delivery_options(spec, dry_run), on_progress)
         try:
             result = delivery.run_file(payload_path)
-        except BaseException as exc:
-            run.status, run.error = "error", f"{exc.__class__.__name__}: {exc}"
+        except Exception as exc:
+            # Whatever failed, its message may quote a request (and so a key): store and raise it redacted.
+            message = redact(f"{exc.__class__.__name__}: {exc}", creds)
+            run.status, run.error = "error", message
             ledger.finish_run(run)
-            raise
+            raise SynclineError(f"{spec.name}: delivery failed: {message}") from None
         ledger.finish_run(result)
     return result
 

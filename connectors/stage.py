@@ -59,8 +59,8 @@ def _connect(database: str = ":memory:", read_only: bool = False) -> duckdb.Duck
     con = duckdb.connect(database, read_only=read_only)
     con.execute("SET TimeZone = 'UTC'")
     # Bounded memory whatever the row count: DuckDB spills sorts and windows to disk past this limit.
-    con.execute(f"SET memory_limit = '{os.environ.get('SYNCLINE_DUCKDB_MEMORY', '128MB')}'")
-    con.execute(f"SET temp_directory = '{settings.home() / 'duckdb_tmp'}'")
+    con.execute(f"SET memory_limit = {quote_literal(os.environ.get('SYNCLINE_DUCKDB_MEMORY', '128MB'))}")
+    con.execute(f"SET temp_directory = {quote_literal(str(settings.home() / 'duckdb_tmp'))}")
     con.execute("SET preserve_insertion_order = false")
     threads = os.environ.get("SYNCLINE_DUCKDB_THREADS")
     if threads:
@@ -96,9 +96,10 @@ def _key_expr(spec: SyncSpec) -> str:
     keys = spec.source.key
     if len(keys) == 1:
         return f"CAST({quote_ident(keys[0])} AS VARCHAR)"
-    # A composite key is NULL when any part is NULL, so such a row is rejected, not merged.
-    parts = " || '|' || ".join(f"CAST({quote_ident(k)} AS VARCHAR)" for k in keys)
-    return f"({parts})"
+    # A JSON array, so ('a|b', 'c') and ('a', 'b|c') stay apart; NULL when any part is NULL (rejected).
+    parts = ", ".join(f"CAST({quote_ident(k)} AS VARCHAR)" for k in keys)
+    nulls = " OR ".join(f"{quote_ident(k)} IS NULL" for k in keys)
+    return f"(CASE WHEN {nulls} THEN NULL ELSE CAST(to_json([{parts}]) AS VARCHAR) END)"
 
 
 def _window_filter(spec: SyncSpec, window: Window, placeholder: str = "?") -> tuple[str, list[object]]:

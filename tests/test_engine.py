@@ -196,3 +196,38 @@ def test_crash_between_chunks_then_rerun_delivers_every_item_exactly_once(sandbo
     assert rerun.skipped == 400 and rerun.delivered == 600
     received = [r["user_id"] for r in sandbox.records("trubrics", "publish_events")]
     assert len(received) == 1000 and len(set(received)) == 1000  # every item exactly once, counted at the sandbox
+
+
+def test_a_key_with_a_trailing_newline_is_cleaned_and_never_leaks(sandbox, warehouse, write_sync, monkeypatch):
+    from connectors.errors import SynclineError
+    from connectors.sandbox.emulators.trubrics import TrubricsEmulator
+
+    warehouse(EVENTS.format(n=10, pad=1))
+    spec = write_sync("ev", SYNC.format(extra=""), SQL)
+    monkeypatch.setenv("TRUBRICS_API_KEY", TrubricsEmulator.keys["api_key"] + "\n")  # as mounted secrets often are
+    assert run_sync(spec).delivered == 10
+    monkeypatch.setenv("TRUBRICS_API_KEY", "sk_live_secret\x07value")
+    with pytest.raises(SynclineError) as error:
+        run_sync(spec)
+    assert "TRUBRICS_API_KEY contains a control character" in str(error.value)
+    assert "sk_live_secret" not in str(error.value)
+
+
+def test_a_vendor_echoing_the_key_never_gets_it_into_the_ledger(sandbox, warehouse, write_sync):
+    warehouse(EVENTS.format(n=3, pad=1))
+    spec = write_sync("ev", SYNC.format(extra=""), SQL)
+    emulator = sandbox.emulator("trubrics")
+    key = emulator.keys["api_key"]
+    original = emulator.validation_error
+    # The key straddles the 200-character excerpt: redaction must come before truncation.
+    emulator.validation_error = lambda endpoint, message: original(endpoint, "x" * 145 + f" key={key} refused")  # type: ignore[method-assign]
+    sandbox.set_fault("trubrics", "publish_events", Fault("reject_matching", count=100, match="u0"))
+    try:
+        run_sync(spec)
+    finally:
+        emulator.validation_error = original  # type: ignore[method-assign]
+    ledger = open_ledger()
+    texts = [str(r) for r in ledger.items("ev", limit=100)] + [str(a) for a in ledger.attempts(sync="ev", limit=100)]
+    texts += [str(r) for r in ledger.runs("ev")]
+    assert not any(key[:8] in t for t in texts)
+    assert any("[redacted]" in t for t in texts)

@@ -139,3 +139,22 @@ def test_the_source_cursor_reaches_the_ledger_without_the_model_selecting_it(san
     day2 = dt.datetime(2026, 6, 2, tzinfo=dt.UTC)
     assert ledger.delivered_in_window("events", day2, day2 + dt.timedelta(days=1)) == 200 - 144
     assert ledger.delivered_in_window("events", None, None) == 199
+
+
+def test_non_finite_numbers_are_rejected_not_sent_as_invalid_json(sandbox, warehouse, write_sync):
+    warehouse(
+        """CREATE TABLE analytics.llm AS SELECT * FROM (VALUES
+            ('a', 'nan', 'NaN'::DOUBLE), ('b', '1e400', 1.0), ('c', '2.5', 'Infinity'::DOUBLE), ('d', '0.5', 1.5)
+        ) t(id, latency_text, latency_double)"""
+    )
+    sync = """
+        source: {table: analytics.llm, key: id}
+        destination: {vendor: trubrics, endpoint: publish_llm_events}
+    """
+    as_text = write_sync("as_text", sync, "SELECT _key, 'u' AS user_id, 'p' AS prompt, 'g' AS generation, latency_text AS latency FROM source")
+    as_double = write_sync("as_double", sync, "SELECT _key, 'u' AS user_id, 'p' AS prompt, 'g' AS generation, latency_double AS latency FROM source")
+    assert run_sync(as_text).delivered == 2  # 'nan' and '1e400' (infinite) rejected
+    assert run_sync(as_double).delivered == 2  # NaN and Infinity rejected
+    reasons = dict(open_ledger().rejection_reasons("as_double"))
+    assert reasons == {"latency must be a number, got nan": 1, "latency must be a number, got inf": 1}
+    assert {r["latency"] for r in sandbox.records("trubrics", "publish_llm_events")} == {2.5, 0.5, 1.0, 1.5}

@@ -88,6 +88,11 @@ class HttpClient:
         except (ConnectionRefusedError, socket.gaierror) as exc:
             self._drop()
             raise TransportError(f"cannot connect to {self.host}: {exc.__class__.__name__}", maybe_sent=False) from None
+        except ValueError:
+            # http.client refuses header values with control characters; its message quotes the value,
+            # which may be a credential, so it is not repeated here.
+            self._drop()
+            raise TransportError("invalid request header value (a credential with a newline?)", maybe_sent=False) from None
         except (OSError, http.client.HTTPException) as exc:
             # Includes a kept-alive connection the server closed: retried by the caller like any drop.
             # After the request went out we cannot know whether the vendor stored it: maybe_sent.

@@ -143,14 +143,23 @@ class PayloadBuilder:
             if f.required or f.required_when:
                 value = f"NULLIF(trim({value}), '')"
         elif f.kind in ("number", "integer"):
-            target = "BIGINT" if f.kind == "integer" else "DOUBLE"
-            if tid in (INTEGER_IDS if f.kind == "integer" else NUMERIC_IDS):
+            # NaN and ±Infinity are not JSON: they fail the row like any other non-number.
+            if tid in INTEGER_IDS:
                 pass
+            elif tid in NUMERIC_IDS and f.kind == "number":
+                value = f"CASE WHEN isfinite(CAST({col} AS DOUBLE)) THEN {col} END"
             elif tid in NUMERIC_IDS:  # a float where an integer is wanted
-                value, out_type = f"CASE WHEN {col} = round({col}) THEN CAST({col} AS BIGINT) END", duckdb.sqltype("BIGINT")
+                value = (
+                    f"CASE WHEN isfinite(CAST({col} AS DOUBLE)) AND {col} = round({col}) "
+                    f"THEN TRY_CAST({col} AS BIGINT) END"
+                )
+                out_type = duckdb.sqltype("BIGINT")
             elif tid == "varchar" and not _is_json(dtype):
-                value = f"TRY_CAST({col} AS {target})"
-                out_type = duckdb.sqltype("BIGINT") if f.kind == "integer" else duckdb.sqltype("DOUBLE")
+                if f.kind == "integer":
+                    value, out_type = f"TRY_CAST({col} AS BIGINT)", duckdb.sqltype("BIGINT")
+                else:
+                    as_double = f"TRY_CAST({col} AS DOUBLE)"
+                    value, out_type = f"CASE WHEN isfinite({as_double}) THEN {as_double} END", duckdb.sqltype("DOUBLE")
             else:
                 raise self._fail(f.name, f"must be a {f.kind}, the column is {dtype}")
             kind_word = "a whole number" if f.kind == "integer" else "a number"

@@ -28,7 +28,10 @@ def credential_scope(vendor: str, credential_value: str) -> str:
 
 
 class RateLimiter:
-    """Spaces calls to :meth:`acquire` at least ``interval`` seconds apart across processes."""
+    """Spaces calls to :meth:`acquire` at least ``interval`` seconds apart across processes.
+
+    ``interval`` 0 (an endpoint with no documented rate) still shares ``pause_until``: a 429 with
+    ``Retry-After`` pauses every thread and process using the credential."""
 
     def __init__(self, state_dir: Path, scope: str, interval: float) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -67,19 +70,3 @@ class RateLimiter:
         """No request on this credential before ``when`` (epoch seconds), from any thread or process."""
         self._update(lambda tat: (max(tat, when), 0.0))
 
-
-class NoLimit:
-    """For endpoints with no documented rate: nothing to wait for, but ``Retry-After`` still pauses."""
-
-    def __init__(self) -> None:
-        self._resume_at = 0.0
-
-    def acquire(self) -> float:
-        wait = self._resume_at - time.time()
-        if wait > 0:
-            time.sleep(wait)
-            return wait
-        return 0.0
-
-    def pause_until(self, when: float) -> None:
-        self._resume_at = max(self._resume_at, when)

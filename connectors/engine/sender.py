@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from connectors.engine.endpoint import Endpoint, HttpResponse, RunContext
 from connectors.engine.http import HttpClient, TransportError
-from connectors.engine.ratelimit import NoLimit, RateLimiter
+from connectors.engine.ratelimit import RateLimiter
 from connectors.engine.retry import Backoff, parse_retry_after
 from connectors.errors import AuthError, SyncStopped
 from connectors.ledger import AttemptRow
@@ -88,6 +88,15 @@ def redact(text: str, secrets: Mapping[str, str]) -> str:
     return text
 
 
+def redact_response(response: HttpResponse, secrets: Mapping[str, str]) -> HttpResponse:
+    """Blank any credential a vendor echoes back, before anything (reasons, excerpts, logs) reads the body.
+    Done on the whole body, so a truncated excerpt can never keep part of a key."""
+    for value in secrets.values():
+        if value and len(value) >= 4 and value.encode() in response.body:
+            response.body = response.body.replace(value.encode(), b"[redacted]")
+    return response
+
+
 class GiveUp(Exception):
     """Retries exhausted (or the vendor asked for too long a pause)."""
 
@@ -109,7 +118,7 @@ class Sender:
         endpoint: Endpoint,
         credentials: Mapping[str, str],
         client: HttpClient,
-        limiter: RateLimiter | NoLimit,
+        limiter: RateLimiter,
         policy: SendPolicy,
         *,
         run_id: str,
@@ -173,11 +182,14 @@ class Sender:
                 if attempt < self.policy.max_attempts:
                     self.sleep(self.policy.backoff.delay(attempt, self._rng))
                 continue
+            response = redact_response(response, self.credentials)
             status = response.status
-            error = None if status < 400 else redact(response.excerpt(200), self.credentials)
+            error = None if status < 400 else response.excerpt(200)
             self._log(result, chunk_id, attempt, items, len(body or b""), status, response.latency_s, error, label)
             if 200 <= status < 300 or status in (400, 413, 422):
                 return response
+            if status in (401, 403) and absolute_url is not None and passthrough_4xx:
+                return response  # e.g. an expired presigned upload URL: not our credential, the step decides
             if status in (401, 403):
                 raise AuthError(
                     f"{self.endpoint.qualified_name} refused the credential (HTTP {status}): check the "
