@@ -200,8 +200,31 @@ class Ledger:
                 found[key] = (state, payload_hash)
         return found
 
-    def write_items(self, rows: Iterable[ItemRow]) -> None:
-        """Upsert items; a NULL vendor id never erases one already stored."""
+    def claim(self, rows: Sequence[ItemRow], *, over_delivered: bool) -> set[str]:
+        """Record a chunk ``in_doubt`` before it is sent; returns the keys this run may send.
+
+        Unless ``over_delivered`` (mirror mode resends changed payloads), an item that another run marked
+        delivered since this run planned is left alone and not returned: it is not sent twice."""
+        if not rows:
+            return set()
+        self.write_items(rows, keep_delivered=not over_delivered)
+        chunk_id = rows[0].chunk_id
+        claimed: set[str] = set()
+        keys = [r.idem_key for r in rows]
+        for i in range(0, len(keys), self.lookup_chunk):
+            part = keys[i : i + self.lookup_chunk]
+            marks = ",".join(["?"] * len(part))
+            claimed.update(
+                key for (key,) in self._query(
+                    f"SELECT idem_key FROM syncline_items WHERE idem_key IN ({marks}) AND chunk_id = ? "
+                    "AND state = 'in_doubt'", [*part, chunk_id],
+                )
+            )
+        return claimed
+
+    def write_items(self, rows: Iterable[ItemRow], *, keep_delivered: bool = False) -> None:
+        """Upsert items; a NULL vendor id never erases one already stored. ``keep_delivered`` leaves
+        items already delivered untouched."""
         now = _now()
         values = [(*_item_values(r), now) for r in rows]
         if not values:
@@ -215,6 +238,8 @@ class Ledger:
         statement = (
             f"INSERT INTO syncline_items ({cols}) VALUES ({marks}) ON CONFLICT (idem_key) DO UPDATE SET {updates}"
         )
+        if keep_delivered:
+            statement += " WHERE syncline_items.state <> 'delivered'"
         with self._write() as cur:
             cur.executemany(self._sql(statement), values)
 
@@ -249,20 +274,15 @@ class Ledger:
 
     def delivered_in_window(self, sync: str, start: dt.datetime | None, end: dt.datetime | None) -> int:
         """Delivered items of ``sync`` whose source cursor falls in [start, end) (all of them without bounds)."""
+        # Cursors are stored as fixed-width UTC ISO text (payload.CURSOR_TEXT_FORMAT): a text range is a
+        # time range, counted by the database.
         where, params = "sync = ? AND state = 'delivered'", [sync]
-        rows = self._query(f"SELECT cursor FROM syncline_items WHERE {where}", params)
-        if start is None and end is None:
-            return len(rows)
-        count = 0
-        for (cursor,) in rows:
-            if cursor is None:
-                continue
-            at = dt.datetime.fromisoformat(cursor)
-            if at.tzinfo is None:
-                at = at.replace(tzinfo=dt.UTC)
-            if (start is None or at >= start) and (end is None or at < end):
-                count += 1
-        return count
+        for op, bound in ((">=", start), ("<", end)):
+            if bound is not None:
+                where += f" AND cursor {op} ?"
+                params.append(bound.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+        (row,) = self._query(f"SELECT count(*) FROM syncline_items WHERE {where}", params)
+        return int(row[0])
 
     def items(self, sync: str, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         where, params = "sync = ?", [sync]

@@ -20,6 +20,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Sequence
@@ -112,13 +113,16 @@ def cmd_preview(args: argparse.Namespace) -> int:
     (spec,) = _load([args.sync], False)
     window = _window(spec, args)
     out = staging_path(spec, window, "preview-" + new_run_id())
-    extract_path, rows = extract(spec, window, out)
-    con, select = open_model(spec, extract_path)
     try:
-        result = con.execute(f"SELECT _key, payload, reject_reason FROM ({select}) LIMIT {int(args.limit)}").fetchall()
-        totals = con.execute(f"SELECT count(*), count(reject_reason) FROM ({select})").fetchone()
+        extract_path, rows = extract(spec, window, out)
+        con, select = open_model(spec, extract_path)
+        try:
+            result = con.execute(f"SELECT _key, payload, reject_reason FROM ({select}) LIMIT {int(args.limit)}").fetchall()
+            totals = con.execute(f"SELECT count(*), count(reject_reason) FROM ({select})").fetchone()
+        finally:
+            con.close()
     finally:
-        con.close()
+        shutil.rmtree(out, ignore_errors=True)
     print(f"{spec.name} -> {spec.endpoint.qualified_name}: {rows} source rows in window {window.label}; "
           f"{totals[1] if totals else 0} fail validation. Nothing is sent.")
     for key, payload, reason in result:

@@ -8,8 +8,10 @@ Materializing only ``extract`` and ``payloads`` is a preview: nothing is sent.
 
 import datetime as dt
 import json
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -114,11 +116,17 @@ def build_sync(spec: SyncSpec) -> SyncDefinitions:
         description=spec.description or None,
     )
     def _sync(context: AssetExecutionContext) -> Iterator[dg.MaterializeResult]:
+        window = window_for(context, spec)
+        out_dir = stage.staging_path(spec, window, context.run.run_id)
+        try:
+            yield from _stages(context, window, out_dir)
+        finally:
+            shutil.rmtree(out_dir, ignore_errors=True)  # staging holds raw source rows: never left behind
+
+    def _stages(context: AssetExecutionContext, window: stage.Window, out_dir: Path) -> Iterator[dg.MaterializeResult]:
         syncline: SynclineResource = context.resources.syncline
         vendor_res = getattr(context.resources, vendor_key)
-        window = window_for(context, spec)
         selected = context.selected_asset_keys
-        out_dir = stage.staging_path(spec, window, context.run.run_id)
         files_tag = context.run.tags.get(FILES_TAG)
         files = json.loads(files_tag) if files_tag and spec.source.parquet else None
         extract_path, extracted = stage.extract(spec, window, out_dir, files)
@@ -263,11 +271,16 @@ def _schedule(spec: SyncSpec, job: Any) -> dg.ScheduleDefinition | None:
                                      execution_timezone="UTC")
 
     @dg.schedule(name=f"{spec.name}_schedule", cron_schedule=spec.schedule, job=job, execution_timezone="UTC",
-                 description="Delivers the current UTC day's partition (append mode skips what was delivered).")
-    def _today(context: ScheduleEvaluationContext) -> dg.RunRequest:
-        when = context.scheduled_execution_time or dt.datetime.now(dt.UTC)
-        day = when.astimezone(dt.UTC).date().isoformat()
-        return dg.RunRequest(run_key=f"{spec.name}:{when.isoformat()}", partition_key=day)
+                 description="Delivers yesterday and today (UTC) as one run: rows that landed after yesterday's "
+                             "last tick are picked up; append mode skips what was delivered.")
+    def _recent_days(context: ScheduleEvaluationContext) -> dg.RunRequest:
+        when = (context.scheduled_execution_time or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+        today = when.date()
+        first = max(today - dt.timedelta(days=1), spec.partition_start or today)
+        return dg.RunRequest(run_key=f"{spec.name}:{when.isoformat()}", tags={
+            "dagster/asset_partition_range_start": first.isoformat(),
+            "dagster/asset_partition_range_end": today.isoformat(),
+        })
 
-    return _today
+    return _recent_days
 

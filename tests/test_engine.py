@@ -231,3 +231,21 @@ def test_a_vendor_echoing_the_key_never_gets_it_into_the_ledger(sandbox, warehou
     texts += [str(r) for r in ledger.runs("ev")]
     assert not any(key[:8] in t for t in texts)
     assert any("[redacted]" in t for t in texts)
+
+
+def test_an_unexpected_error_in_a_vendor_hook_leaves_items_in_doubt_not_a_crash(sandbox, warehouse, write_sync, monkeypatch):
+    from connectors.vendors.trubrics import TrubricsEndpoint
+
+    warehouse(EVENTS.format(n=250, pad=1))
+    spec = write_sync("ev", SYNC.format(extra=""), SQL)
+
+    def broken_parse(self, response, items):
+        raise KeyError("status")  # e.g. a vendor answer of an unexpected shape
+
+    monkeypatch.setattr(TrubricsEndpoint, "parse", broken_parse)
+    run = run_sync(spec)
+    assert run.status == "partial" and run.in_doubt == 250 and run.delivered == 0
+    assert run.source_rows == run.delivered + run.rejected + run.skipped + run.in_doubt + run.failed
+    (reason,) = {r["reason"] for r in open_ledger().items("ev", state="in_doubt")}
+    assert reason.startswith("unexpected KeyError")
+    assert "unexpected KeyError" in (run.notes or "")

@@ -66,8 +66,8 @@ def test_runs_and_attempts_are_logged(ledger_url):
 
 def test_delivered_in_window_uses_the_cursor(ledger_url):
     ledger = open_ledger(ledger_url)
-    ledger.write_items([item("a", "delivered", cursor="2026-06-01 10:00:00+00:00"),
-                        item("b", "delivered", cursor="2026-06-02 10:00:00+00:00")])
+    ledger.write_items([item("a", "delivered", cursor="2026-06-01T10:00:00.000000Z"),
+                        item("b", "delivered", cursor="2026-06-02T10:00:00.000000Z")])
     start = dt.datetime(2026, 6, 2, tzinfo=dt.UTC)
     assert ledger.delivered_in_window("s", start, start + dt.timedelta(days=1)) == 1
     assert ledger.delivered_in_window("s", None, None) == 2
@@ -112,3 +112,12 @@ def test_a_sync_runs_on_the_postgres_ledger(sandbox, warehouse, write_sync, post
     assert run_sync(spec).skipped == 150
     assert open_ledger(postgres_ledger_url).counts("pgsync")["delivered"] == 150
     assert not (os.path.exists(os.path.join(os.environ["SYNCLINE_HOME"], "ledger.sqlite")))
+
+
+def test_claim_never_takes_an_item_another_run_delivered(ledger_url):
+    ledger = open_ledger(ledger_url)
+    ledger.write_items([item("done", "delivered", vendor_id="v1")])
+    rows = [item("done", "in_doubt", chunk_id="c1"), item("new", "in_doubt", chunk_id="c1")]
+    assert ledger.claim(rows, over_delivered=False) == {"new"}
+    assert ledger.lookup(["done"])["done"][0] == "delivered"
+    assert ledger.claim([item("done", "in_doubt", chunk_id="c2")], over_delivered=True) == {"done"}  # mirror

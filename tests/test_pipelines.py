@@ -140,14 +140,25 @@ def test_asset_checks_report_in_doubt_items_and_rejected_share(sandbox, warehous
     assert "user_id is required" in share.metadata["rejection_reasons"].value
 
 
-def test_schedule_requests_the_current_utc_day(write_sync):
+def test_schedule_requests_yesterday_and_today_so_late_rows_are_not_missed(write_sync):
     spec = write_sync("ev", SYNC, SQL)
     schedule = build_sync(spec).schedule
     assert schedule is not None and schedule.cron_schedule == "15 * * * *"
-    when = dt.datetime(2026, 6, 3, 10, 15, tzinfo=dt.UTC)
-    context = dg.build_schedule_context(scheduled_execution_time=when)
-    request = schedule(context)  # type: ignore[operator]
-    assert isinstance(request, dg.RunRequest) and request.partition_key == "2026-06-03"
+    when = dt.datetime(2026, 6, 3, 0, 15, tzinfo=dt.UTC)
+    request = schedule(dg.build_schedule_context(scheduled_execution_time=when))  # type: ignore[operator]
+    assert isinstance(request, dg.RunRequest)
+    assert request.tags["dagster/asset_partition_range_start"] == "2026-06-02"
+    assert request.tags["dagster/asset_partition_range_end"] == "2026-06-03"
+    first_day = schedule(dg.build_schedule_context(  # type: ignore[operator]
+        scheduled_execution_time=dt.datetime(2026, 6, 1, 9, 15, tzinfo=dt.UTC)))
+    assert first_day.tags["dagster/asset_partition_range_start"] == "2026-06-01"  # never before the start
+
+
+def test_staging_files_are_removed_after_a_materialization(sandbox, warehouse, write_sync, syncline_home):
+    warehouse(EVENTS)
+    spec = write_sync("ev", SYNC, SQL)
+    assert _materialize(spec, partition_key="2026-06-02").success
+    assert not list((syncline_home / "staging").rglob("*.parquet"))
 
 
 def test_a_bad_sync_file_is_reported_and_the_others_still_load(tmp_path, monkeypatch, write_sync):

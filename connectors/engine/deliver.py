@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import statistics
 import time
 import uuid
@@ -26,6 +27,8 @@ from connectors.errors import SyncStopped
 from connectors.ledger import ItemRow, Ledger, RunRow
 
 READ_BATCH_ROWS = 5_000
+LATENCY_SAMPLE = 10_000  # latencies kept for the p95 (a uniform sample beyond that)
+MAX_WARNINGS = 50
 EXCERPT_CHARS = 500
 CRASH_ENV = "SYNCLINE_CRASH_AFTER_CHUNKS"  # test-only fault hook: hard exit after N recorded chunks
 
@@ -94,6 +97,8 @@ class Delivery:
         self.on_progress = on_progress
         self.latencies: list[float] = []
         self.warnings: list[str] = []
+        self._latency_seen = 0
+        self._rng = random.Random(0)
         self._chunks_recorded = 0
         self._crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
         self._started = time.perf_counter()
@@ -103,13 +108,13 @@ class Delivery:
         """Yield items to send; record rejects and count skips on the way (batch by batch)."""
         run = self.run
         parquet = pq.ParquetFile(payload_path)
-        columns = ["_key", "_cursor", "idem_key", "payload", "payload_hash", "reject_reason"]
+        columns = ["_key", "cursor_text", "idem_key", "payload", "payload_hash", "reject_reason"]
         checker = None
         if self.sender is not None and not self.options.dry_run:
             checker = self.sender.endpoint.item_checker(self.sender)
         for batch in _batches(parquet, columns):
             keys = batch.column("_key").to_pylist()
-            cursors = batch.column("_cursor").cast("string").to_pylist()
+            cursors = batch.column("cursor_text").to_pylist()
             idem = batch.column("idem_key").to_pylist()
             payloads = batch.column("payload").to_pylist()
             hashes = batch.column("payload_hash").to_pylist()
@@ -159,7 +164,9 @@ class Delivery:
                     ItemRow(ikey, run.sync, run.endpoint, item.source_key, item.payload_hash, state, reason,
                             vendor_id, run.run_id, result.chunk.chunk_id, excerpt, item.cursor)
                 )
-        self.ledger.write_items(rows)
+        keep = self.options.mode == "append"  # never let a failure here overwrite another run's delivery
+        self.ledger.write_items([r for r in rows if r.state == "delivered"])
+        self.ledger.write_items([r for r in rows if r.state != "delivered"], keep_delivered=keep)
         self.ledger.write_attempts(result.attempts)
         run.delivered += len(result.delivered)
         run.rejected += len(result.rejected)
@@ -169,27 +176,47 @@ class Delivery:
         run.retries += max(0, result.requests - self._distinct_parts(result))
         run.http_429 += sum(1 for a in result.attempts if a.status == 429)
         run.bytes_sent += sum(a.bytes for a in result.attempts)
-        self.latencies += [a.latency_ms for a in result.attempts if a.status is not None]
-        self.warnings += result.warnings
+        for attempt in result.attempts:
+            if attempt.status is not None:
+                self._sample_latency(attempt.latency_ms)
+        for warning in result.warnings:
+            if len(self.warnings) < MAX_WARNINGS and warning not in self.warnings:
+                self.warnings.append(warning)
         self._chunks_recorded += 1
         if self.on_progress is not None:
             self.on_progress(run)
         if self._crash_after and self._chunks_recorded >= self._crash_after:
             os._exit(70)
 
+    def _sample_latency(self, latency_ms: float) -> None:
+        """Reservoir sample (Vitter's algorithm R) for p95: memory stays fixed however many requests."""
+        self._latency_seen += 1
+        if len(self.latencies) < LATENCY_SAMPLE:
+            self.latencies.append(latency_ms)
+        else:
+            slot = self._rng.randrange(self._latency_seen)
+            if slot < LATENCY_SAMPLE:
+                self.latencies[slot] = latency_ms
+
     @staticmethod
     def _distinct_parts(result: ChunkResult) -> int:
         """Requests that were first attempts (bisected halves are new requests, not retries)."""
         return sum(1 for a in result.attempts if a.attempt == 1)
 
-    def _mark_in_doubt(self, chunk: Chunk) -> None:
+    def _claim(self, chunk: Chunk) -> Chunk:
+        """Mark the chunk in_doubt before sending; drop items another run delivered since planning."""
         run = self.run
-        self.ledger.write_items(
+        rows = [
             ItemRow(i.idem_key, run.sync, run.endpoint, i.source_key, i.payload_hash, "in_doubt",
                     "request in flight (outcome unknown if the run stopped here)", run_id=run.run_id,
                     chunk_id=chunk.chunk_id, cursor=i.cursor)
             for i in chunk.items
-        )
+        ]
+        claimed = self.ledger.claim(rows, over_delivered=self.options.mode == "mirror")
+        if len(claimed) < len(chunk.items):
+            run.skipped += len(chunk.items) - len(claimed)
+            chunk = Chunk(chunk.chunk_id, [i for i in chunk.items if i.idem_key in claimed])
+        return chunk
 
     def run_file(self, payload_path: Path) -> RunRow:
         """Deliver every pending item of ``payload_path``; returns the run's counters."""
@@ -211,8 +238,9 @@ class Delivery:
         in_flight: set[Future[ChunkResult]] = set()
         with ThreadPoolExecutor(max_workers=self.options.concurrency, thread_name_prefix="syncline-send") as pool:
             for items_of_chunk in chunks:
-                chunk = Chunk(uuid.uuid4().hex[:16], items_of_chunk)
-                self._mark_in_doubt(chunk)
+                chunk = self._claim(Chunk(uuid.uuid4().hex[:16], items_of_chunk))
+                if not chunk.items:
+                    continue
                 in_flight.add(pool.submit(self.sender.send_chunk, chunk))
                 if len(in_flight) >= self.options.concurrency:
                     done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
@@ -243,8 +271,8 @@ class Delivery:
             run.requests += len(self.sender.side_attempts)
             self.sender.side_attempts = []
         if self.warnings:
-            distinct = list(dict.fromkeys(self.warnings))
-            run.notes = "; ".join(distinct[:10]) + (f" (+{len(distinct) - 10} more)" if len(distinct) > 10 else "")
+            more = len(self.warnings) - 10
+            run.notes = "; ".join(self.warnings[:10]) + (f" (+{more} more)" if more > 0 else "")
         run.seconds = round(time.perf_counter() - self._started, 3)
         if len(self.latencies) >= 2:
             run.p95_latency_ms = round(statistics.quantiles(self.latencies, n=20)[-1], 3)

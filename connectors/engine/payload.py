@@ -302,6 +302,7 @@ class PayloadBuilder:
             SELECT
                 _key,
                 _cursor,
+                {cursor_text_sql(columns.get("_cursor"))} AS cursor_text,
                 CASE
                     WHEN _key IS NULL THEN 'nokey-' || substr(sha256({scope} || payload), 1, 26)
                     WHEN _dup > 1 THEN 'dup' || _dup || '-' || substr(sha256({scope} || _key), 1, 28)
@@ -318,6 +319,21 @@ class PayloadBuilder:
                 ), '') AS reject_reason
             FROM rendered
         """
+
+
+CURSOR_TEXT_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # UTC, fixed width: the ledger compares these as text
+
+
+def cursor_text_sql(dtype: DuckDBPyType | None) -> str:
+    """The cursor as the ledger stores it: time cursors as fixed-width UTC ISO text (so a window is a
+    text range query), anything else as plain text."""
+    if dtype is None:
+        return "CAST(NULL AS VARCHAR)"
+    if dtype.id == "timestamp with time zone":
+        return f"strftime(timezone('UTC', _cursor), '{CURSOR_TEXT_FORMAT}')"
+    if dtype.id in TIMESTAMP_IDS:
+        return f"strftime(CAST(_cursor AS TIMESTAMP), '{CURSOR_TEXT_FORMAT}')"
+    return "CAST(_cursor AS VARCHAR)"
 
 
 def describe(con: duckdb.DuckDBPyConnection, relation: str) -> dict[str, DuckDBPyType]:

@@ -254,7 +254,25 @@ class Sender:
 
     # -- chunks ---------------------------------------------------------------------------------------------
     def send_chunk(self, chunk: Chunk) -> ChunkResult:
+        """Decide every item of ``chunk``. Never raises: an unexpected error (a vendor hook failing on an
+        odd answer, a file that cannot be read) leaves the undecided items ``in_doubt`` with its name."""
         result = ChunkResult(chunk)
+        try:
+            self._send_chunk(chunk, result)
+        except Exception as exc:
+            reason = redact(f"unexpected {exc.__class__.__name__}: {exc}", self.credentials)[:300]
+            self._undecided_to(result, result.in_doubt, reason)
+            result.warnings.append(reason)
+        return result
+
+    @staticmethod
+    def _undecided_to(result: ChunkResult, target: dict[str, str], reason: str) -> None:
+        decided = result.delivered.keys() | result.rejected.keys() | result.in_doubt.keys() | result.failed.keys()
+        for item in result.chunk.items:
+            if item.idem_key not in decided:
+                target[item.idem_key] = reason
+
+    def _send_chunk(self, chunk: Chunk, result: ChunkResult) -> ChunkResult:
         endpoint = self.endpoint
         if endpoint.steps:
             for item in chunk.items:
@@ -274,12 +292,8 @@ class Sender:
         return result
 
     def _fail_rest(self, result: ChunkResult) -> None:
-        if result.stop is None:
-            return
-        decided = result.delivered.keys() | result.rejected.keys() | result.in_doubt.keys() | result.failed.keys()
-        for item in result.chunk.items:
-            if item.idem_key not in decided:
-                result.failed[item.idem_key] = f"not delivered: {result.stop}"
+        if result.stop is not None:
+            self._undecided_to(result, result.failed, f"not delivered: {result.stop}")
 
     def _send_parts(self, stack: list[list[Item]], chunk_id: str, result: ChunkResult) -> None:
         endpoint = self.endpoint
@@ -330,6 +344,10 @@ class Sender:
         except SyncStopped as stop:
             result.stop = stop
             result.failed[item.idem_key] = f"not delivered: {stop}"
+        except Exception as exc:  # one item's surprise must not decide its neighbours' fate
+            reason = redact(f"unexpected {exc.__class__.__name__} at step {ctx.current_step or 'start'}: {exc}",
+                            self.credentials)[:300]
+            result.in_doubt[item.idem_key] = reason
         else:
             result.delivered[item.idem_key] = vendor_id
 
