@@ -188,17 +188,20 @@ class Ledger:
         raise NotImplementedError
 
     # -- items ---------------------------------------------------------------------------------------
-    def lookup(self, idem_keys: Sequence[str]) -> dict[str, tuple[str, str | None]]:
-        """State and payload hash of the given keys that the ledger knows."""
-        found: dict[str, tuple[str, str | None]] = {}
+    def _rows_for_keys(
+        self, columns: str, idem_keys: Sequence[str], where: str = "", params: Sequence[Any] = ()
+    ) -> Iterator[tuple[Any, ...]]:
+        """``SELECT idem_key, <columns>`` for many keys, a bounded IN list per statement."""
         for i in range(0, len(idem_keys), self.lookup_chunk):
             part = list(idem_keys[i : i + self.lookup_chunk])
             marks = ",".join(["?"] * len(part))
-            for key, state, payload_hash in self._query(
-                f"SELECT idem_key, state, payload_hash FROM syncline_items WHERE idem_key IN ({marks})", part
-            ):
-                found[key] = (state, payload_hash)
-        return found
+            yield from self._query(
+                f"SELECT idem_key{columns} FROM syncline_items WHERE idem_key IN ({marks}){where}", [*part, *params]
+            )
+
+    def lookup(self, idem_keys: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+        """State and payload hash of the given keys that the ledger knows."""
+        return {key: (state, phash) for key, state, phash in self._rows_for_keys(", state, payload_hash", idem_keys)}
 
     def claim(self, rows: Sequence[ItemRow], *, over_delivered: bool) -> set[str]:
         """Record a chunk ``in_doubt`` before it is sent; returns the keys this run may send.
@@ -208,19 +211,9 @@ class Ledger:
         if not rows:
             return set()
         self.write_items(rows, keep_delivered=not over_delivered)
-        chunk_id = rows[0].chunk_id
-        claimed: set[str] = set()
         keys = [r.idem_key for r in rows]
-        for i in range(0, len(keys), self.lookup_chunk):
-            part = keys[i : i + self.lookup_chunk]
-            marks = ",".join(["?"] * len(part))
-            claimed.update(
-                key for (key,) in self._query(
-                    f"SELECT idem_key FROM syncline_items WHERE idem_key IN ({marks}) AND chunk_id = ? "
-                    "AND state = 'in_doubt'", [*part, chunk_id],
-                )
-            )
-        return claimed
+        mine = " AND chunk_id = ? AND state = 'in_doubt'"
+        return {key for (key,) in self._rows_for_keys("", keys, mine, [rows[0].chunk_id])}
 
     def write_items(self, rows: Iterable[ItemRow], *, keep_delivered: bool = False) -> None:
         """Upsert items; a NULL vendor id never erases one already stored. ``keep_delivered`` leaves
@@ -256,15 +249,7 @@ class Ledger:
 
     def progress(self, idem_keys: Sequence[str]) -> dict[str, tuple[str | None, str | None]]:
         """(progress JSON, vendor id) of the given keys."""
-        found: dict[str, tuple[str | None, str | None]] = {}
-        for i in range(0, len(idem_keys), self.lookup_chunk):
-            part = list(idem_keys[i : i + self.lookup_chunk])
-            marks = ",".join(["?"] * len(part))
-            for key, progress, vendor_id in self._query(
-                f"SELECT idem_key, progress, vendor_id FROM syncline_items WHERE idem_key IN ({marks})", part
-            ):
-                found[key] = (progress, vendor_id)
-        return found
+        return {key: (progress, vendor_id) for key, progress, vendor_id in self._rows_for_keys(", progress, vendor_id", idem_keys)}
 
     def counts(self, sync: str) -> dict[str, int]:
         counts = dict.fromkeys(ITEM_STATES, 0)
