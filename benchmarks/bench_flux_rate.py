@@ -20,15 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import time_bound  # noqa: E402
 
 DOCUMENTED_PER_MINUTE = 10
 TARGET_PER_MINUTE = 9.5
@@ -37,17 +37,12 @@ TAIL = 3
 TIME_BOUND_S = 150
 
 
-def _abort(signum: int, frame: Any) -> None:
-    raise SystemExit("benchmark exceeded its time bound; aborted")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, default=15, help="full batches of 500 to send (12..20)")
     args = parser.parse_args()
     batches = min(max(args.batches, 12), 20)
-    signal.signal(signal.SIGALRM, _abort)
-    signal.alarm(TIME_BOUND_S)
+    time_bound(TIME_BOUND_S)
 
     home = Path(tempfile.mkdtemp(prefix="syncline-bench-flux-"))
     os.environ["SYNCLINE_HOME"] = str(home)

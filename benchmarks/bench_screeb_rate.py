@@ -20,22 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import time_bound  # noqa: E402
+
 TARGET_RPS = 45.0
 DOCUMENTED_RPS = 50
-
-
-def _abort(signum: int, frame: Any) -> None:
-    raise SystemExit("benchmark exceeded its time bound; aborted")
 
 
 def main() -> int:
@@ -44,8 +40,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args()
     seconds = min(max(args.seconds, 2.0), 30.0)
-    signal.signal(signal.SIGALRM, _abort)
-    signal.alarm(int(3 * seconds + 30))
+    time_bound(int(3 * seconds + 30))
 
     home = Path(tempfile.mkdtemp(prefix="syncline-bench-screeb-"))
     os.environ["SYNCLINE_HOME"] = str(home)

@@ -201,14 +201,20 @@ class FluxEmulator(Emulator):
     def _public(event: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in event.items() if not k.startswith("_")}
 
-    def _batch(self, request: Request) -> Response:
+    def _authorized_json(self, request: Request) -> tuple[Response | None, Any]:
+        """Auth, then the JSON body: (an error answer, None) or (None, the body)."""
         denied = self._authorized(request)
         if denied:
-            return denied
+            return denied, None
         try:
-            body = request.json()
+            return None, request.json()
         except ValueError:
-            return Response(400, {"error": {"code": "invalid_json", "message": "Body is not valid JSON"}})
+            return Response(400, {"error": {"code": "invalid_json", "message": "Body is not valid JSON"}}), None
+
+    def _batch(self, request: Request) -> Response:
+        refused, body = self._authorized_json(request)
+        if refused:
+            return refused
         events = body.get("events") if isinstance(body, dict) else body
         if not isinstance(events, list):
             return Response(400, {"error": {"code": "invalid_request", "message": "events must be an array"}})
@@ -240,13 +246,9 @@ class FluxEmulator(Emulator):
         return Response(200, {"data": data})
 
     def _single(self, request: Request) -> Response:
-        denied = self._authorized(request)
-        if denied:
-            return denied
-        try:
-            event = request.json()
-        except ValueError:
-            return Response(400, {"error": {"code": "invalid_json", "message": "Body is not valid JSON"}})
+        refused, event = self._authorized_json(request)
+        if refused:
+            return refused
         self.note_batch("events", 1)
         try:
             _check_event(event, None)
