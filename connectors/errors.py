@@ -23,3 +23,7 @@ class SyncStopped(SynclineError):
 
 class AuthError(SyncStopped):
     """The vendor refused the credential (401/403). Never retried: the key must be fixed first."""
+
+
+class ResourceError(SynclineError):
+    """The machine ran short (memory, disk): not the user's config. Says which setting to raise."""

@@ -1,7 +1,9 @@
-"""Run a sync end to end without Dagster: extract -> payloads -> delivered. The CLI and the assets share it.
+"""The one pipeline path: extract -> payloads -> delivered. Dagster, the CLI, preview and dry run all use it.
 
-Base URL and credentials come from the environment (``<PREFIX>_BASE_URL`` and the vendor's credential
-variables) unless passed in, so one command drives the sandbox, a staging vendor or production.
+:class:`SyncPipeline` holds one run's staging folder and runs each stage once, in order; callers (the asset
+factory, ``syncline run``, ``syncline preview``) only choose how far to go and what to report between
+stages. Base URL and credentials come from the environment (``<PREFIX>_BASE_URL`` and the vendor's
+credential variables) unless passed in, so one command drives the sandbox, a staging vendor or production.
 """
 
 from __future__ import annotations
@@ -11,9 +13,15 @@ import shutil
 import sys
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pyarrow.parquet as pq
 
 from connectors import settings
+from connectors.destination import Destination, resolve_destination
 from connectors.engine.deliver import ChunkLimits, Delivery, DeliveryOptions
 from connectors.engine.endpoint import Endpoint, Vendor
 from connectors.engine.http import HttpClient
@@ -24,6 +32,9 @@ from connectors.errors import SynclineError
 from connectors.ledger import Ledger, RunRow, open_ledger
 from connectors.spec import SyncSpec
 from connectors.stage import Window, extract, staging_path, transform
+
+RATE_LIMITED_CONCURRENCY = 4  # documented limits pace requests; a few in flight cover the round trip
+DEFAULT_CONCURRENCY = 64  # the most in flight where no rate is documented (adaptive below it)
 
 
 def resolve_base_url(vendor: Vendor, given: str | None = None) -> str:
@@ -48,6 +59,10 @@ def require_credential(vendor: Vendor, credentials: Mapping[str, str], name: str
         raise SynclineError(f"{vendor.title}: set {env} in the environment (the sync needs it to authenticate)")
 
 
+def destination_for(spec: SyncSpec, base_url: str, credentials: Mapping[str, str]) -> Destination:
+    return resolve_destination(spec.vendor.name, base_url, credentials, spec.endpoint.credential, spec.destination_name)
+
+
 def _limiter(spec: SyncSpec, endpoint: Endpoint, credentials: Mapping[str, str]) -> RateLimiter:
     interval = 0.0  # no documented rate: no spacing, but a Retry-After still pauses the whole credential
     if endpoint.rate is not None:
@@ -63,9 +78,14 @@ def make_sender(
     credentials: Mapping[str, str],
     base_url: str,
     run_id: str,
-    ledger: Ledger | None = None,
+    ledger: Any = None,
     endpoint: Endpoint | None = None,
+    *,
+    destination: str = "",
+    client: HttpClient | None = None,
 ) -> Sender:
+    """A Sender for the sync's endpoint. ``ledger`` is only for side uses (reconcile); a delivery wires
+    its own progress store through the run's ledger writer."""
     endpoint = endpoint or spec.endpoint
     require_credential(spec.vendor, credentials, endpoint.credential)
     policy = SendPolicy(
@@ -73,14 +93,29 @@ def make_sender(
         backoff=Backoff(spec.delivery.backoff_base, spec.delivery.backoff_cap),
         max_retry_after=spec.delivery.max_retry_after,
     )
-    client = HttpClient(base_url, timeout=spec.delivery.timeout)
+    client = client or HttpClient(base_url, timeout=spec.delivery.timeout, pool_size=delivery_options(spec).concurrency)
     single = None
     if endpoint.single is not None and endpoint.single_below > 0:
-        single = make_sender(spec, credentials, base_url, run_id, ledger, endpoint.single)
+        single = make_sender(spec, credentials, base_url, run_id, ledger, endpoint.single,
+                             destination=destination, client=client)
+    progress = _BoundProgress(ledger, destination) if ledger is not None else None
     return Sender(
         endpoint, credentials, client, _limiter(spec, endpoint, credentials), policy,
-        run_id=run_id, sync=spec.name, progress_store=ledger, single=single,
+        run_id=run_id, sync=spec.name, progress_store=progress, single=single, destination=destination,
     )
+
+
+class _BoundProgress:
+    """A ledger's progress methods bound to one destination (for side uses outside a delivery)."""
+
+    def __init__(self, ledger: Ledger, destination: str) -> None:
+        self.ledger, self.destination = ledger, destination
+
+    def progress(self, idem_keys: Any) -> dict[str, tuple[str | None, str | None]]:
+        return self.ledger.progress(self.destination, list(idem_keys))
+
+    def set_progress(self, idem_key: str, progress: str, vendor_id: str | None = None) -> None:
+        self.ledger.set_progress(self.destination, idem_key, progress, vendor_id)
 
 
 def delivery_options(spec: SyncSpec, dry_run: bool = False) -> DeliveryOptions:
@@ -90,10 +125,15 @@ def delivery_options(spec: SyncSpec, dry_run: bool = False) -> DeliveryOptions:
         max_body_bytes=spec.delivery.max_body_bytes or endpoint.max_body_bytes,
         envelope_bytes=endpoint.envelope_bytes(),
     )
-    concurrency = spec.delivery.concurrency
-    if endpoint.rate is not None and endpoint.rate.interval > 1:
+    rate_limited = endpoint.rate is not None
+    concurrency = spec.delivery.concurrency or (RATE_LIMITED_CONCURRENCY if rate_limited else DEFAULT_CONCURRENCY)
+    if rate_limited and endpoint.rate is not None and endpoint.rate.interval > 1:
         concurrency = 1  # a slow limit gains nothing from parallel requests; keep order simple
-    return DeliveryOptions(limits, concurrency, spec.mode, spec.delivery.in_doubt, dry_run)
+    return DeliveryOptions(
+        limits, concurrency, adaptive=spec.delivery.adaptive and not rate_limited, mode=spec.mode,
+        in_doubt=spec.delivery.in_doubt, dry_run=dry_run, memory_limit=settings.duckdb_memory(),
+        threads=settings.duckdb_threads(),
+    )
 
 
 def new_run_id() -> str:
@@ -113,21 +153,32 @@ def deliver_file(
     on_progress: Callable[[RunRow], None] | None = None,
     window: Window | None = None,
     on_wait: Callable[[], None] | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> RunRow:
-    """Deliver a rendered payload file and record the run in the ledger.
+    """Deliver a rendered payload file to the sync's destination and record the run in the ledger.
 
     The sync's ``window`` is locked for the delivery (see :meth:`Ledger.window_lock`): an overlapping run
     of the same sync waits, then skips what this one delivered, so concurrent backfills never double-send.
     """
-    run = RunRow(run_id, spec.name, spec.endpoint.name, span, dry_run=dry_run)
-    if dry_run:
-        return Delivery(None, ledger, run, delivery_options(spec, dry_run), on_progress).run_file(payload_path)
+    say = announce or (lambda _message: None)
+    base = resolve_base_url(spec.vendor, base_url)
     creds = resolve_credentials(spec.vendor, credentials)
-    sender = make_sender(spec, creds, resolve_base_url(spec.vendor, base_url), run_id, ledger)
+    dest = destination_for(spec, base, creds)
+    run = RunRow(run_id, spec.name, spec.endpoint.name, span, dry_run=dry_run, destination=dest.id,
+                 ledger=ledger.description)
+    say(f"{spec.name}: destination {dest.describe()} [{dest.id}]; ledger {ledger.description}")
+    options = delivery_options(spec, dry_run)
+    if dry_run:
+        return Delivery(None, ledger, run, options, on_progress).run_file(payload_path)
+    sender = make_sender(spec, creds, base, run_id, destination=dest.id)
     days = (window or Window()).day_labels() if spec.partitioned else None
     with ledger.window_lock(spec.name, days, on_wait):
+        ledger.register_destination(dest)
+        moved = ledger.adopt(spec.name, dest)
+        if moved:
+            say(f"{spec.name}: {moved} items recorded before this destination had its identity now belong to it")
         ledger.start_run(run)
-        delivery = Delivery(sender, ledger, run, delivery_options(spec, dry_run), on_progress)
+        delivery = Delivery(sender, ledger, run, options, on_progress)
         try:
             result = delivery.run_file(payload_path)
         except Exception as exc:
@@ -136,8 +187,83 @@ def deliver_file(
             run.status, run.error = "error", message
             ledger.finish_run(run)
             raise SynclineError(f"{spec.name}: delivery failed: {message}") from None
+        finally:
+            sender.client.close()
         ledger.finish_run(result)
     return result
+
+
+@dataclass
+class StageCounts:
+    extracted: int = 0
+    rendered: int = 0
+    failing_validation: int = 0
+
+
+class SyncPipeline:
+    """One run of one sync over one window: its staging folder and its stages, each run once, in order.
+
+    Staging holds raw source rows, so it is removed on exit whatever happened (``keep_staging`` aside)."""
+
+    def __init__(self, spec: SyncSpec, window: Window | None = None, *, run_id: str | None = None,
+                 files: list[str] | None = None, keep_staging: bool = False) -> None:
+        self.spec = spec
+        self.window = window or Window()
+        self.run_id = run_id or new_run_id()
+        self.files = files
+        self.keep_staging = keep_staging
+        self.out_dir = staging_path(spec, self.window, self.run_id)
+        self.counts = StageCounts()
+        self.extract_path: Path | None = None
+        self.payload_path: Path | None = None
+
+    def __enter__(self) -> SyncPipeline:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if not self.keep_staging:
+            shutil.rmtree(self.out_dir, ignore_errors=True)
+
+    def extract(self) -> Path:
+        if self.extract_path is None:
+            self.extract_path, self.counts.extracted = extract(self.spec, self.window, self.out_dir, self.files)
+        return self.extract_path
+
+    def render(self) -> Path:
+        if self.payload_path is None:
+            path, rows, rejected = transform(self.spec, self.extract(), self.out_dir)
+            self.payload_path, self.counts.rendered, self.counts.failing_validation = path, rows, rejected
+        return self.payload_path
+
+    def preview(self, limit: int, *, rejected_only: bool = False) -> list[dict[str, Any]]:
+        """The first rendered rows (``_key``, ``payload``, ``reject_reason``), read from the payload file."""
+        table = pq.read_table(self.render(), columns=["_key", "payload", "reject_reason"])
+        if rejected_only:
+            import pyarrow.compute as pc
+
+            table = table.filter(pc.is_valid(table.column("reject_reason")))
+        return table.slice(0, limit).to_pylist()
+
+    def deliver(
+        self,
+        *,
+        ledger: Ledger,
+        credentials: Mapping[str, str] | None = None,
+        base_url: str | None = None,
+        dry_run: bool = False,
+        on_progress: Callable[[RunRow], None] | None = None,
+        on_wait: Callable[[], None] | None = None,
+        announce: Callable[[str], None] | None = None,
+    ) -> RunRow:
+        return deliver_file(
+            self.spec, self.render(), run_id=self.run_id, span=self.window.label, ledger=ledger,
+            credentials=credentials, base_url=base_url, dry_run=dry_run, on_progress=on_progress,
+            window=self.window, on_wait=on_wait, announce=announce,
+        )
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def run_sync(
@@ -151,24 +277,46 @@ def run_sync(
     dry_run: bool = False,
     keep_staging: bool = False,
     on_progress: Callable[[RunRow], None] | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> RunRow:
     """Extract, transform and deliver one window of one sync."""
-    window = window or Window()
-    run_id = run_id or new_run_id()
     own_ledger = ledger is None
     ledger = ledger or open_ledger()
-    out_dir = staging_path(spec, window, run_id)
     try:
-        extract_path, _ = extract(spec, window, out_dir)
-        payload_path, _, _ = transform(spec, extract_path, out_dir)
-        return deliver_file(
-            spec, payload_path, run_id=run_id, span=window.label, ledger=ledger, credentials=credentials,
-            base_url=base_url, dry_run=dry_run, on_progress=on_progress, window=window,
-            on_wait=lambda: print(f"{spec.name}: waiting for another run delivering an overlapping window",
-                                  file=sys.stderr, flush=True),
-        )
+        with SyncPipeline(spec, window, run_id=run_id, keep_staging=keep_staging) as pipeline:
+            return pipeline.deliver(
+                ledger=ledger, credentials=credentials, base_url=base_url, dry_run=dry_run,
+                on_progress=on_progress, announce=announce,
+                on_wait=lambda: _stderr(f"{spec.name}: waiting for another run delivering an overlapping window"),
+            )
     finally:
-        if not keep_staging:
-            shutil.rmtree(out_dir, ignore_errors=True)
         if own_ledger:
             ledger.close()
+
+
+def reconcile(
+    spec: SyncSpec,
+    ledger: Ledger,
+    window: Window | None = None,
+    *,
+    credentials: Mapping[str, str] | None = None,
+    base_url: str | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """What the vendor holds for the window vs what the ledger delivered there (vendors with a read API)."""
+    window = window or Window()
+    base = resolve_base_url(spec.vendor, base_url)
+    creds = resolve_credentials(spec.vendor, credentials)
+    dest = destination_for(spec, base, creds)
+    delivered = ledger.delivered_in_window(spec.name, window.start, window.end, destination=dest.id)
+    sender = make_sender(spec, creds, base, run_id or new_run_id(), ledger, destination=dest.id)
+    try:
+        report = spec.endpoint.reconcile(
+            sender, sync=spec.name,
+            window_start=window.start.isoformat() if window.start else None,
+            window_end=window.end.isoformat() if window.end else None,
+            delivered=delivered,
+        )
+    finally:
+        sender.client.close()
+    return {"destination": dest.identity, **report}

@@ -21,6 +21,8 @@ from connectors.errors import ConfigError
 from connectors.vendors import vendors
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+DESTINATION_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+MAX_CONCURRENCY = 256
 Mode = Literal["append", "mirror"]
 InDoubtPolicy = Literal["resend", "hold"]
 
@@ -41,7 +43,8 @@ class SourceSpec:
 class DeliverySpec:
     """Knobs for the delivery engine; defaults suit a production vendor, tests shrink the backoff."""
 
-    concurrency: int = 4
+    concurrency: int | None = None  # most requests in flight; default 64 adaptive, 4 on rate-limited endpoints
+    adaptive: bool = True  # grow/shrink in-flight requests with the vendor's answers (no documented rate)
     max_attempts: int = 6
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
@@ -70,6 +73,7 @@ class SyncSpec:
     delivery: DeliverySpec = field(default_factory=DeliverySpec)
     options: Mapping[str, Any] = field(default_factory=dict)
     max_rejected_share: float = 0.01
+    destination_name: str | None = None  # destination.name: the ledger's identity for where items go
 
     @property
     def partitioned(self) -> bool:
@@ -131,6 +135,9 @@ def _parse_delivery(raw: object, file: str, endpoint: Endpoint) -> DeliverySpec:
         if name == "in_doubt":
             if value not in ("resend", "hold"):
                 raise ConfigError(file, "delivery.in_doubt", "must be resend (at-least-once) or hold")
+        elif name == "adaptive":
+            if not isinstance(value, bool):
+                raise ConfigError(file, "delivery.adaptive", f"must be true or false, got {value!r}")
         elif name in ("concurrency", "max_attempts", "max_items", "max_body_bytes"):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(file, f"delivery.{name}", f"must be a positive whole number, got {value!r}")
@@ -143,6 +150,8 @@ def _parse_delivery(raw: object, file: str, endpoint: Endpoint) -> DeliverySpec:
             "delivery.max_items",
             f"{endpoint.qualified_name} accepts at most {endpoint.max_items} items per request",
         )
+    if values.get("concurrency", 0) > MAX_CONCURRENCY:
+        raise ConfigError(file, "delivery.concurrency", f"at most {MAX_CONCURRENCY} requests in flight")
     if values.get("rate_safety", 0) > 1:
         raise ConfigError(file, "delivery.rate_safety", "must be at most 1 (a share of the documented rate)")
     return DeliverySpec(**values)
@@ -189,7 +198,12 @@ def load_sync_file(path: Path) -> SyncSpec:
     source = _parse_source(doc.get("source"), file)
 
     dest = _expect(doc.get("destination"), dict, file, "destination", "a mapping with vendor and endpoint")
-    _only_keys(dest, {"vendor", "endpoint", "options"}, file, "destination")
+    _only_keys(dest, {"vendor", "endpoint", "options", "name"}, file, "destination")
+    destination_name = dest.get("name")
+    if destination_name is not None and (
+        not isinstance(destination_name, str) or not DESTINATION_NAME_RE.match(destination_name)
+    ):
+        raise ConfigError(file, "destination.name", f"a short name like prod or staging-eu, got {destination_name!r}")
     known = vendors()
     vendor = known.get(str(dest.get("vendor")))
     if vendor is None:
@@ -255,6 +269,7 @@ def load_sync_file(path: Path) -> SyncSpec:
         delivery=_parse_delivery(doc.get("delivery"), file, endpoint),
         options=options,
         max_rejected_share=float(share),
+        destination_name=destination_name,
     )
 
 

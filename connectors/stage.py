@@ -9,7 +9,6 @@ is only ever opened read-only.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import pyarrow.parquet as pq
 
 from connectors import settings
 from connectors.engine.payload import PayloadBuilder, describe, quote_ident, quote_literal
-from connectors.errors import ConfigError, SynclineError
+from connectors.errors import ConfigError, ResourceError, SynclineError
 from connectors.spec import SyncSpec, expand_path
 
 ROW_GROUP_SIZE = 10_240  # small row groups keep the delivery reader's working set small
@@ -59,13 +58,25 @@ def _connect(database: str = ":memory:", read_only: bool = False) -> duckdb.Duck
     con = duckdb.connect(database, read_only=read_only)
     con.execute("SET TimeZone = 'UTC'")
     # Bounded memory whatever the row count: DuckDB spills sorts and windows to disk past this limit.
-    con.execute(f"SET memory_limit = {quote_literal(os.environ.get('SYNCLINE_DUCKDB_MEMORY', '128MB'))}")
+    con.execute(f"SET memory_limit = {quote_literal(settings.duckdb_memory())}")
     con.execute(f"SET temp_directory = {quote_literal(str(settings.home() / 'duckdb_tmp'))}")
     con.execute("SET preserve_insertion_order = false")
-    threads = os.environ.get("SYNCLINE_DUCKDB_THREADS")
+    threads = settings.duckdb_threads()
     if threads:
-        con.execute(f"SET threads = {int(threads)}")
+        con.execute(f"SET threads = {threads}")
     return con
+
+
+def duckdb_failure(exc: duckdb.Error, file: str, field: str, what: str) -> SynclineError:
+    """A config error for what the user wrote; a resource error for what the machine ran out of."""
+    if isinstance(exc, duckdb.OutOfMemoryException) or "Out of Memory" in str(exc):
+        return ResourceError(
+            f"{what}: DuckDB ran out of memory at its limit of {settings.duckdb_memory()} "
+            f"(SYNCLINE_DUCKDB_MEMORY; it spills to {settings.home() / 'duckdb_tmp'} past it): {exc}"
+        )
+    if isinstance(exc, duckdb.IOException) and "No space left" in str(exc):
+        return ResourceError(f"{what}: the disk under {settings.home()} is full: {exc}")
+    return ConfigError(file, field, f"{what}: {exc}")
 
 
 def staging_path(spec: SyncSpec, window: Window, run_id: str) -> Path:
@@ -144,7 +155,7 @@ def extract(spec: SyncSpec, window: Window, out_dir: Path, files: list[str] | No
             params,
         )
     except duckdb.Error as exc:
-        raise ConfigError(str(spec.file), "source", f"reading the source failed: {exc}") from None
+        raise duckdb_failure(exc, str(spec.file), "source", "reading the source failed") from None
     finally:
         con.close()
     return out, pq.ParquetFile(out).metadata.num_rows
@@ -180,7 +191,7 @@ def open_model(spec: SyncSpec, extract_path: Path) -> tuple[duckdb.DuckDBPyConne
             columns = describe(con, relation)
     except duckdb.Error as exc:
         con.close()
-        raise ConfigError(str(spec.model_file), "(sql)", f"the model does not run: {exc}") from None
+        raise duckdb_failure(exc, str(spec.model_file), "(sql)", "the model does not run") from None
     return con, builder_for(spec).sql(relation, columns)
 
 
@@ -194,7 +205,7 @@ def transform(spec: SyncSpec, extract_path: Path, out_dir: Path) -> tuple[Path, 
             f"SELECT count(*), count(reject_reason) FROM read_parquet({quote_literal(str(out))})"
         ).fetchone()
     except duckdb.Error as exc:
-        raise ConfigError(str(spec.model_file), "(sql)", f"rendering payloads failed: {exc}") from None
+        raise duckdb_failure(exc, str(spec.model_file), "(sql)", "rendering payloads failed") from None
     finally:
         con.close()
     assert row is not None

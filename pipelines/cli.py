@@ -20,7 +20,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import shutil
 import signal
 import sys
 from collections.abc import Sequence
@@ -30,9 +29,9 @@ from typing import Any
 from connectors import settings
 from connectors.errors import ConfigError, SynclineError
 from connectors.ledger import RunRow, open_ledger
-from connectors.runner import new_run_id, resolve_base_url, resolve_credentials, run_sync
+from connectors.runner import SyncPipeline, new_run_id, reconcile, run_sync
 from connectors.spec import SyncSpec, load_syncs
-from connectors.stage import Window, extract, open_model, staging_path
+from connectors.stage import Window
 
 
 def _print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -90,12 +89,16 @@ def _summary_rows(runs: Sequence[RunRow], specs: Sequence[SyncSpec]) -> list[lis
 SUMMARY_HEADERS = ["sync", "vendor.endpoint", "window", "delivered", "rejected", "skipped", "pending", "retries", "429s", "secs", "status"]
 
 
+def _note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     specs = _load(args.syncs, args.all)
     runs = []
     failed = False
     for spec in specs:
-        run = run_sync(spec, _window(spec, args), dry_run=args.dry_run)
+        run = run_sync(spec, _window(spec, args), dry_run=args.dry_run, announce=_note)
         runs.append(run)
         failed = failed or run.status in ("stopped", "error")
         if run.error:
@@ -112,22 +115,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_preview(args: argparse.Namespace) -> int:
     (spec,) = _load([args.sync], False)
     window = _window(spec, args)
-    out = staging_path(spec, window, "preview-" + new_run_id())
-    try:
-        extract_path, rows = extract(spec, window, out)
-        con, select = open_model(spec, extract_path)
-        try:
-            result = con.execute(f"SELECT _key, payload, reject_reason FROM ({select}) LIMIT {int(args.limit)}").fetchall()
-            totals = con.execute(f"SELECT count(*), count(reject_reason) FROM ({select})").fetchone()
-        finally:
-            con.close()
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-    print(f"{spec.name} -> {spec.endpoint.qualified_name}: {rows} source rows in window {window.label}; "
-          f"{totals[1] if totals else 0} fail validation. Nothing is sent.")
-    for key, payload, reason in result:
+    with SyncPipeline(spec, window, run_id="preview-" + new_run_id()) as pipeline:
+        rows = pipeline.preview(int(args.limit))
+        counts = pipeline.counts
+    print(f"{spec.name} -> {spec.endpoint.qualified_name}: {counts.extracted} source rows in window {window.label}; "
+          f"{counts.failing_validation} fail validation. Nothing is sent.")
+    for row in rows:
+        reason = row["reject_reason"]
         status = f"REJECT: {reason}" if reason else "ok"
-        print(f"\n[{key}] {status}\n{json.dumps(json.loads(payload), indent=2, ensure_ascii=False)}")
+        print(f"\n[{row['_key']}] {status}\n{json.dumps(json.loads(row['payload']), indent=2, ensure_ascii=False)}")
     return 0
 
 
@@ -146,11 +142,15 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_log(args: argparse.Namespace) -> int:
     ledger = open_ledger()
     try:
+        print(f"ledger: {ledger.description} ({settings.home_source()})")
+        destinations = ledger.destinations()
         runs = ledger.runs(args.sync, limit=args.limit)
         _print_table(
-            ["run", "sync", "window", "started", "status", "delivered", "rejected", "skipped", "pending", "retries", "429s", "p95 ms"],
+            ["run", "sync", "window", "started", "status", "delivered", "rejected", "skipped", "pending", "retries", "429s",
+             "p95 ms", "destination"],
             [[r["run_id"][:12], r["sync"], r["span"], (r["started_at"] or "")[:19], r["status"], r["delivered"], r["rejected"],
-              r["skipped"], (r["in_doubt"] or 0) + (r["failed"] or 0), r["retries"], r["http_429"], r["p95_latency_ms"]] for r in runs],
+              r["skipped"], (r["in_doubt"] or 0) + (r["failed"] or 0), r["retries"], r["http_429"], r["p95_latency_ms"],
+              destinations.get(r["destination"] or "", {}).get("identity") or r["destination"] or "-"] for r in runs],
         )
         attempts = ledger.attempts(sync=args.sync, limit=args.limit)
         if attempts:
@@ -171,23 +171,13 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    from connectors.runner import make_sender
-
     (spec,) = _load([args.sync], False)
     window = _window(spec, args)
     ledger = open_ledger()
     try:
-        delivered = ledger.delivered_in_window(spec.name, window.start, window.end)
-        sender = make_sender(spec, resolve_credentials(spec.vendor), resolve_base_url(spec.vendor), new_run_id(), ledger)
-        try:
-            report = spec.endpoint.reconcile(
-                sender, sync=spec.name,
-                window_start=window.start.isoformat() if window.start else None,
-                window_end=window.end.isoformat() if window.end else None,
-                delivered=delivered,
-            )
-        except NotImplementedError as exc:
-            raise SynclineError(str(exc)) from None
+        report = reconcile(spec, ledger, window)
+    except NotImplementedError as exc:
+        raise SynclineError(str(exc)) from None
     finally:
         ledger.close()
     print(json.dumps(report, indent=2, default=str))

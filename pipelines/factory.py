@@ -8,10 +8,8 @@ Materializing only ``extract`` and ``payloads`` is a preview: nothing is sent.
 
 import datetime as dt
 import json
-import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -64,12 +62,14 @@ def run_metadata(run: RunRow) -> dict[str, Any]:
         "bytes_sent": dg.MetadataValue.int(run.bytes_sent),
         "seconds": dg.MetadataValue.float(float(run.seconds)),
         "ledger_run_id": dg.MetadataValue.text(run.run_id),
+        "destination": dg.MetadataValue.text(run.destination),
+        "ledger": dg.MetadataValue.text(run.ledger),
         "status": dg.MetadataValue.text(run.status),
     }
 
 
-def reasons_table(ledger: Ledger, sync: str) -> dg.MetadataValue:
-    rows = ledger.rejection_reasons(sync, limit=15)
+def reasons_table(ledger: Ledger, sync: str, destination: str | None = None) -> dg.MetadataValue:
+    rows = ledger.rejection_reasons(sync, limit=15, destination=destination)
     if not rows:
         return dg.MetadataValue.md("No rejected rows.")
     lines = ["| rejected rows | reason |", "|---:|---|"]
@@ -116,46 +116,42 @@ def build_sync(spec: SyncSpec) -> SyncDefinitions:
         description=spec.description or None,
     )
     def _sync(context: AssetExecutionContext) -> Iterator[dg.MaterializeResult]:
-        window = window_for(context, spec)
-        out_dir = stage.staging_path(spec, window, context.run.run_id)
-        try:
-            yield from _stages(context, window, out_dir)
-        finally:
-            shutil.rmtree(out_dir, ignore_errors=True)  # staging holds raw source rows: never left behind
-
-    def _stages(context: AssetExecutionContext, window: stage.Window, out_dir: Path) -> Iterator[dg.MaterializeResult]:
         syncline: SynclineResource = context.resources.syncline
         vendor_res = getattr(context.resources, vendor_key)
         selected = context.selected_asset_keys
         files_tag = context.run.tags.get(FILES_TAG)
         files = json.loads(files_tag) if files_tag and spec.source.parquet else None
-        extract_path, extracted = stage.extract(spec, window, out_dir, files)
-        if extract_key in selected:
-            yield dg.MaterializeResult(asset_key=extract_key, metadata={
-                "rows": dg.MetadataValue.int(extracted), "window": dg.MetadataValue.text(window.label)})
-        if not selected & {payloads_key, delivered_key}:
-            return
-        payload_path, rows, rejected = stage.transform(spec, extract_path, out_dir)
-        if payloads_key in selected:
-            yield dg.MaterializeResult(asset_key=payloads_key, metadata={
-                "rows": dg.MetadataValue.int(rows),
-                "rows_failing_validation": dg.MetadataValue.int(rejected),
-                "preview": dg.MetadataValue.json(_preview(payload_path)),
-            })
-        if delivered_key not in selected:
-            return
-        ledger = syncline.open_ledger()
-        try:
-            run = runner.deliver_file(
-                spec, payload_path, run_id=context.run.run_id, span=window.label, ledger=ledger,
-                credentials=vendor_res.credentials(), base_url=vendor_res.base_url,
-                on_progress=_progress_logger(context), window=window,
-                on_wait=lambda: context.log.info(f"{name}: waiting for a run delivering an overlapping window"),
-            )
-            metadata = run_metadata(run)
-            metadata["rejection_reasons"] = reasons_table(ledger, name)
-        finally:
-            ledger.close()
+        window = window_for(context, spec)
+        # The same pipeline as `syncline run`; staging holds raw source rows and is removed on exit.
+        with runner.SyncPipeline(spec, window, run_id=context.run.run_id, files=files) as pipeline:
+            pipeline.extract()
+            if extract_key in selected:
+                yield dg.MaterializeResult(asset_key=extract_key, metadata={
+                    "rows": dg.MetadataValue.int(pipeline.counts.extracted),
+                    "window": dg.MetadataValue.text(window.label)})
+            if not selected & {payloads_key, delivered_key}:
+                return
+            pipeline.render()
+            if payloads_key in selected:
+                yield dg.MaterializeResult(asset_key=payloads_key, metadata={
+                    "rows": dg.MetadataValue.int(pipeline.counts.rendered),
+                    "rows_failing_validation": dg.MetadataValue.int(pipeline.counts.failing_validation),
+                    "preview": dg.MetadataValue.json(_preview(pipeline)),
+                })
+            if delivered_key not in selected:
+                return
+            ledger = syncline.open_ledger()
+            try:
+                run = pipeline.deliver(
+                    ledger=ledger, credentials=vendor_res.credentials(), base_url=vendor_res.base_url,
+                    on_progress=_progress_logger(context),
+                    on_wait=lambda: context.log.info(f"{name}: waiting for a run delivering an overlapping window"),
+                    announce=context.log.info,
+                )
+                metadata = run_metadata(run)
+                metadata["rejection_reasons"] = reasons_table(ledger, name, run.destination)
+            finally:
+                ledger.close()
         if run.notes:
             context.log.warning(f"{name}: {run.notes}")
         if run.status == "stopped":
@@ -172,14 +168,8 @@ def build_sync(spec: SyncSpec) -> SyncDefinitions:
     return SyncDefinitions(_sync, checks, job, _schedule(spec, job), sensor)
 
 
-def _preview(payload_path: Any) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    table = pq.ParquetFile(payload_path).read_row_group(0) if pq.ParquetFile(payload_path).num_row_groups else None
-    if table is None:
-        return []
-    rows = table.slice(0, PREVIEW_ROWS).select(["_key", "payload", "reject_reason"]).to_pylist()
-    return [{k: v for k, v in r.items() if v is not None} for r in rows]
+def _preview(pipeline: runner.SyncPipeline) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if v is not None} for r in pipeline.preview(PREVIEW_ROWS)]
 
 
 def _progress_logger(context: dg.AssetExecutionContext) -> Any:
@@ -237,7 +227,6 @@ def _checks(spec: SyncSpec, delivered_key: dg.AssetKey) -> list[dg.AssetChecksDe
 
 def _reconcile_check(spec: SyncSpec, delivered_key: dg.AssetKey) -> dg.AssetChecksDefinition:
     """Vendors with a read API (Flux, StreamBack): what the vendor holds vs what the ledger delivered."""
-    name = spec.name
     vendor_key = resource_key(spec.vendor)
 
     @dg.asset_check(asset=delivered_key, name="reconciled_with_vendor", required_resource_keys={"syncline", vendor_key},
@@ -246,12 +235,8 @@ def _reconcile_check(spec: SyncSpec, delivered_key: dg.AssetKey) -> dg.AssetChec
         vendor_res = getattr(context.resources, vendor_key)
         ledger = context.resources.syncline.open_ledger()
         try:
-            delivered = ledger.delivered_in_window(name, None, None)
-            sender = runner.make_sender(
-                spec, runner.resolve_credentials(spec.vendor, vendor_res.credentials()),
-                runner.resolve_base_url(spec.vendor, vendor_res.base_url), context.run.run_id, ledger,
-            )
-            report = spec.endpoint.reconcile(sender, sync=name, window_start=None, window_end=None, delivered=delivered)
+            report = runner.reconcile(spec, ledger, credentials=vendor_res.credentials(), base_url=vendor_res.base_url,
+                                      run_id=context.run.run_id)
         finally:
             ledger.close()
         metadata: dict[str, Any] = {

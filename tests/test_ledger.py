@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import multiprocessing
 import os
 
@@ -21,8 +22,11 @@ def ledger_url(request, syncline_home) -> str:
     return request.getfixturevalue("postgres_ledger_url")
 
 
-def item(key: str, state: str, **kw) -> ItemRow:
-    return ItemRow(key, "s", "ep", f"src-{key}", "hash", state, **kw)
+DEST = "trubrics-d1"
+
+
+def item(key: str, state: str, dest: str = DEST, **kw) -> ItemRow:
+    return ItemRow(dest, key, "s", "ep", f"src-{key}", "hash", state, **kw)
 
 
 def test_items_upsert_lookup_and_counts(ledger_url):
@@ -30,7 +34,7 @@ def test_items_upsert_lookup_and_counts(ledger_url):
     ledger.write_items([item("a", "in_doubt"), item("b", "in_doubt"), item("c", "rejected", reason="bad")])
     ledger.write_items([item("a", "delivered", vendor_id="v1"), item("b", "failed", reason="HTTP 503")])
     ledger.write_items([item("a", "delivered")])  # a later write without an id keeps the stored one
-    assert ledger.lookup(["a", "b", "zz"]) == {"a": ("delivered", "hash"), "b": ("failed", "hash")}
+    assert ledger.lookup(DEST, ["a", "b", "zz"]) == {"a": ("delivered", "hash"), "b": ("failed", "hash")}
     assert ledger.counts("s") == {"delivered": 1, "rejected": 1, "in_doubt": 0, "failed": 1}
     assert ledger.items("s", state="delivered")[0]["vendor_id"] == "v1"
     assert ledger.rejection_reasons("s") == [("bad", 1)]
@@ -42,14 +46,15 @@ def test_items_upsert_lookup_and_counts(ledger_url):
 def test_lookup_handles_more_keys_than_one_statement(ledger_url):
     ledger = open_ledger(ledger_url)
     ledger.write_items([item(f"k{i}", "delivered") for i in range(1234)])
-    assert len(ledger.lookup([f"k{i}" for i in range(0, 2000)])) == 1234
+    assert len(ledger.lookup(DEST, [f"k{i}" for i in range(0, 2000)])) == 1234
 
 
 def test_progress_is_saved_per_item(ledger_url):
     ledger = open_ledger(ledger_url)
     ledger.write_items([item("a", "in_doubt")])
-    ledger.set_progress("a", '{"feedback": "fb_1"}', vendor_id="fb_1")
-    assert ledger.progress(["a"]) == {"a": ('{"feedback": "fb_1"}', "fb_1")}
+    ledger.set_progress(DEST, "a", '{"feedback": "fb_1"}', vendor_id="fb_1")
+    assert ledger.progress(DEST, ["a"]) == {"a": ('{"feedback": "fb_1"}', "fb_1")}
+    assert ledger.progress("other-dest", ["a"]) == {}
 
 
 def test_runs_and_attempts_are_logged(ledger_url):
@@ -114,10 +119,71 @@ def test_a_sync_runs_on_the_postgres_ledger(sandbox, warehouse, write_sync, post
     assert not (os.path.exists(os.path.join(os.environ["SYNCLINE_HOME"], "ledger.sqlite")))
 
 
+def _claim_json(*keys: str) -> str:
+    return json.dumps([[k, f"src-{k}", "hash", None] for k in keys])
+
+
 def test_claim_never_takes_an_item_another_run_delivered(ledger_url):
     ledger = open_ledger(ledger_url)
     ledger.write_items([item("done", "delivered", vendor_id="v1")])
-    rows = [item("done", "in_doubt", chunk_id="c1"), item("new", "in_doubt", chunk_id="c1")]
-    assert ledger.claim(rows, over_delivered=False) == {"new"}
-    assert ledger.lookup(["done"])["done"][0] == "delivered"
-    assert ledger.claim([item("done", "in_doubt", chunk_id="c2")], over_delivered=True) == {"done"}  # mirror
+    claimed = ledger.claim(DEST, "s", "ep", "run1", "c1", _claim_json("done", "new"), over_delivered=False)
+    assert claimed == ["new"]
+    assert ledger.lookup(DEST, ["done", "new"]) == {"done": ("delivered", "hash"), "new": ("in_doubt", "hash")}
+    # mirror mode resends a changed payload over a delivery
+    assert ledger.claim(DEST, "s", "ep", "run2", "c2", _claim_json("done"), over_delivered=True) == ["done"]
+    # the same key at another destination is another item
+    assert ledger.claim("other-d", "s", "ep", "run3", "c3", _claim_json("new"), over_delivered=False) == ["new"]
+
+
+def test_mark_delivered_takes_only_this_claims_items(ledger_url):
+    ledger = open_ledger(ledger_url)
+    ledger.claim(DEST, "s", "ep", "run1", "c1", _claim_json("a", "b"), over_delivered=False)
+    ledger.claim(DEST, "s", "ep", "run2", "c2", _claim_json("c"), over_delivered=False)
+    assert ledger.mark_delivered(DEST, "run1", "c1", json.dumps(["a", "b", "c"])) == 2
+    states = {k: v[0] for k, v in ledger.lookup(DEST, ["a", "b", "c"]).items()}
+    assert states == {"a": "delivered", "b": "delivered", "c": "in_doubt"}
+
+
+def test_snapshot_reads_one_destination_in_bulk(ledger_url, tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from connectors.ledger import store
+
+    ledger = open_ledger(ledger_url)
+    assert ledger.snapshot(DEST, "s", tmp_path / "none.parquet") is None
+    ledger.write_items([item(f"k{i}", "delivered") for i in range(300)] + [item("x", "failed", dest="other")])
+    small = pq.read_table(ledger.snapshot(DEST, "s", tmp_path / "small.parquet"))
+    monkeypatch.setattr(store, "SMALL_SNAPSHOT", 10)  # the bulk path: ADBC (a child process for SQLite)
+    bulk = pq.read_table(ledger.snapshot(DEST, "s", tmp_path / "bulk.parquet"))
+    for table in (small, bulk):
+        assert table.num_rows == 300 and table.column_names == ["idem_key", "state", "payload_hash"]
+        assert set(table.column("state").to_pylist()) == {"delivered"}
+    ledger.write_items([item("after", "delivered")])  # the ledger is still healthy after the bulk read
+    assert ledger.counts("s", destination=DEST)["delivered"] == 301
+
+
+def test_a_version_1_ledger_migrates_in_place_and_is_adopted(syncline_home):
+    import sqlite3
+
+    from connectors.destination import resolve_destination
+    from connectors.ledger.schema import LATEST, V1
+
+    path = syncline_home / "ledger.sqlite"
+    conn = sqlite3.connect(path)
+    for statement in V1:
+        conn.execute(statement)
+    conn.execute("INSERT INTO syncline_items (idem_key, sync, endpoint, state, updated_at) "
+                 "VALUES ('old1', 's', 'ep', 'delivered', '2026-01-01')")
+    conn.commit()
+    conn.close()
+    ledger = open_ledger(str(path))
+    assert ledger.migrated == [2]
+    (version,) = ledger._query("SELECT max(version) FROM syncline_schema_version")
+    assert version[0] == LATEST
+    dest = resolve_destination("trubrics", "http://127.0.0.1:1", {"api_key": "k"}, "api_key")
+    assert ledger.adopt("s", dest) == 1  # the first destination the sync delivers to takes its history
+    assert ledger.lookup(dest.id, ["old1"]) == {"old1": ("delivered", None)}
+    other = resolve_destination("trubrics", "http://127.0.0.1:2", {"api_key": "k"}, "api_key")
+    assert ledger.adopt("s", other) == 0  # history is adopted once, never shared
+    ledger.close()
+    assert open_ledger(str(path)).migrated == []

@@ -1,9 +1,11 @@
-"""The delivery loop: stream payload rows, split off rejects, skip what the ledger has, chunk, send, record.
+"""The delivery loop: plan in DuckDB, claim a group of items, send its requests many at a time, record.
 
-Payloads are read from Parquet in bounded Arrow batches; memory stays flat whatever the row count. The
-ledger is written per chunk: a chunk's items are recorded ``in_doubt`` before the request goes out and
-get their final state when it returns, so a crash loses at most the chunks in flight, and those are
-marked ``in_doubt`` (resent on the next run under the default at-least-once policy).
+- Planning (``plan.py``) skips what the destination already has and splits off rejects in SQL.
+- Rows to send arrive in Arrow batches. Each batch is one claim group: one statement records all its
+  items ``in_doubt`` (durable) before any of its requests leaves, so a crash loses at most the groups in
+  flight, and those stay ``in_doubt`` (resent on the next run under the default at-least-once policy).
+- Requests go out from a thread pool, up to the in-flight cap (``concurrency.py``); connections are reused.
+- Outcomes go to the ledger's writer thread, which group-commits them (``ledger/writer.py``).
 """
 
 from __future__ import annotations
@@ -18,19 +20,22 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
+from connectors.engine.concurrency import InFlightLimit
+from connectors.engine.plan import EXCERPT_CHARS, Column, Planner, boundaries, items_of
 from connectors.engine.sender import Chunk, ChunkResult, Item, Sender
 from connectors.errors import SyncStopped
-from connectors.ledger import ItemRow, Ledger, RunRow
+from connectors.ledger import ItemRow, Ledger, OutcomeWriter, RunRow
+from connectors.ledger.writer import Outcome
 
-READ_BATCH_ROWS = 5_000
 LATENCY_SAMPLE = 10_000  # latencies kept for the p95 (a uniform sample beyond that)
 MAX_WARNINGS = 50
-EXCERPT_CHARS = 500
-CRASH_ENV = "SYNCLINE_CRASH_AFTER_CHUNKS"  # test-only fault hook: hard exit after N recorded chunks
+CRASH_ENV = "SYNCLINE_CRASH_AFTER_CHUNKS"  # test-only fault hook: hard exit after N committed chunk outcomes
+CLAIM_GROUP_ITEMS = 2_000  # items per claim statement (rounded to whole requests)
 
 
 @dataclass(frozen=True)
@@ -43,12 +48,15 @@ class ChunkLimits:
         if self.max_items < 1:
             raise ValueError("max_items must be at least 1")
 
+    @property
+    def budget(self) -> int:
+        """Bytes of items (with separators) a request may carry."""
+        return self.max_body_bytes - self.envelope_bytes
+
 
 def chunk_items(items: Iterator[Item], limits: ChunkLimits) -> Iterator[list[Item]]:
-    """Group items into requests of at most ``max_items`` and ``max_body_bytes`` (body incl. separators).
-
-    Never yields an empty list. An item too big for a request on its own is the caller's to reject first.
-    """
+    """Group separate items into requests of at most ``max_items`` and ``max_body_bytes`` (the slow path:
+    bisection halves and endpoints that rewrite items). Never yields an empty list."""
     current: list[Item] = []
     size = limits.envelope_bytes
     for item in items:
@@ -63,20 +71,31 @@ def chunk_items(items: Iterator[Item], limits: ChunkLimits) -> Iterator[list[Ite
         yield current
 
 
-def _batches(parquet: pq.ParquetFile, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    """Row group by row group, then in slices. Not ``iter_batches``: its read-ahead kept up to ~100 MB of
-    decoded pages alive on a 1M-row file (measured), so memory grew with the file; this stays at one group."""
-    for index in range(parquet.num_row_groups):
-        yield from parquet.read_row_group(index, columns=columns).to_batches(max_chunksize=READ_BATCH_ROWS)
-
-
 @dataclass
 class DeliveryOptions:
     limits: ChunkLimits
-    concurrency: int = 4
+    concurrency: int = 64  # the most requests in flight
+    adaptive: bool = True  # grow and shrink between 1 and ``concurrency`` (endpoints with no documented rate)
     mode: str = "append"  # append | mirror
     in_doubt: str = "resend"  # resend | hold
     dry_run: bool = False
+    memory_limit: str = "256MB"
+    threads: int | None = None
+
+
+class LedgerProgress:
+    """Multi-step progress at one destination, written through the run's ledger writer (durable at once)."""
+
+    def __init__(self, writer: OutcomeWriter, destination: str) -> None:
+        self.writer = writer
+        self.destination = destination
+
+    def progress(self, idem_keys: Any) -> dict[str, tuple[str | None, str | None]]:
+        keys = list(idem_keys)
+        return self.writer.call(lambda ledger: ledger.progress(self.destination, keys))  # type: ignore[no-any-return]
+
+    def set_progress(self, idem_key: str, progress: str, vendor_id: str | None = None) -> None:
+        self.writer.call(lambda ledger: ledger.set_progress(self.destination, idem_key, progress, vendor_id))
 
 
 class Delivery:
@@ -97,162 +116,151 @@ class Delivery:
         self.on_progress = on_progress
         self.latencies: list[float] = []
         self.warnings: list[str] = []
+        self.in_flight_peak = 0
+        self.limit = InFlightLimit(options.concurrency, adaptive=options.adaptive)
         self._latency_seen = 0
         self._rng = random.Random(0)
+        self._started = time.perf_counter()
+        self._writer: OutcomeWriter | None = None
         self._chunks_recorded = 0
         self._crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
-        self._started = time.perf_counter()
 
-    # -- reading and planning ---------------------------------------------------------------------------
-    def _plan(self, payload_path: Path) -> Iterator[Item]:
-        """Yield items to send; record rejects and count skips on the way (batch by batch)."""
-        run = self.run
-        parquet = pq.ParquetFile(payload_path)
-        columns = ["_key", "cursor_text", "idem_key", "payload", "payload_hash", "reject_reason"]
-        checker = None
-        if self.sender is not None and not self.options.dry_run:
-            checker = self.sender.endpoint.item_checker(self.sender)
-        for batch in _batches(parquet, columns):
-            keys = batch.column("_key").to_pylist()
-            cursors = batch.column("cursor_text").to_pylist()
-            idem = batch.column("idem_key").to_pylist()
-            payloads = batch.column("payload").to_pylist()
-            hashes = batch.column("payload_hash").to_pylist()
-            reasons = batch.column("reject_reason").to_pylist()
-            run.source_rows += len(idem)
-            known = self.ledger.lookup(idem)
-            rejects: list[ItemRow] = []
-            rows = zip(keys, cursors, idem, payloads, hashes, reasons, strict=True)
-            for key, cursor, ikey, payload, phash, reason in rows:
-                state, old_hash = known.get(ikey, (None, None))
-                if state == "delivered" and (self.options.mode == "append" or old_hash == phash):
-                    run.skipped += 1
-                    continue
-                if reason is None and checker is not None:
-                    reason = checker(json.loads(payload))
-                if reason is not None:
-                    run.rejected += 1
-                    rejects.append(
-                        ItemRow(ikey, run.sync, run.endpoint, key, phash, "rejected", reason,
-                                run_id=run.run_id, excerpt=payload[:EXCERPT_CHARS], cursor=cursor)
-                    )
-                    continue
-                if state == "in_doubt" and self.options.in_doubt == "hold":
-                    run.in_doubt += 1
-                    continue
-                yield Item(ikey, key, phash, payload.encode(), cursor)
-            if rejects and not self.options.dry_run:
-                self.ledger.write_items(rejects)
-
-    # -- sending and recording ----------------------------------------------------------------------------
-    def _record(self, result: ChunkResult) -> None:
-        run = self.run
-        by_key = {i.idem_key: i for i in result.chunk.items}
-        rows: list[ItemRow] = []
-        for state, outcomes in (
-            ("delivered", result.delivered),
-            ("rejected", result.rejected),
-            ("in_doubt", result.in_doubt),
-            ("failed", result.failed),
-        ):
-            for ikey, detail in outcomes.items():
-                item = by_key[ikey]
-                vendor_id = detail if state == "delivered" else None
-                reason = None if state == "delivered" else detail
-                excerpt = item.payload[:EXCERPT_CHARS].decode("utf-8", "replace") if state == "rejected" else None
-                rows.append(
-                    ItemRow(ikey, run.sync, run.endpoint, item.source_key, item.payload_hash, state, reason,
-                            vendor_id, run.run_id, result.chunk.chunk_id, excerpt, item.cursor)
-                )
-        keep = self.options.mode == "append"  # never let a failure here overwrite another run's delivery
-        self.ledger.write_items([r for r in rows if r.state == "delivered"])
-        self.ledger.write_items([r for r in rows if r.state != "delivered"], keep_delivered=keep)
-        self.ledger.write_attempts(result.attempts)
-        run.delivered += len(result.delivered)
-        run.rejected += len(result.rejected)
-        run.in_doubt += len(result.in_doubt)
-        run.failed += len(result.failed)
-        run.requests += result.requests
-        run.retries += max(0, result.requests - self._distinct_parts(result))
-        run.http_429 += sum(1 for a in result.attempts if a.status == 429)
-        run.bytes_sent += sum(a.bytes for a in result.attempts)
-        for attempt in result.attempts:
-            if attempt.status is not None:
-                self._sample_latency(attempt.latency_ms)
-        for warning in result.warnings:
-            if len(self.warnings) < MAX_WARNINGS and warning not in self.warnings:
-                self.warnings.append(warning)
-        self._chunks_recorded += 1
-        if self.on_progress is not None:
-            self.on_progress(run)
-        if self._crash_after and self._chunks_recorded >= self._crash_after:
-            os._exit(70)
-
-    def _sample_latency(self, latency_ms: float) -> None:
-        """Reservoir sample (Vitter's algorithm R) for p95: memory stays fixed however many requests."""
-        self._latency_seen += 1
-        if len(self.latencies) < LATENCY_SAMPLE:
-            self.latencies.append(latency_ms)
-        else:
-            slot = self._rng.randrange(self._latency_seen)
-            if slot < LATENCY_SAMPLE:
-                self.latencies[slot] = latency_ms
-
-    @staticmethod
-    def _distinct_parts(result: ChunkResult) -> int:
-        """Requests that were first attempts (bisected halves are new requests, not retries)."""
-        return sum(1 for a in result.attempts if a.attempt == 1)
-
-    def _claim(self, chunk: Chunk) -> Chunk:
-        """Mark the chunk in_doubt before sending; drop items another run delivered since planning."""
-        run = self.run
-        rows = [
-            ItemRow(i.idem_key, run.sync, run.endpoint, i.source_key, i.payload_hash, "in_doubt",
-                    "request in flight (outcome unknown if the run stopped here)", run_id=run.run_id,
-                    chunk_id=chunk.chunk_id, cursor=i.cursor)
-            for i in chunk.items
-        ]
-        claimed = self.ledger.claim(rows, over_delivered=self.options.mode == "mirror")
-        if len(claimed) < len(chunk.items):
-            run.skipped += len(chunk.items) - len(claimed)
-            chunk = Chunk(chunk.chunk_id, [i for i in chunk.items if i.idem_key in claimed])
-        return chunk
-
-    def run_file(self, payload_path: Path) -> RunRow:
+    # -- entry ----------------------------------------------------------------------------------------------
+    def run_file(self, payload_path: Path, work_dir: Path | None = None) -> RunRow:
         """Deliver every pending item of ``payload_path``; returns the run's counters."""
+        work_dir = work_dir or payload_path.parent
+        state = self.ledger.snapshot(self.run.destination, self.run.sync, work_dir / "ledger_state.parquet")
+        planner = Planner(
+            payload_path, state, mode=self.options.mode, hold_in_doubt=self.options.in_doubt == "hold",
+            work_dir=work_dir, memory_limit=self.options.memory_limit, threads=self.options.threads,
+        )
         try:
-            return self._run_file(payload_path)
+            return self._run(planner)
         except SyncStopped as stop:  # e.g. an item checker's lookup refused the credential
             self.run.status, self.run.error = "stopped", str(stop)
             return self._finish(stop)
+        finally:
+            planner.close()
+            if self._writer is not None:
+                self._writer.close()
 
-    def _run_file(self, payload_path: Path) -> RunRow:
-        items = self._plan(payload_path)
-        chunks = chunk_items(items, self.options.limits)
-        stop: SyncStopped | None = None
-        if self.options.dry_run or self.sender is None:
-            for planned in chunks:
-                self.run.requests += 1
-                self.run.bytes_sent += sum(len(i.payload) for i in planned)
+    def _run(self, planner: Planner) -> RunRow:
+        run, options = self.run, self.options
+        counts = planner.counts()
+        run.source_rows += counts.source_rows
+        run.skipped += counts.skipped
+        run.rejected += counts.rejected
+        run.in_doubt += counts.held
+        limits = options.limits
+        group_rows = max(limits.max_items, CLAIM_GROUP_ITEMS // limits.max_items * limits.max_items)
+        if options.dry_run or self.sender is None:
+            for batch in planner.to_send(group_rows):
+                body = Column(batch.column("body_part"))
+                run.requests += sum(1 for _ in boundaries(body, batch.num_rows, limits.max_items, limits.budget))
+                run.bytes_sent += len(body.data) - batch.num_rows
             return self._finish(None)
+        self._writer = OutcomeWriter(self.ledger.open_another()).start()
+        progress = LedgerProgress(self._writer, run.destination)
+        self.sender.progress_store = progress
+        if self.sender.single is not None:
+            self.sender.single.progress_store = progress
+        self._write_rejects(planner)
+        checker = self.sender.endpoint.item_checker(self.sender)
+        return self._send_all(planner.to_send(group_rows), checker, counts.to_send)
+
+    def _write_rejects(self, planner: Planner) -> None:
+        run = self.run
+        rows = [
+            ItemRow(run.destination, key, run.sync, run.endpoint, source, phash, "rejected", reason,
+                    run_id=run.run_id, excerpt=excerpt, cursor=cursor)
+            for key, source, phash, reason, excerpt, cursor in planner.rejects()
+        ]
+        if rows:
+            assert self._writer is not None
+            self._writer.call(lambda ledger: ledger.write_items(rows))
+
+    # -- claiming and sending ------------------------------------------------------------------------------
+    def _claim(self, batch: pa.RecordBatch, group_id: str, *, state: str = "in_doubt", reason: str | None = None) -> pa.RecordBatch:
+        """One statement claims the whole batch; rows another run delivered since planning drop out."""
+        assert self._writer is not None
+        run = self.run
+        claim = Column(batch.column("claim_part"))
+        claimed = self._writer.claim(
+            run.destination, run.sync, run.endpoint, run.run_id, group_id,
+            (b"[" + claim.joined(0, batch.num_rows) + b"]").decode(), over_delivered=self.options.mode == "mirror",
+            state=state, reason=reason,
+        )
+        if len(claimed) == batch.num_rows:
+            return batch
+        run.skipped += batch.num_rows - len(claimed)
+        return batch.filter(pc.is_in(batch.column("idem_key"), value_set=pa.array(claimed, pa.string())))
+
+    def _check(self, batch: pa.RecordBatch, checker: Callable[[dict[str, Any]], str | None]) -> pa.RecordBatch:
+        """The endpoint's per-run item check (rare: GradeMyPage server events): rejects drop out."""
+        assert self._writer is not None
+        run = self.run
+        items = items_of(batch, 0, batch.num_rows)
+        reasons = [checker(json.loads(item.payload)) for item in items]
+        rejects = [
+            ItemRow(run.destination, item.idem_key, run.sync, run.endpoint, item.source_key, item.payload_hash,
+                    "rejected", reason, run_id=run.run_id, excerpt=item.payload[:EXCERPT_CHARS].decode("utf-8", "replace"),
+                    cursor=item.cursor)
+            for item, reason in zip(items, reasons, strict=True) if reason is not None
+        ]
+        if not rejects:
+            return batch
+        run.rejected += len(rejects)
+        self._writer.call(lambda ledger: ledger.write_items(rejects))
+        return batch.filter(pa.array([r is None for r in reasons]))
+
+    def _chunks(self, batch: pa.RecordBatch, group_id: str) -> Iterator[Chunk]:
+        limits = self.options.limits
+        body = Column(batch.column("body_part"))
+        keys = Column(batch.column("key_part"))
+        for n, (start, stop) in enumerate(boundaries(body, batch.num_rows, limits.max_items, limits.budget)):
+            chunk = Chunk(
+                f"{group_id}.{n}", count=stop - start, joined=body.joined(start, stop),
+                keys_json="[" + keys.joined(start, stop).decode() + "]",
+                load=lambda b=batch, s=start, e=stop: items_of(b, s, e), claim_id=group_id,
+            )
+            yield chunk
+
+    def _send_all(self, batches: Iterator[pa.RecordBatch], checker: Any, to_send: int) -> RunRow:
+        assert self.sender is not None
+        sender = self.sender
+        stop: SyncStopped | None = None
         in_flight: set[Future[ChunkResult]] = set()
+        pending_chunks: list[Chunk] = []
+        claimed_total = 0
         with ThreadPoolExecutor(max_workers=self.options.concurrency, thread_name_prefix="syncline-send") as pool:
-            for items_of_chunk in chunks:
-                chunk = self._claim(Chunk(uuid.uuid4().hex[:16], items_of_chunk))
-                if not chunk.items:
-                    continue
-                in_flight.add(pool.submit(self.sender.send_chunk, chunk))
-                if len(in_flight) >= self.options.concurrency:
-                    done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                    stop = self._collect(done) or stop
+            for batch in batches:
                 if stop is not None:
                     break
+                if checker is not None:
+                    batch = self._check(batch, checker)
+                group_id = uuid.uuid4().hex[:16]
+                claimed_total += batch.num_rows
+                batch = self._claim(batch, group_id)
+                if batch.num_rows == 0:
+                    continue
+                pending_chunks = list(self._chunks(batch, group_id))
+                while pending_chunks and stop is None:
+                    while len(in_flight) >= self.limit.current:
+                        done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                        stop = self._collect(done) or stop
+                    if stop is not None:
+                        break
+                    in_flight.add(pool.submit(sender.send_chunk, pending_chunks.pop(0)))
+                    self.in_flight_peak = max(self.in_flight_peak, len(in_flight))
             done, _ = wait(in_flight)
             stop = self._collect(done) or stop
         if stop is not None:
             # Items never sent stay accountable: recorded failed (pending retry) with the reason.
-            for rest in chunks:
-                self._record(ChunkResult(Chunk("not-sent", rest), failed={i.idem_key: f"not sent: {stop}" for i in rest}))
+            reason = f"not sent: {stop}"
+            for chunk in pending_chunks:
+                self._record(ChunkResult(chunk, failed=dict.fromkeys((i.idem_key for i in chunk.items), reason)))
+            for batch in batches:
+                self.run.failed += len(self._claim(batch, "not-sent", state="failed", reason=reason))
             self.run.status, self.run.error = "stopped", str(stop)
         return self._finish(stop)
 
@@ -264,12 +272,83 @@ class Delivery:
             stop = stop or result.stop
         return stop
 
+    def _record(self, result: ChunkResult) -> None:
+        run = self.run
+        chunk = result.chunk
+        outcome = Outcome(run.destination, run.run_id, chunk.claim_id,
+                          attempts=result.attempts, keep_delivered=self.options.mode == "append")
+        if result.all_delivered:
+            outcome.delivered_keys_json = chunk.keys_json
+            run.delivered += chunk.count
+        else:
+            outcome.rows = self._item_rows(result)
+            run.delivered += len(result.delivered)
+        run.rejected += len(result.rejected)
+        run.in_doubt += len(result.in_doubt)
+        run.failed += len(result.failed)
+        run.requests += result.requests
+        run.retries += max(0, result.requests - sum(1 for a in result.attempts if a.attempt == 1))
+        run.http_429 += sum(1 for a in result.attempts if a.status == 429)
+        run.bytes_sent += sum(a.bytes for a in result.attempts)
+        for attempt in result.attempts:
+            status = attempt.status
+            clean = status is not None and status < 500 and status != 429
+            self.limit.observe(attempt.latency_ms / 1000 if status is not None else None, clean=clean)
+            if status is not None:
+                self._sample_latency(attempt.latency_ms)
+        for warning in result.warnings:
+            if len(self.warnings) < MAX_WARNINGS and warning not in self.warnings:
+                self.warnings.append(warning)
+        if self._writer is not None:
+            self._writer.record(outcome)
+        if self.on_progress is not None:
+            self.on_progress(run)
+        self._chunks_recorded += 1
+        if self._crash_after and self._chunks_recorded >= self._crash_after and self._writer is not None:
+            self._writer.flush()
+            os._exit(70)
+
+    def _item_rows(self, result: ChunkResult) -> list[ItemRow]:
+        run = self.run
+        by_key = {i.idem_key: i for i in result.chunk.items}
+        rows: list[ItemRow] = []
+        for state, outcomes in (
+            ("delivered", result.delivered), ("rejected", result.rejected),
+            ("in_doubt", result.in_doubt), ("failed", result.failed),
+        ):
+            for ikey, detail in outcomes.items():
+                item = by_key[ikey]
+                vendor_id = detail if state == "delivered" else None
+                reason = None if state == "delivered" else detail
+                excerpt = item.payload[:EXCERPT_CHARS].decode("utf-8", "replace") if state == "rejected" else None
+                rows.append(
+                    ItemRow(run.destination, ikey, run.sync, run.endpoint, item.source_key, item.payload_hash, state,
+                            reason, vendor_id, run.run_id, result.chunk.claim_id,
+                            excerpt, item.cursor)
+                )
+        return rows
+
+    def _sample_latency(self, latency_ms: float) -> None:
+        """Reservoir sample (Vitter's algorithm R) for p95: memory stays fixed however many requests."""
+        self._latency_seen += 1
+        if len(self.latencies) < LATENCY_SAMPLE:
+            self.latencies.append(latency_ms)
+        else:
+            slot = self._rng.randrange(self._latency_seen)
+            if slot < LATENCY_SAMPLE:
+                self.latencies[slot] = latency_ms
+
     def _finish(self, stop: SyncStopped | None) -> RunRow:
         run = self.run
         if self.sender is not None and self.sender.side_attempts and not self.options.dry_run:
-            self.ledger.write_attempts(self.sender.side_attempts)
-            run.requests += len(self.sender.side_attempts)
-            self.sender.side_attempts = []
+            attempts, self.sender.side_attempts = self.sender.side_attempts, []
+            run.requests += len(attempts)
+            if self._writer is not None:
+                self._writer.call(lambda ledger: ledger.write_attempts(attempts))
+            else:
+                self.ledger.write_attempts(attempts)
+        if self._writer is not None:
+            self._writer.flush()
         if self.warnings:
             more = len(self.warnings) - 10
             run.notes = "; ".join(self.warnings[:10]) + (f" (+{more} more)" if more > 0 else "")

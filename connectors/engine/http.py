@@ -1,62 +1,66 @@
-"""A small keep-alive HTTP client on the standard library's ``http.client``.
+"""The HTTP transport: one ``requests.Session`` per run, its pool sized to the requests in flight.
 
-Why not requests: on this workload (many small JSON POSTs) requests/urllib3 costs about twice the CPU per
-request, and we need our own retry classification anyway (urllib3's ``Retry`` skips POST and cannot tell
-"never sent" from "sent, answer lost"). Each thread keeps one persistent connection per host; TLS uses the
-default verified context; every request has a timeout.
+Built on requests (the product brief's choice; docs/performance.md measures its cost against
+``http.client``). What it brings users: ``HTTPS_PROXY``/``NO_PROXY``, ``REQUESTS_CA_BUNDLE`` and
+``SSL_CERT_FILE`` work as they expect, TLS verification stays on, and one pool (so one TLS context and
+kept-alive connections) serves the vendor's API and any presigned upload URL alike.
+
+Retries are ours, not urllib3's (``max_retries=0``): the engine must tell "never sent" (safe to resend)
+from "sent, answer lost" (the vendor may have stored it), which urllib3's ``Retry`` cannot, and it skips
+POST anyway.
 """
 
 from __future__ import annotations
 
-import http.client
-import socket
-import ssl
-import threading
 import time
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+import requests
+import requests.adapters
+from urllib3.exceptions import NewConnectionError
+
 from connectors.engine.endpoint import HttpResponse
 
-USER_AGENT = "syncline/0.1 (+reverse-etl)"
+USER_AGENT = "syncline/0.2 (+reverse-etl)"
 
 
 class TransportError(Exception):
-    """No HTTP answer. ``maybe_sent`` is true when the vendor may have received and stored the request."""
+    """No HTTP answer. ``maybe_sent`` is true when the vendor may have received and stored the request.
+    ``kind`` is ``connect``, ``timeout`` or ``dropped``, for the run's stop reason."""
 
-    def __init__(self, message: str, *, maybe_sent: bool) -> None:
+    def __init__(self, message: str, *, maybe_sent: bool, kind: str = "dropped") -> None:
         super().__init__(message)
         self.maybe_sent = maybe_sent
+        self.kind = kind
+
+
+def _never_connected(exc: requests.ConnectionError) -> bool:
+    reason = exc.args[0] if exc.args else None
+    reason = getattr(reason, "reason", reason)
+    return isinstance(reason, NewConnectionError | ConnectionRefusedError)
 
 
 class HttpClient:
-    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+    """Thread-safe: requests' pool hands each thread its own kept-alive connection."""
+
+    def __init__(self, base_url: str, timeout: float = 30.0, pool_size: int = 64) -> None:
         parts = urlsplit(base_url.rstrip("/"))
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"base URL must be http(s)://host[:port][/path], got {base_url!r}")
-        self.scheme = parts.scheme
+        self.base_url = base_url.rstrip("/")
         self.host = parts.hostname
-        self.port = parts.port
-        self.prefix = parts.path
         self.timeout = timeout
-        self._local = threading.local()
-        self._ssl = ssl.create_default_context() if self.scheme == "https" else None
+        self.session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(
+            pool_connections=4, pool_maxsize=max(pool_size, 1), max_retries=0, pool_block=False
+        )
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
 
-    def _connection(self) -> http.client.HTTPConnection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            if self._ssl is not None:
-                conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=self._ssl)
-            else:
-                conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-            self._local.conn = conn
-        return conn
-
-    def _drop(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+    def close(self) -> None:
+        self.session.close()
 
     def request(
         self,
@@ -68,63 +72,32 @@ class HttpClient:
         absolute_url: str | None = None,
     ) -> HttpResponse:
         """Send one request. Raises :class:`TransportError` when no HTTP status came back."""
-        if absolute_url is not None:
-            return self._absolute(method, absolute_url, body, headers)
-        all_headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
-        if body is not None:
-            all_headers["Content-Type"] = "application/json"
-        all_headers.update(headers or {})
+        url = absolute_url or (self.base_url + path)
+        all_headers = dict(headers or {})
+        if body is not None and absolute_url is None:
+            all_headers.setdefault("Content-Type", "application/json")
         started = time.perf_counter()
-        sent = False
-        conn = self._connection()
         try:
-            conn.request(method, self.prefix + path, body=body, headers=all_headers)
-            sent = True
-            resp = conn.getresponse()
-            data = resp.read()
-        except TimeoutError:
-            self._drop()
-            raise TransportError(f"no answer within {self.timeout:g}s", maybe_sent=sent) from None
-        except (ConnectionRefusedError, socket.gaierror) as exc:
-            self._drop()
-            raise TransportError(f"cannot connect to {self.host}: {exc.__class__.__name__}", maybe_sent=False) from None
-        except ValueError:
-            # http.client refuses header values with control characters; its message quotes the value,
-            # which may be a credential, so it is not repeated here.
-            self._drop()
-            raise TransportError("invalid request header value (a credential with a newline?)", maybe_sent=False) from None
-        except (OSError, http.client.HTTPException) as exc:
+            resp = self.session.request(method, url, data=body, headers=all_headers, timeout=self.timeout,
+                                        allow_redirects=False)
+            data = resp.content
+        except requests.ConnectTimeout:
+            raise TransportError(f"cannot connect to {self.host}: no answer within {self.timeout:g}s",
+                                 maybe_sent=False, kind="connect") from None
+        except requests.Timeout:
+            raise TransportError(f"no answer within {self.timeout:g}s", maybe_sent=True, kind="timeout") from None
+        except requests.ConnectionError as exc:
+            if _never_connected(exc):
+                raise TransportError(f"cannot connect to {self.host}", maybe_sent=False, kind="connect") from None
             # Includes a kept-alive connection the server closed: retried by the caller like any drop.
             # After the request went out we cannot know whether the vendor stored it: maybe_sent.
-            self._drop()
-            raise TransportError(f"connection dropped: {exc.__class__.__name__}", maybe_sent=sent) from None
-        if resp.getheader("Connection", "").lower() == "close":
-            self._drop()
-        return HttpResponse(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data, time.perf_counter() - started)
-
-    def _absolute(
-        self, method: str, url: str, body: bytes | None, headers: Mapping[str, str] | None
-    ) -> HttpResponse:
-        """A one-off request to another host (e.g. a presigned upload URL); no connection reuse."""
-        parts = urlsplit(url)
-        conn: http.client.HTTPConnection
-        if parts.scheme == "https":
-            conn = http.client.HTTPSConnection(
-                parts.hostname or "", parts.port, timeout=self.timeout, context=ssl.create_default_context()
-            )
-        else:
-            conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=self.timeout)
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
-        started = time.perf_counter()
-        sent = False
-        try:
-            conn.request(method, target, body=body, headers={"User-Agent": USER_AGENT, **(headers or {})})
-            sent = True
-            resp = conn.getresponse()
-            data = resp.read()
-            return HttpResponse(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data,
-                                time.perf_counter() - started)
-        except (OSError, http.client.HTTPException) as exc:
-            raise TransportError(f"{exc.__class__.__name__} on {parts.hostname}", maybe_sent=sent) from None
-        finally:
-            conn.close()
+            raise TransportError("connection dropped before the answer", maybe_sent=True) from None
+        except (requests.exceptions.InvalidHeader, ValueError):
+            # requests refuses header values with control characters; its message quotes the value,
+            # which may be a credential, so it is not repeated here.
+            raise TransportError("invalid request header value (a credential with a newline?)",
+                                 maybe_sent=False, kind="connect") from None
+        except requests.RequestException as exc:
+            raise TransportError(f"connection failed: {exc.__class__.__name__}", maybe_sent=True) from None
+        return HttpResponse(resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, data,
+                            time.perf_counter() - started)

@@ -23,16 +23,16 @@ import json
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from connectors.engine.endpoint import Endpoint, HttpResponse, RunContext
+from connectors.engine.endpoint import BatchOutcome, Endpoint, HttpResponse, RunContext
 from connectors.engine.http import HttpClient, TransportError
 from connectors.engine.ratelimit import RateLimiter
 from connectors.engine.retry import Backoff, parse_retry_after
 from connectors.errors import AuthError, SyncStopped
-from connectors.ledger import AttemptRow
+from connectors.ledger.rows import AttemptRow, now_text
 
 CRASH_STEP_ENV = "SYNCLINE_CRASH_BEFORE_STEP"  # test-only fault hook: hard exit before a named step
 
@@ -46,10 +46,42 @@ class Item:
     cursor: str | None = None
 
 
-@dataclass
 class Chunk:
-    chunk_id: str
-    items: list[Item]
+    """One request's worth of items. The fast path never builds :class:`Item` objects: ``joined`` is the
+    items' JSON joined by commas and ``keys_json`` their idempotency keys, both slices of DuckDB's output.
+    ``items`` materializes them only when needed (multi-step items, bisection, vendors that rewrite items)."""
+
+    def __init__(
+        self,
+        chunk_id: str,
+        items: list[Item] | None = None,
+        *,
+        count: int | None = None,
+        joined: bytes | None = None,
+        keys_json: str | None = None,
+        load: Callable[[], list[Item]] | None = None,
+        claim_id: str | None = None,
+    ) -> None:
+        self.chunk_id = chunk_id
+        self.claim_id = claim_id or chunk_id  # the ledger's chunk_id: the claim group the items belong to
+        self._items = items
+        self._load = load
+        self.count = len(items) if items is not None else int(count or 0)
+        self.joined = joined
+        self.keys_json = keys_json
+
+    @property
+    def items(self) -> list[Item]:
+        if self._items is None:
+            self._items = self._load() if self._load is not None else []
+        return self._items
+
+    @property
+    def size(self) -> int:
+        """Bytes of the items' JSON (with separators): the request body less its envelope."""
+        if self.joined is not None:
+            return len(self.joined)
+        return sum(len(i.payload) + 1 for i in self.items) - 1 if self.count else 0
 
 
 @dataclass
@@ -62,6 +94,7 @@ class ChunkResult:
     attempts: list[AttemptRow] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     stop: SyncStopped | None = None
+    all_delivered: bool = False  # every item accepted with no vendor id: the per-item dicts stay empty
 
     @property
     def requests(self) -> int:
@@ -76,7 +109,7 @@ class SendPolicy:
 
 
 class ProgressStore(Protocol):
-    def progress(self, idem_keys: list[str]) -> dict[str, tuple[str | None, str | None]]: ...
+    def progress(self, idem_keys: Sequence[str]) -> dict[str, tuple[str | None, str | None]]: ...
 
     def set_progress(self, idem_key: str, progress: str, vendor_id: str | None = None) -> None: ...
 
@@ -126,7 +159,9 @@ class Sender:
         sleep: Callable[[float], None] = time.sleep,
         progress_store: ProgressStore | None = None,
         single: Sender | None = None,
+        destination: str = "",
     ) -> None:
+        self.destination = destination
         self.endpoint = endpoint.bind(RunContext(sync, run_id, self))
         self.credentials = dict(credentials)
         self.client = client
@@ -171,12 +206,13 @@ class Sender:
         for attempt in range(1, self.policy.max_attempts + 1):
             if limited:
                 self.limiter.acquire()
+            sent_at = now_text()
             try:
                 response = self.client.request(method, path, body, send_headers, absolute_url=absolute_url)
             except TransportError as exc:
                 maybe_sent = maybe_sent or exc.maybe_sent
                 reason = str(exc)
-                self._log(result, chunk_id, attempt, items, len(body or b""), None, 0.0, reason, label)
+                self._log(result, chunk_id, attempt, items, len(body or b""), None, 0.0, reason, label, sent_at)
                 if exc.maybe_sent and not idempotent:
                     raise GiveUp(f"{reason}; not resent (the vendor may have stored it)", True) from None
                 if attempt < self.policy.max_attempts:
@@ -185,7 +221,8 @@ class Sender:
             response = redact_response(response, self.credentials)
             status = response.status
             error = None if status < 400 else response.excerpt(200)
-            self._log(result, chunk_id, attempt, items, len(body or b""), status, response.latency_s, error, label)
+            self._log(result, chunk_id, attempt, items, len(body or b""), status, response.latency_s, error, label,
+                      sent_at)
             if 200 <= status < 300 or status in (400, 413, 422):
                 return response
             if status in (401, 403) and absolute_url is not None and passthrough_4xx:
@@ -267,6 +304,8 @@ class Sender:
 
     @staticmethod
     def _undecided_to(result: ChunkResult, target: dict[str, str], reason: str) -> None:
+        if result.all_delivered:
+            return
         decided = result.delivered.keys() | result.rejected.keys() | result.in_doubt.keys() | result.failed.keys()
         for item in result.chunk.items:
             if item.idem_key not in decided:
@@ -281,15 +320,59 @@ class Sender:
                     break
             self._fail_rest(result)
             return result
-        if self.single is not None and len(chunk.items) < endpoint.single_below:
+        if self.single is not None and chunk.count < endpoint.single_below:
             for item in chunk.items:
                 self.single._send_parts([[item]], chunk.chunk_id, result)
                 if result.stop:
                     break
             self._fail_rest(result)
             return result
-        self._send_parts([chunk.items], chunk.chunk_id, result)
+        self._send_whole(chunk, result)
         return result
+
+    def _send_whole(self, chunk: Chunk, result: ChunkResult) -> None:
+        """The fast path: the body DuckDB built, one call; per-item work only if the answer needs it."""
+        endpoint = self.endpoint
+        body = endpoint.encode_joined(chunk.joined, chunk.count, self.credentials) if chunk.joined is not None else None
+        if body is None:
+            self._send_parts([chunk.items], chunk.chunk_id, result)
+            return
+        try:
+            response = self.call(endpoint.method, endpoint.path, body, result=result, chunk_id=chunk.chunk_id,
+                                 items=chunk.count)
+        except GiveUp as give_up:
+            target = result.in_doubt if give_up.maybe_sent else result.failed
+            for item in chunk.items:
+                target[item.idem_key] = give_up.reason
+            return
+        except SyncStopped as stop:
+            result.stop = stop
+            for item in chunk.items:
+                result.failed[item.idem_key] = f"not delivered: {stop}"
+            return
+        if 200 <= response.status < 300:
+            outcome = endpoint.parse(response, _LazyPayloads(chunk))
+            if outcome.all_accepted:
+                result.warnings += outcome.warnings
+                result.all_delivered = True
+                return
+            self._apply_outcome(outcome, chunk.items, result)
+        elif chunk.count == 1:
+            result.rejected[chunk.items[0].idem_key] = redact(endpoint.error_reason(response), self.credentials)
+        else:
+            items = chunk.items
+            middle = len(items) // 2
+            self._send_parts([items[middle:], items[:middle]], chunk.chunk_id, result)
+
+    def _apply_outcome(self, outcome: BatchOutcome, part: Sequence[Item], result: ChunkResult) -> None:
+        result.warnings += outcome.warnings
+        for index, item in enumerate(part):
+            if index in outcome.rejected:
+                result.rejected[item.idem_key] = redact(outcome.rejected[index], self.credentials)
+            elif outcome.all_accepted or index in outcome.accepted:
+                result.delivered[item.idem_key] = outcome.accepted.get(index)
+            else:
+                result.in_doubt[item.idem_key] = "the vendor's answer did not account for this item"
 
     def _fail_rest(self, result: ChunkResult) -> None:
         if result.stop is not None:
@@ -313,15 +396,7 @@ class Sender:
                     result.failed[item.idem_key] = f"not delivered: {stop}"
                 return
             if 200 <= response.status < 300:
-                outcome = endpoint.parse(response, [i.payload for i in part])
-                result.warnings += outcome.warnings
-                for index, item in enumerate(part):
-                    if index in outcome.rejected:
-                        result.rejected[item.idem_key] = redact(outcome.rejected[index], self.credentials)
-                    elif index in outcome.accepted:
-                        result.delivered[item.idem_key] = outcome.accepted[index]
-                    else:
-                        result.in_doubt[item.idem_key] = "the vendor's answer did not account for this item"
+                self._apply_outcome(endpoint.parse(response, [i.payload for i in part]), part, result)
             elif len(part) == 1:
                 result.rejected[part[0].idem_key] = redact(endpoint.error_reason(response), self.credentials)
             else:
@@ -353,12 +428,28 @@ class Sender:
 
     def _log(
         self, result: ChunkResult, chunk_id: str, attempt: int, items: int, size: int,
-        status: int | None, latency_s: float, error: str | None, label: str | None = None,
+        status: int | None, latency_s: float, error: str | None, label: str | None = None, at: str | None = None,
     ) -> None:
         result.attempts.append(
             AttemptRow(self.run_id, self.sync, label or self.endpoint.name, chunk_id, attempt, items, size, status,
-                       round(latency_s * 1000, 3), error)
+                       round(latency_s * 1000, 3), error, at or now_text(), self.destination)
         )
+
+
+class _LazyPayloads(Sequence[bytes]):
+    """The items' payloads for ``Endpoint.parse``: its length costs nothing, an element builds the items."""
+
+    def __init__(self, chunk: Chunk) -> None:
+        self._chunk = chunk
+
+    def __len__(self) -> int:
+        return self._chunk.count
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        items = self._chunk.items
+        if isinstance(index, slice):
+            return [i.payload for i in items[index]]
+        return items[index].payload
 
 
 class ItemContext:

@@ -158,6 +158,10 @@ class TrackEndpoint(Endpoint):
         project = json.dumps(credentials["public_key"]).encode()
         return b'{"projectId":' + project + b',"events":[' + b",".join(items) + b"]}"
 
+    def encode_joined(self, joined: bytes, count: int, credentials: Mapping[str, str]) -> bytes | None:
+        project = json.dumps(credentials["public_key"]).encode()
+        return b'{"projectId":' + project + b',"events":[' + joined + b"]}"
+
     def envelope_bytes(self) -> int:
         return len(_ENVELOPE) + PROJECT_ID_ALLOWANCE
 

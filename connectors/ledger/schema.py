@@ -1,0 +1,99 @@
+"""The ledger's schema, versioned: a ``syncline_schema_version`` table and forward migrations.
+
+Why not alembic: it needs SQLAlchemy engines and a migration script folder, while the ledger speaks plain
+DB-API (sqlite3, psycopg) with two dialects and a handful of tables. Each migration here is a list of
+statements per dialect, applied once, in order, inside the caller's write transaction (which holds
+SQLite's write lock or a Postgres advisory lock, so two processes never migrate at once).
+
+Version 1 is the original schema (items keyed by idempotency key alone). Version 2 keys every item by
+its destination; items recorded under version 1 get the destination ``''`` (unknown) and are adopted by
+the first destination their sync delivers to afterwards (see ``Ledger.adopt``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+LATEST = 2
+
+V1 = [
+    """CREATE TABLE IF NOT EXISTS syncline_items (
+        idem_key TEXT PRIMARY KEY, sync TEXT NOT NULL, endpoint TEXT NOT NULL, source_key TEXT,
+        payload_hash TEXT, state TEXT NOT NULL, reason TEXT, vendor_id TEXT, run_id TEXT, chunk_id TEXT,
+        excerpt TEXT, cursor TEXT, progress TEXT, updated_at TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS syncline_items_sync_state ON syncline_items (sync, state)",
+    """CREATE TABLE IF NOT EXISTS syncline_attempts (
+        run_id TEXT NOT NULL, sync TEXT NOT NULL, endpoint TEXT NOT NULL, chunk_id TEXT, attempt INTEGER,
+        items INTEGER, bytes INTEGER, status INTEGER, latency_ms REAL, error TEXT, at TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS syncline_attempts_run ON syncline_attempts (run_id)",
+    """CREATE TABLE IF NOT EXISTS syncline_runs (
+        run_id TEXT NOT NULL, sync TEXT NOT NULL, endpoint TEXT NOT NULL, span TEXT, dry_run BOOLEAN,
+        status TEXT, error TEXT, source_rows INTEGER, delivered INTEGER, rejected INTEGER, skipped INTEGER,
+        in_doubt INTEGER, failed INTEGER, requests INTEGER, retries INTEGER, http_429 INTEGER,
+        bytes_sent BIGINT, seconds REAL, p95_latency_ms REAL, notes TEXT, started_at TEXT NOT NULL, finished_at TEXT,
+        PRIMARY KEY (run_id, sync))""",
+    "CREATE INDEX IF NOT EXISTS syncline_runs_sync ON syncline_runs (sync, started_at)",
+]
+
+_V2_COMMON = [
+    """CREATE TABLE syncline_destinations (
+        destination TEXT PRIMARY KEY, identity TEXT NOT NULL, vendor TEXT NOT NULL, name TEXT, base_url TEXT NOT NULL,
+        credential_fingerprint TEXT NOT NULL, first_seen TEXT NOT NULL)""",
+    "ALTER TABLE syncline_attempts ADD COLUMN destination TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE syncline_runs ADD COLUMN destination TEXT NOT NULL DEFAULT ''",
+]
+
+_ITEMS_V2 = """CREATE TABLE syncline_items (
+        destination TEXT NOT NULL, idem_key TEXT NOT NULL, sync TEXT NOT NULL, endpoint TEXT NOT NULL,
+        source_key TEXT, payload_hash TEXT, state TEXT NOT NULL, reason TEXT, vendor_id TEXT, run_id TEXT,
+        chunk_id TEXT, excerpt TEXT, cursor TEXT, progress TEXT, updated_at TEXT NOT NULL,
+        PRIMARY KEY (destination, idem_key)){suffix}"""
+_ITEM_COPY_COLUMNS = (
+    "idem_key, sync, endpoint, source_key, payload_hash, state, reason, vendor_id, run_id, chunk_id, excerpt, "
+    "cursor, progress, updated_at"
+)
+# No state in the index: a state change (claimed -> delivered) then never touches it.
+_V2_INDEXES = ["CREATE INDEX syncline_items_sync_dest ON syncline_items (sync, destination)"]
+
+V2 = {
+    # SQLite cannot change a primary key in place: rebuild the table, keeping every row.
+    "sqlite": [
+        *_V2_COMMON,
+        "ALTER TABLE syncline_items RENAME TO syncline_items_v1",
+        _ITEMS_V2.format(suffix=" WITHOUT ROWID"),  # the key is the row: one b-tree to maintain, not two
+        f"INSERT INTO syncline_items (destination, {_ITEM_COPY_COLUMNS}) "
+        f"SELECT '', {_ITEM_COPY_COLUMNS} FROM syncline_items_v1",
+        "DROP TABLE syncline_items_v1",
+        *_V2_INDEXES,
+    ],
+    "postgres": [
+        *_V2_COMMON,
+        "ALTER TABLE syncline_items ADD COLUMN destination TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE syncline_items DROP CONSTRAINT syncline_items_pkey",
+        "ALTER TABLE syncline_items ADD PRIMARY KEY (destination, idem_key)",
+        "DROP INDEX IF EXISTS syncline_items_sync_state",
+        *_V2_INDEXES,
+    ],
+}
+
+
+def migrate(cur: Any, dialect: str, table_exists: Callable[[str], bool], now: str) -> list[int]:
+    """Bring the schema to :data:`LATEST`; returns the versions applied (empty when up to date)."""
+    if table_exists("syncline_schema_version"):
+        cur.execute("SELECT max(version) FROM syncline_schema_version")
+        row = cur.fetchone()
+        current = int(row[0] or 0) if row else 0
+    else:
+        cur.execute("CREATE TABLE syncline_schema_version (version INTEGER NOT NULL, applied_at TEXT NOT NULL)")
+        current = 1 if table_exists("syncline_items") else 0
+        if current:
+            cur.execute(f"INSERT INTO syncline_schema_version VALUES (1, '{now}')")
+    applied: list[int] = []
+    steps: dict[int, list[str]] = {1: V1, 2: V2[dialect]}
+    for version in range(current + 1, LATEST + 1):
+        for statement in steps[version]:
+            cur.execute(statement)
+        cur.execute(f"INSERT INTO syncline_schema_version VALUES ({version}, '{now}')")
+        applied.append(version)
+    return applied

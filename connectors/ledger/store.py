@@ -1,0 +1,567 @@
+"""The ledger store: one row per item and destination (its fate), one per HTTP attempt, one per run.
+
+Two stores share one schema (``schema.py``) and one set of statements:
+- SQLite (default, ``<project>/.syncline/ledger.sqlite``) in WAL mode: many processes may read and write
+  at once (short ``BEGIN IMMEDIATE`` transactions wait on a busy timeout), which DuckDB's one-writer-process
+  rule would not allow for parallel Dagster steps.
+- PostgreSQL (``SYNCLINE_LEDGER_URL=postgresql://...``) for runs spread over several machines.
+
+The hot path is set-based: a run reads the ledger's view of its sync as one Arrow table (ADBC, no Python
+per row) and anti-joins it in DuckDB; claims and delivered marks are one statement per group of items,
+their keys passed as one JSON array built by DuckDB. Nothing secret is ever written here: attempts keep a
+redacted error excerpt, never headers or bodies.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from connectors.destination import LEGACY, Destination
+from connectors.ledger.rows import (
+    ATTEMPT_COLUMNS,
+    ITEM_COLUMNS,
+    ITEM_STATES,
+    RUN_COLUMNS,
+    AttemptRow,
+    ItemRow,
+    RunRow,
+    attempt_values,
+    item_values,
+    now_text,
+    run_values,
+)
+from connectors.ledger.schema import migrate
+
+SMALL_SNAPSHOT = 50_000  # below this many items a snapshot is read through the ledger's own connection
+CLAIM_REASON = "claimed by run {run}: sent, or about to be; the outcome is unknown if the run stopped here"
+
+
+class Ledger:
+    """A DB-API connection behind a lock. Use :func:`connectors.ledger.open_ledger` to get one."""
+
+    placeholder = "?"
+    dialect = "sqlite"
+
+    def __init__(self, conn: Any, description: str) -> None:
+        self._conn = conn
+        self._lock = threading.RLock()
+        self._tx: Any = None  # the open write cursor while a batch (group commit) is in progress
+        self.description = description
+        self.migrated: list[int] = []
+        with self._write() as cur:
+            self._lock_schema(cur)
+            self.migrated = migrate(cur, self.dialect, lambda t: self._table_exists(cur, t), now_text())
+
+    # -- plumbing ------------------------------------------------------------------------------------
+    def _sql(self, statement: str) -> str:
+        return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
+
+    def _json_rows(self, param: str = "?") -> str:
+        """A FROM clause yielding ``value`` per element of a JSON array parameter."""
+        return f"json_each({param})"
+
+    def _json_at(self, index: int) -> str:
+        return f"json_extract(value, '$[{index}]')"
+
+    def _table_exists(self, cur: Any, table: str) -> bool:
+        cur.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
+        return bool(cur.fetchone()[0])
+
+    @contextmanager
+    def _write(self) -> Iterator[Any]:
+        """A write transaction; inside :meth:`batch` it joins the batch's transaction (group commit)."""
+        with self._lock:
+            if self._tx is not None:
+                yield self._tx
+                return
+            cur = self._conn.cursor()
+            self._begin(cur)
+            try:
+                yield cur
+            except BaseException:
+                self._conn.rollback()
+                raise
+            else:
+                self._conn.commit()
+            finally:
+                cur.close()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Everything written inside commits once, at the end: the outcome writer's group commit."""
+        with self._lock, self._write() as cur:
+            self._tx = cur
+            try:
+                yield
+            finally:
+                self._tx = None
+
+    def _begin(self, cur: Any) -> None:
+        """Start a write transaction (SQLite takes the write lock up front to avoid upgrade deadlocks)."""
+
+    def _lock_schema(self, cur: Any) -> None:
+        """Serialize migrations between processes (Postgres needs it; SQLite's BEGIN IMMEDIATE does it)."""
+
+    def _query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            cur = self._tx or self._conn.cursor()
+            try:
+                cur.execute(self._sql(statement), params)
+                rows = list(cur.fetchall())
+            except BaseException:
+                if self._tx is None:
+                    self._conn.rollback()
+                raise
+            finally:
+                if cur is not self._tx:
+                    cur.close()
+            if self._tx is None:
+                self._conn.commit()
+            return rows
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def open_another(self) -> Ledger:
+        """A second connection to the same ledger (the outcome writer's own)."""
+        raise NotImplementedError
+
+    # -- window locks ---------------------------------------------------------------------------------
+    @contextmanager
+    def window_lock(self, sync: str, days: Sequence[str] | None, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+        """Hold the sync's window while delivering, so overlapping runs of one sync never send at once.
+
+        A run over days takes the sync's "all" lock shared and each of its days exclusively (in sorted
+        order, so two runs cannot deadlock); a run over the whole source takes "all" exclusively. Runs
+        over disjoint days proceed in parallel; an overlapping run waits (``on_wait`` is called first), then
+        finds the overlap delivered in the ledger and skips it. Locks die with their process, so a crashed
+        run never blocks the next one.
+        """
+        names = [("all", days is not None)] + [(day, False) for day in sorted(set(days or []))]
+        with self._lock_names(sync, names, on_wait):
+            yield
+
+    @contextmanager
+    def _lock_names(self, sync: str, names: list[tuple[str, bool]], on_wait: Callable[[], None] | None) -> Iterator[None]:
+        raise NotImplementedError
+
+    # -- destinations ----------------------------------------------------------------------------------
+    def register_destination(self, dest: Destination) -> None:
+        with self._write() as cur:
+            cur.execute(
+                self._sql(
+                    "INSERT INTO syncline_destinations (destination, identity, vendor, name, base_url, "
+                    "credential_fingerprint, first_seen) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (destination) DO UPDATE "
+                    "SET base_url = excluded.base_url, credential_fingerprint = excluded.credential_fingerprint"
+                ),
+                (dest.id, dest.identity, dest.vendor, dest.name, dest.base_url, dest.fingerprint, now_text()),
+            )
+
+    def adopt(self, sync: str, dest: Destination) -> int:
+        """Give ``dest`` the sync's history recorded where it must have gone, when ``dest`` has none yet.
+
+        Candidates: items from before destinations existed (schema 1), and, for a named destination, the
+        items recorded under the same vendor, URL and key without a name (naming a destination must not
+        resend). Returns the number of items moved."""
+        sources = [LEGACY] + ([dest.unnamed_id] if dest.name else [])
+        moved = 0
+        with self._write() as cur:
+            cur.execute(self._sql("SELECT count(*) FROM syncline_items WHERE sync = ? AND destination = ?"), (sync, dest.id))
+            if cur.fetchone()[0]:
+                return 0
+            for source in sources:
+                cur.execute(
+                    self._sql("UPDATE syncline_items SET destination = ? WHERE sync = ? AND destination = ?"),
+                    (dest.id, sync, source),
+                )
+                moved += max(cur.rowcount or 0, 0)
+        return moved
+
+    def destinations(self) -> dict[str, dict[str, Any]]:
+        cols = ["destination", "identity", "vendor", "name", "base_url", "credential_fingerprint", "first_seen"]
+        rows = self._query(f"SELECT {', '.join(cols)} FROM syncline_destinations")
+        return {r[0]: dict(zip(cols, r, strict=True)) for r in rows}
+
+    # -- items: the set-based hot path -------------------------------------------------------------------
+    def snapshot(self, destination: str, sync: str, out: Path) -> Path | None:
+        """Write ``(idem_key, state, payload_hash)`` of every item of ``sync`` at ``destination`` to a
+        Parquet file (None when there are none): DuckDB anti-joins it from disk, no Python per row."""
+        where = "destination = ? AND sync = ?"
+        params = (destination, sync)
+        (row,) = self._query(f"SELECT count(*) FROM (SELECT 1 FROM syncline_items WHERE {where} LIMIT {SMALL_SNAPSHOT}) AS s", params)
+        if not row[0]:
+            return None
+        statement = f"SELECT idem_key, state, payload_hash FROM syncline_items WHERE {where}"
+        if row[0] < SMALL_SNAPSHOT:
+            # Small: cheaper through this connection than through a bulk reader's start-up.
+            rows = self._query(statement, params)
+            table = pa.table({name: pa.array([r[i] for r in rows], pa.string())
+                              for i, name in enumerate(("idem_key", "state", "payload_hash"))})
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, out, compression="none")
+            return out
+        self.export(statement, params, out)
+        return out
+
+    def export(self, statement: str, params: Sequence[Any], out: Path) -> None:
+        """A bulk read to Parquet through ADBC (Arrow end to end)."""
+        raise NotImplementedError
+
+    def claim(
+        self, destination: str, sync: str, endpoint: str, run_id: str, chunk_id: str, items_json: str, *,
+        over_delivered: bool, state: str = "in_doubt", reason: str | None = None,
+    ) -> list[str]:
+        """Record a group of items ``in_doubt`` before any is sent, in one statement; returns the keys claimed.
+
+        ``items_json`` is a JSON array of ``[idem_key, source_key, payload_hash, cursor]`` (built by DuckDB).
+        Unless ``over_delivered`` (mirror mode resends changed payloads), an item another run marked
+        delivered since this run planned is left alone and not returned: it is not sent twice. The same
+        statement with ``state="failed"`` records items a stopped run never sent."""
+        guard = "" if over_delivered else " WHERE syncline_items.state <> 'delivered'"
+        statement = (
+            "INSERT INTO syncline_items (destination, idem_key, sync, endpoint, source_key, payload_hash, state, "
+            "reason, run_id, chunk_id, cursor, updated_at) "
+            f"SELECT ?, {self._json_at(0)}, ?, ?, {self._json_at(1)}, {self._json_at(2)}, ?, ?, ?, ?, "
+            f"{self._json_at(3)}, ? FROM {self._json_rows()} WHERE true "
+            "ON CONFLICT (destination, idem_key) DO UPDATE SET sync = excluded.sync, endpoint = excluded.endpoint, "
+            "source_key = excluded.source_key, payload_hash = excluded.payload_hash, state = excluded.state, "
+            "reason = excluded.reason, run_id = excluded.run_id, chunk_id = excluded.chunk_id, "
+            f"cursor = excluded.cursor, updated_at = excluded.updated_at{guard} RETURNING idem_key"
+        )
+        why = reason or CLAIM_REASON.format(run=run_id)
+        params = (destination, sync, endpoint, state, why, run_id, chunk_id, now_text(), items_json)
+        with self._write() as cur:
+            cur.execute(self._sql(statement), params)
+            return [row[0] for row in cur.fetchall()]
+
+    def mark_delivered(self, destination: str, run_id: str, chunk_id: str, keys_json: str) -> int:
+        """Mark the keys (a JSON array) of one request delivered, when this run's claim still holds them."""
+        with self._write() as cur:
+            cur.execute(
+                self._sql(
+                    "UPDATE syncline_items SET state = 'delivered', reason = NULL, run_id = ?, updated_at = ? "
+                    f"WHERE destination = ? AND chunk_id = ? AND idem_key IN (SELECT value FROM {self._json_rows()})"
+                ),
+                (run_id, now_text(), destination, chunk_id, keys_json),
+            )
+            return max(cur.rowcount or 0, 0)
+
+    def write_items(self, rows: Iterable[ItemRow], *, keep_delivered: bool = False) -> None:
+        """Upsert items one by one (mixed outcomes, rejects); a NULL vendor id never erases one already
+        stored. ``keep_delivered`` leaves items already delivered untouched."""
+        now = now_text()
+        values = [(*item_values(r), now) for r in rows]
+        if not values:
+            return
+        cols = ", ".join(ITEM_COLUMNS + ["updated_at"])
+        marks = ", ".join(["?"] * (len(ITEM_COLUMNS) + 1))
+        updates = ", ".join(
+            f"{c} = coalesce(excluded.{c}, syncline_items.{c})" if c == "vendor_id" else f"{c} = excluded.{c}"
+            for c in ITEM_COLUMNS[2:] + ["updated_at"]
+        )
+        statement = (
+            f"INSERT INTO syncline_items ({cols}) VALUES ({marks}) "
+            f"ON CONFLICT (destination, idem_key) DO UPDATE SET {updates}"
+        )
+        if keep_delivered:
+            statement += " WHERE syncline_items.state <> 'delivered'"
+        with self._write() as cur:
+            cur.executemany(self._sql(statement), values)
+
+    def lookup(self, destination: str, idem_keys: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+        """State and payload hash of the given keys at ``destination`` (small lookups and tests)."""
+        found: dict[str, tuple[str, str | None]] = {}
+        for i in range(0, len(idem_keys), 500):
+            part = list(idem_keys[i : i + 500])
+            marks = ",".join(["?"] * len(part))
+            for key, state, phash in self._query(
+                f"SELECT idem_key, state, payload_hash FROM syncline_items WHERE destination = ? AND idem_key IN ({marks})",
+                [destination, *part],
+            ):
+                found[key] = (state, phash)
+        return found
+
+    def set_progress(self, destination: str, idem_key: str, progress: str, vendor_id: str | None = None) -> None:
+        """Persist a multi-step item's progress (JSON) at once, so a rerun resumes at the failed step."""
+        with self._write() as cur:
+            cur.execute(
+                self._sql(
+                    "UPDATE syncline_items SET progress = ?, vendor_id = coalesce(?, vendor_id), updated_at = ? "
+                    "WHERE destination = ? AND idem_key = ?"
+                ),
+                (progress, vendor_id, now_text(), destination, idem_key),
+            )
+
+    def progress(self, destination: str, idem_keys: Sequence[str]) -> dict[str, tuple[str | None, str | None]]:
+        """(progress JSON, vendor id) of the given keys."""
+        marks = ",".join(["?"] * len(idem_keys))
+        rows = self._query(
+            f"SELECT idem_key, progress, vendor_id FROM syncline_items WHERE destination = ? AND idem_key IN ({marks})",
+            [destination, *idem_keys],
+        ) if idem_keys else []
+        return {key: (progress, vendor_id) for key, progress, vendor_id in rows}
+
+    # -- reading for people and checks --------------------------------------------------------------------
+    @staticmethod
+    def _scope(sync: str, destination: str | None) -> tuple[str, list[Any]]:
+        if destination is None:
+            return "sync = ?", [sync]
+        return "sync = ? AND destination = ?", [sync, destination]
+
+    def counts(self, sync: str, destination: str | None = None) -> dict[str, int]:
+        where, params = self._scope(sync, destination)
+        counts = dict.fromkeys(ITEM_STATES, 0)
+        for state, n in self._query(f"SELECT state, count(*) FROM syncline_items WHERE {where} GROUP BY state", params):
+            counts[state] = int(n)
+        return counts
+
+    def delivered_in_window(
+        self, sync: str, start: dt.datetime | None, end: dt.datetime | None, destination: str | None = None
+    ) -> int:
+        """Delivered items of ``sync`` whose source cursor falls in [start, end) (all of them without bounds)."""
+        # Cursors are stored as fixed-width UTC ISO text (payload.CURSOR_TEXT_FORMAT): a text range is a
+        # time range, counted by the database.
+        where, params = self._scope(sync, destination)
+        where += " AND state = 'delivered'"
+        for op, bound in ((">=", start), ("<", end)):
+            if bound is not None:
+                where += f" AND cursor {op} ?"
+                params.append(bound.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+        (row,) = self._query(f"SELECT count(*) FROM syncline_items WHERE {where}", params)
+        return int(row[0])
+
+    def items(self, sync: str, state: str | None = None, limit: int = 1000, destination: str | None = None) -> list[dict[str, Any]]:
+        where, params = self._scope(sync, destination)
+        if state:
+            where += " AND state = ?"
+            params.append(state)
+        cols = ITEM_COLUMNS + ["progress", "updated_at"]
+        rows = self._query(
+            f"SELECT {', '.join(cols)} FROM syncline_items WHERE {where} ORDER BY updated_at DESC LIMIT {int(limit)}",
+            params,
+        )
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    def rejection_reasons(self, sync: str, limit: int = 20, destination: str | None = None) -> list[tuple[str, int]]:
+        where, params = self._scope(sync, destination)
+        rows = self._query(
+            f"SELECT reason, count(*) AS n FROM syncline_items WHERE {where} AND state = 'rejected' "
+            f"GROUP BY reason ORDER BY n DESC, reason LIMIT {int(limit)}",
+            params,
+        )
+        return [(str(r), int(n)) for r, n in rows]
+
+    # -- attempts and runs ------------------------------------------------------------------------------
+    def write_attempts(self, rows: Iterable[AttemptRow]) -> None:
+        values = [attempt_values(r) for r in rows]
+        if not values:
+            return
+        marks = ", ".join(["?"] * len(ATTEMPT_COLUMNS))
+        with self._write() as cur:
+            cur.executemany(
+                self._sql(f"INSERT INTO syncline_attempts ({', '.join(ATTEMPT_COLUMNS)}) VALUES ({marks})"), values
+            )
+
+    def start_run(self, run: RunRow) -> None:
+        marks = ", ".join(["?"] * (len(RUN_COLUMNS) + 1))
+        with self._write() as cur:
+            cur.execute(
+                self._sql(f"INSERT INTO syncline_runs ({', '.join(RUN_COLUMNS)}, started_at) VALUES ({marks})"),
+                (*run_values(run), now_text()),
+            )
+
+    def finish_run(self, run: RunRow) -> None:
+        sets = ", ".join(f"{c} = ?" for c in RUN_COLUMNS[2:])
+        with self._write() as cur:
+            cur.execute(
+                self._sql(f"UPDATE syncline_runs SET {sets}, finished_at = ? WHERE run_id = ? AND sync = ?"),
+                (*run_values(run)[2:], now_text(), run.run_id, run.sync),
+            )
+
+    def runs(self, sync: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        cols = RUN_COLUMNS + ["started_at", "finished_at"]
+        where, params = ("WHERE sync = ?", [sync]) if sync else ("", [])
+        rows = self._query(
+            f"SELECT {', '.join(cols)} FROM syncline_runs {where} ORDER BY started_at DESC LIMIT {int(limit)}", params
+        )
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    def attempts(self, run_id: str | None = None, sync: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        cols = ATTEMPT_COLUMNS
+        clauses, params = [], []
+        if run_id:
+            clauses.append("run_id = ?")
+            params.append(run_id)
+        if sync:
+            clauses.append("sync = ?")
+            params.append(sync)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        rows = self._query(
+            f"SELECT {', '.join(cols)} FROM syncline_attempts {where} ORDER BY at DESC LIMIT {int(limit)}", params
+        )
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+
+class SqliteLedger(Ledger):
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock_dir = path.parent / f".{path.stem}-locks"
+        conn = sqlite3.connect(str(path), timeout=120, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA busy_timeout = 120000")
+        super().__init__(_AutoCommitSqlite(conn), str(path))
+
+    def _begin(self, cur: Any) -> None:
+        cur.execute("BEGIN IMMEDIATE")
+
+    def open_another(self) -> Ledger:
+        return SqliteLedger(self.path)
+
+    def export(self, statement: str, params: Sequence[Any], out: Path) -> None:
+        """Through ADBC in a child process: two SQLite libraries in one process corrupt each other's
+        locks (see ``export.py``)."""
+        import subprocess
+        import sys
+
+        done = subprocess.run(
+            [sys.executable, "-m", "connectors.ledger.export", str(self.path), str(out), statement,
+             *[str(p) for p in params]],
+            capture_output=True, text=True, timeout=900,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"reading the ledger failed: {' '.join(done.stderr.strip().splitlines()[-1:])}")
+
+    @contextmanager
+    def _lock_names(self, sync: str, names: list[tuple[str, bool]], on_wait: Callable[[], None] | None) -> Iterator[None]:
+        """``flock`` on one file per name: the SQLite ledger lives on one machine, as do its writers."""
+        folder = self._lock_dir / hashlib.sha256(sync.encode()).hexdigest()[:16]
+        folder.mkdir(parents=True, exist_ok=True)
+        handles: list[int] = []
+        try:
+            for name, shared in names:
+                fd = os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+                handles.append(fd)
+                mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+                try:
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if on_wait is not None:
+                        on_wait()
+                        on_wait = None
+                    fcntl.flock(fd, mode)
+            yield
+        finally:
+            for fd in reversed(handles):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+
+
+class _AutoCommitSqlite:
+    """sqlite3 in autocommit mode with explicit BEGIN; commit/rollback only when a transaction is open."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def cursor(self) -> sqlite3.Cursor:
+        return self._conn.cursor()
+
+    def commit(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class PostgresLedger(Ledger):
+    placeholder = "%s"
+    dialect = "postgres"
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self._url = url
+        conn = psycopg.connect(url, autocommit=False)
+        super().__init__(conn, f"postgresql://{conn.info.host}:{conn.info.port}/{conn.info.dbname}")
+
+    def _json_rows(self, param: str = "?") -> str:
+        return f"jsonb_array_elements({param}::jsonb) AS e(value)"
+
+    def _json_at(self, index: int) -> str:
+        return f"value->>{index}"
+
+    def mark_delivered(self, destination: str, run_id: str, chunk_id: str, keys_json: str) -> int:
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE syncline_items SET state = 'delivered', reason = NULL, run_id = %s, updated_at = %s "
+                "WHERE destination = %s AND chunk_id = %s AND idem_key IN "
+                "(SELECT jsonb_array_elements_text(%s::jsonb))",
+                (run_id, now_text(), destination, chunk_id, keys_json),
+            )
+            return max(cur.rowcount or 0, 0)
+
+    def _table_exists(self, cur: Any, table: str) -> bool:
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
+        return bool(cur.fetchone()[0])
+
+    def _lock_schema(self, cur: Any) -> None:
+        # Concurrent migrations could collide in Postgres' catalog; serialize them.
+        cur.execute("SELECT pg_advisory_xact_lock(74218)")
+
+    def open_another(self) -> Ledger:
+        return PostgresLedger(self._url)
+
+    def export(self, statement: str, params: Sequence[Any], out: Path) -> None:
+        import adbc_driver_postgresql.dbapi as adbc
+
+        from connectors.ledger.export import write_parquet
+
+        numbered = statement
+        for n in range(1, len(params) + 1):
+            numbered = numbered.replace("?", f"${n}", 1)
+        with adbc.connect(self._url) as conn, conn.cursor() as cur:
+            cur.execute(numbered, tuple(params))
+            write_parquet(cur.fetch_record_batch(), str(out))
+
+    @contextmanager
+    def _lock_names(self, sync: str, names: list[tuple[str, bool]], on_wait: Callable[[], None] | None) -> Iterator[None]:
+        """Session advisory locks on their own connection: they hold across machines and are released
+        by the server if the run's process dies."""
+        import psycopg
+
+        conn = psycopg.connect(self._url, autocommit=True)
+        try:
+            for name, shared in names:
+                key = int.from_bytes(hashlib.sha256(f"syncline\x1f{sync}\x1f{name}".encode()).digest()[:8], "big", signed=True)
+                kind = "_shared" if shared else ""
+                row = conn.execute(f"SELECT pg_try_advisory_lock{kind}(%s)", (key,)).fetchone()
+                if not (row and row[0]):
+                    if on_wait is not None:
+                        on_wait()
+                        on_wait = None
+                    conn.execute(f"SELECT pg_advisory_lock{kind}(%s)", (key,))
+            yield
+        finally:
+            conn.close()  # ends the session: every lock it held is released
+
+    def _sql(self, statement: str) -> str:
+        return statement.replace("?", "%s")
