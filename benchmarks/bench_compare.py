@@ -43,7 +43,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -284,18 +284,26 @@ def base_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def wait_bounded(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, Any, bool]:
     """Reap ``proc`` with its rusage (``os.wait4``), killing its whole session after ``timeout`` s."""
     deadline = time.monotonic() + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return proc.returncode, usage, False
-        if time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return proc.returncode, usage, True
-        time.sleep(0.01)
+    try:
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                return proc.returncode, usage, False
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+    except BaseException:  # the harness's own time bound or Ctrl-C: leave no contender behind
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.wait4(proc.pid, 0)
+        raise
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage, True
 
 
 def first_error_line(path: Path) -> str:
@@ -409,13 +417,15 @@ def launch_syncline(ctx: Context, ledger: str) -> Launch:
             shutil.rmtree(home, ignore_errors=True)
             postgres_admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
-    argv = [str(BIN / "syncline"), "run", "bench"]
+    argv, cwd = [str(BIN / "syncline"), "run", "bench"], ROOT
     if ctx.args.syncline_src:  # another tree of syncline (e.g. `git archive HEAD`): same CLI, its code
-        src = str(Path(ctx.args.syncline_src).resolve())
-        env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-        argv = [sys.executable, "-m", "pipelines.cli", "run", "bench"]
+        src = Path(ctx.args.syncline_src).resolve()
+        # `python -m` puts the working folder first on sys.path, so run from that tree, not from ROOT
+        # (whose editable install would otherwise win).
+        env["PYTHONPATH"] = str(src) + os.pathsep + env.get("PYTHONPATH", "")
+        argv, cwd = [sys.executable, "-m", "pipelines.cli", "run", "bench"], src
         note += f", code from {src}"
-    return Launch(argv, env, ROOT, cleanup, note)
+    return Launch(argv, env, cwd, cleanup, note)
 
 
 POSTGRES_ADMIN_SCRIPT = """import sys, psycopg
@@ -435,7 +445,7 @@ def postgres_admin(sql: str) -> None:
 def launch_child(ctx: Context, kind: str, **options: Any) -> Launch:
     """One of the contenders implemented below, as ``bench_compare.py child KIND``."""
     argv = [sys.executable, str(Path(__file__).resolve()), "child", kind, "--parquet", str(ctx.data.path),
-            "--url", ctx.sink.url + PATH, "--time-limit", str(int(ctx.args.timeout))]
+            "--url", ctx.sink.url + PATH, "--time-limit", str(max(int(ctx.args.timeout) - 5, 1))]
     for key, value in options.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
     work = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=ctx.work))
@@ -566,12 +576,13 @@ def child_dlt(opts: argparse.Namespace, arrow: bool) -> None:
 
     local = threading.local()
     headers = {"x-api-key": API_KEY, "Content-Type": "application/json"}
-    file_format = "parquet" if arrow else "typed-jsonl"
+    file_format: Literal["parquet", "typed-jsonl"] = "parquet" if arrow else "typed-jsonl"
 
     def session() -> requests.Session:
         if not hasattr(local, "session"):
             local.session = requests.Session()
-        return local.session  # type: ignore[no-any-return]
+        found: requests.Session = local.session
+        return found
 
     @dlt.destination(batch_size=ITEMS_PER_REQUEST, loader_file_format=file_format, name="bench_sink",
                      max_table_nesting=0, max_parallel_load_jobs=workers, loader_parallelism_strategy="parallel")
@@ -583,13 +594,16 @@ def child_dlt(opts: argparse.Namespace, arrow: bool) -> None:
 
     columns = ["user_id", "event_name", "occurred_at", "thread_id", "plan"]
 
+    # Arrow batches are written whole, so no larger than a load file: otherwise fewer files, less parallelism.
+    read_rows = min(10_000, int(opts.file_max_items))
+
     @dlt.resource(name="events", write_disposition="append")
     def events() -> Iterator[Any]:
-        for batch in pq.ParquetFile(opts.parquet).iter_batches(batch_size=10_000, columns=columns):
+        for batch in pq.ParquetFile(opts.parquet).iter_batches(batch_size=read_rows, columns=columns):
             yield batch if arrow else batch.to_pylist()
 
     pipeline = dlt.pipeline(pipeline_name=f"bench_{'arrow' if arrow else 'dict'}", destination=bench_sink,
-                            pipelines_dir=str(Path(opts.work) / "dlt"), progress=None)
+                            pipelines_dir=str(Path(opts.work) / "dlt"))
     info = pipeline.run(events(), loader_file_format=file_format)
     info.raise_on_failed_jobs()
 
@@ -671,7 +685,7 @@ def child_main(argv: list[str]) -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--file-max-items", type=int, default=100_000)
     opts = parser.parse_args(argv)
-    time_bound(int(opts.time_limit) + 5)  # the harness kills us anyway; this stops us first, cleanly
+    time_bound(int(opts.time_limit) + 2)  # before the harness's kill (5 s later): stop with a message
     if opts.kind == "pandas_requests":
         child_pandas_requests(opts)
     elif opts.kind in ("dlt_dict", "dlt_arrow"):
@@ -752,7 +766,7 @@ def run_scenario(scenario: str, args: argparse.Namespace, full: Dataset, capped:
     base = next((r for r in results if r.contender == "syncline (SQLite ledger)" and r.events_per_s), None)
     for r in results:
         r.note = r.note.strip()
-        if base and r.events_per_s:
+        if base and base.events_per_s and r.events_per_s:
             setattr(r, "ratio", r.events_per_s / base.events_per_s)  # noqa: B010 — kept beside the dataclass fields
     return results
 

@@ -238,8 +238,12 @@ async def serve(port: int, delay_ms: float) -> None:
         lambda: SinkProtocol(stats, delay_ms / 1000.0), "127.0.0.1", port, backlog=1024, reuse_address=True,
     )
     stop = loop.create_future()
+    def request_stop() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        loop.add_signal_handler(sig, request_stop)
     print(f"sink listening on 127.0.0.1:{port} delay_ms={delay_ms}", flush=True)
     async with server:
         await stop

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import Any
 
 from connectors import settings
 from connectors.ledger import RunRow, open_ledger
@@ -27,12 +28,10 @@ def run_demo(warehouse_only: bool = False) -> int:
             print(f"  {table:<40} {n:>7}")
         return 0
 
-    from connectors.sandbox import Sandbox
-
     loaded = load_syncs()
     for error in loaded.errors:
         print(f"warning: skipped sync file: {error}", file=sys.stderr)
-    with Sandbox() as sandbox:
+    with _demo_sandbox() as sandbox:
         os.environ.update(sandbox.env())  # the demo points every vendor at the sandbox, with its keys
         print(f"sandbox: {sandbox.url} ({', '.join(sandbox.emulators)})")
         print(f"ledger: {open_ledger().description}\n")
@@ -65,6 +64,23 @@ def run_demo(warehouse_only: bool = False) -> int:
     print(f"every source row accounted for: {'yes' if conserved else 'NO'}; took {time.perf_counter() - started:.1f}s")
     stopped = [r for r in runs if r.status in ("stopped", "error")]
     return 1 if stopped or not conserved else 0
+
+
+DEMO_PORT = 8765
+
+
+def _demo_sandbox() -> Any:
+    """The sandbox on a stable port: the ledger knows a destination by its URL (and key), so a second
+    demo finds its items delivered there. If the port is taken, any free port: a new destination."""
+    from connectors.sandbox import Sandbox
+
+    port = int(os.environ.get("SYNCLINE_SANDBOX_PORT", DEMO_PORT))
+    try:
+        return Sandbox(port=port)
+    except OSError:
+        print(f"note: port {port} is in use; the sandbox takes another port, so this demo is a new destination "
+              "and everything is sent again", file=sys.stderr)
+        return Sandbox()
 
 
 def _summary(runs: list[RunRow], specs: list[SyncSpec], stats: dict[str, dict[str, dict[str, object]]]) -> None:
