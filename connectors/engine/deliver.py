@@ -180,19 +180,24 @@ class Delivery:
             self._writer.call(lambda ledger: ledger.write_items(rows))
 
     # -- claiming and sending ------------------------------------------------------------------------------
-    def _claim(self, batch: pa.RecordBatch, group_id: str, *, state: str = "in_doubt", reason: str | None = None) -> pa.RecordBatch:
-        """One statement claims the whole batch; rows another run delivered since planning drop out."""
+    def _claim(self, batch: pa.RecordBatch, group_id: str, *, state: str = "in_doubt",
+               reason: str | None = None) -> Future[list[str]]:
+        """One statement claims the whole batch (committed when the future resolves)."""
         assert self._writer is not None
         run = self.run
         claim = Column(batch.column("claim_part"))
-        claimed = self._writer.claim(
+        return self._writer.claim(
             run.destination, run.sync, run.endpoint, run.run_id, group_id,
             (b"[" + claim.joined(0, batch.num_rows) + b"]").decode(), over_delivered=self.options.mode == "mirror",
             state=state, reason=reason,
         )
+
+    def _claimed(self, batch: pa.RecordBatch, claim: Future[list[str]]) -> pa.RecordBatch:
+        """The batch less the rows another run delivered since planning (the claim did not take them)."""
+        claimed = claim.result()
         if len(claimed) == batch.num_rows:
             return batch
-        run.skipped += batch.num_rows - len(claimed)
+        self.run.skipped += batch.num_rows - len(claimed)
         return batch.filter(pc.is_in(batch.column("idem_key"), value_set=pa.array(claimed, pa.string())))
 
     def _check(self, batch: pa.RecordBatch, checker: Callable[[dict[str, Any]], str | None]) -> pa.RecordBatch:
@@ -226,24 +231,29 @@ class Delivery:
             yield chunk
 
     def _send_all(self, batches: Iterator[pa.RecordBatch], checker: Any, to_send: int) -> RunRow:
+        """Claim group by group, one group ahead: the next claim commits while this group's requests go out."""
         assert self.sender is not None
         sender = self.sender
         stop: SyncStopped | None = None
         in_flight: set[Future[ChunkResult]] = set()
         pending_chunks: list[Chunk] = []
-        claimed_total = 0
+
+        def claim_next() -> tuple[pa.RecordBatch, str, Future[list[str]]] | None:
+            batch = next(batches, None)
+            if batch is None:
+                return None
+            if checker is not None:
+                batch = self._check(batch, checker)
+            group_id = uuid.uuid4().hex[:16]
+            return batch, group_id, self._claim(batch, group_id)
+
         with ThreadPoolExecutor(max_workers=self.options.concurrency, thread_name_prefix="syncline-send") as pool:
-            for batch in batches:
-                if stop is not None:
-                    break
-                if checker is not None:
-                    batch = self._check(batch, checker)
-                group_id = uuid.uuid4().hex[:16]
-                claimed_total += batch.num_rows
-                batch = self._claim(batch, group_id)
-                if batch.num_rows == 0:
-                    continue
-                pending_chunks = list(self._chunks(batch, group_id))
+            ahead = claim_next()
+            while ahead is not None and stop is None:
+                batch, group_id, claim = ahead
+                batch = self._claimed(batch, claim)
+                ahead = claim_next()
+                pending_chunks = list(self._chunks(batch, group_id)) if batch.num_rows else []
                 while pending_chunks and stop is None:
                     while len(in_flight) >= self.limit.current:
                         done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
@@ -259,8 +269,11 @@ class Delivery:
             reason = f"not sent: {stop}"
             for chunk in pending_chunks:
                 self._record(ChunkResult(chunk, failed=dict.fromkeys((i.idem_key for i in chunk.items), reason)))
-            for batch in batches:
-                self.run.failed += len(self._claim(batch, "not-sent", state="failed", reason=reason))
+            rest = [ahead[0]] if ahead is not None else []
+            if ahead is not None:
+                ahead[2].result()  # claimed ahead, never sent: recorded failed below, like the rest
+            for batch in [*rest, *batches]:
+                self.run.failed += len(self._claim(batch, "not-sent", state="failed", reason=reason).result())
             self.run.status, self.run.error = "stopped", str(stop)
         return self._finish(stop)
 

@@ -61,7 +61,9 @@ V2 = {
     "sqlite": [
         *_V2_COMMON,
         "ALTER TABLE syncline_items RENAME TO syncline_items_v1",
-        _ITEMS_V2.format(suffix=" WITHOUT ROWID"),  # the key is the row: one b-tree to maintain, not two
+        # A rowid table: rows of one claim sit together (appended), so marking a request delivered rewrites
+        # a few pages; the key index takes the random inserts. WITHOUT ROWID measured 19 page writes per item.
+        _ITEMS_V2.format(suffix=""),
         f"INSERT INTO syncline_items (destination, {_ITEM_COPY_COLUMNS}) "
         f"SELECT '', {_ITEM_COPY_COLUMNS} FROM syncline_items_v1",
         "DROP TABLE syncline_items_v1",

@@ -58,9 +58,12 @@ class OutcomeWriter:
         self._tasks.put((kind, payload, future))
         return future.result()
 
-    def claim(self, *args: Any, **kwargs: Any) -> list[str]:
-        """:meth:`Ledger.claim`, committed before this returns."""
-        return self._call("call", lambda: self._ledger.claim(*args, **kwargs))  # type: ignore[no-any-return]
+    def claim(self, *args: Any, **kwargs: Any) -> Future[list[str]]:
+        """:meth:`Ledger.claim`; the future resolves once the claim is committed (the caller sends only then,
+        and may claim the next group meanwhile)."""
+        future: Future[list[str]] = Future()
+        self._tasks.put(("call", lambda: self._ledger.claim(*args, **kwargs), future))
+        return future
 
     def call(self, fn: Callable[[Ledger], Any]) -> Any:
         """Run ``fn(ledger)`` on the writer's connection and return its result once committed."""
