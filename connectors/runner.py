@@ -24,7 +24,7 @@ from connectors import settings
 from connectors.destination import Destination, resolve_destination
 from connectors.engine.deliver import ChunkLimits, Delivery, DeliveryOptions
 from connectors.engine.endpoint import Endpoint, Vendor
-from connectors.engine.http import HttpClient
+from connectors.engine.http import HttpClient, make_client
 from connectors.engine.ratelimit import RateLimiter, credential_scope
 from connectors.engine.retry import Backoff
 from connectors.engine.sender import Sender, SendPolicy, redact
@@ -93,7 +93,7 @@ def make_sender(
         backoff=Backoff(spec.delivery.backoff_base, spec.delivery.backoff_cap),
         max_retry_after=spec.delivery.max_retry_after,
     )
-    client = client or HttpClient(base_url, timeout=spec.delivery.timeout, pool_size=delivery_options(spec).concurrency)
+    client = client or make_client(base_url, timeout=spec.delivery.timeout, pool_size=delivery_options(spec).concurrency)
     single = None
     if endpoint.single is not None and endpoint.single_below > 0:
         single = make_sender(spec, credentials, base_url, run_id, ledger, endpoint.single,
@@ -174,6 +174,7 @@ def deliver_file(
     days = (window or Window()).day_labels() if spec.partitioned else None
     with ledger.window_lock(spec.name, days, on_wait):
         ledger.register_destination(dest)
+        ledger.fold()  # a crashed run's journal counts before this run plans
         moved = ledger.adopt(spec.name, dest)
         if moved:
             say(f"{spec.name}: {moved} items recorded before this destination had its identity now belong to it")

@@ -123,6 +123,7 @@ class Delivery:
         self._started = time.perf_counter()
         self._writer: OutcomeWriter | None = None
         self._chunks_recorded = 0
+        self._journaled = sender is not None and not sender.endpoint.steps
         self._crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
 
     # -- entry ----------------------------------------------------------------------------------------------
@@ -181,21 +182,30 @@ class Delivery:
 
     # -- claiming and sending ------------------------------------------------------------------------------
     def _claim(self, batch: pa.RecordBatch, group_id: str, *, state: str = "in_doubt",
-               reason: str | None = None) -> Future[list[str]]:
-        """One statement claims the whole batch (committed when the future resolves)."""
+               reason: str | None = None) -> Future[Any]:
+        """One statement claims the whole batch (committed when the future resolves).
+
+        Batch endpoints append the claim to the journal (folded into the items in key order later);
+        multi-step endpoints upsert the items at once, since their progress is saved per item as it goes."""
         assert self._writer is not None
         run = self.run
-        claim = Column(batch.column("claim_part"))
+        doc = (b"[" + Column(batch.column("claim_part")).joined(0, batch.num_rows) + b"]").decode()
+        mirror = self.options.mode == "mirror"
+        if self._journaled:
+            return self._writer.claim_journal(
+                run.destination, run.sync, run.endpoint, run.run_id, group_id, doc, items=batch.num_rows,
+                state=state, reason=reason, over_delivered=mirror,
+            )
         return self._writer.claim(
-            run.destination, run.sync, run.endpoint, run.run_id, group_id,
-            (b"[" + claim.joined(0, batch.num_rows) + b"]").decode(), over_delivered=self.options.mode == "mirror",
+            run.destination, run.sync, run.endpoint, run.run_id, group_id, doc, over_delivered=mirror,
             state=state, reason=reason,
         )
 
-    def _claimed(self, batch: pa.RecordBatch, claim: Future[list[str]]) -> pa.RecordBatch:
-        """The batch less the rows another run delivered since planning (the claim did not take them)."""
+    def _claimed(self, batch: pa.RecordBatch, claim: Future[Any]) -> pa.RecordBatch:
+        """The batch less the rows another run delivered since planning (a direct claim does not take them;
+        a journaled claim runs under the window lock, where no other run delivers these items)."""
         claimed = claim.result()
-        if len(claimed) == batch.num_rows:
+        if claimed is None or len(claimed) == batch.num_rows:
             return batch
         self.run.skipped += batch.num_rows - len(claimed)
         return batch.filter(pc.is_in(batch.column("idem_key"), value_set=pa.array(claimed, pa.string())))
@@ -273,7 +283,8 @@ class Delivery:
             if ahead is not None:
                 ahead[2].result()  # claimed ahead, never sent: recorded failed below, like the rest
             for batch in [*rest, *batches]:
-                self.run.failed += len(self._claim(batch, "not-sent", state="failed", reason=reason).result())
+                self._claim(batch, "not-sent", state="failed", reason=reason).result()
+                self.run.failed += batch.num_rows
             self.run.status, self.run.error = "stopped", str(stop)
         return self._finish(stop)
 
@@ -289,9 +300,11 @@ class Delivery:
         run = self.run
         chunk = result.chunk
         outcome = Outcome(run.destination, run.run_id, chunk.claim_id,
-                          attempts=result.attempts, keep_delivered=self.options.mode == "append")
+                          attempts=result.attempts, keep_delivered=self.options.mode == "append",
+                          journaled=self._journaled, sync=run.sync, endpoint=run.endpoint)
         if result.all_delivered:
             outcome.delivered_keys_json = chunk.keys_json
+            outcome.delivered_count = chunk.count
             run.delivered += chunk.count
         else:
             outcome.rows = self._item_rows(result)

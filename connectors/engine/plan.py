@@ -106,7 +106,10 @@ class Planner:
             "SELECT idem_key, _key AS source_key, payload_hash, cursor_text, "
             "payload || ',' AS body_part, to_json(idem_key) || ',' AS key_part, "
             "to_json([idem_key, _key, payload_hash, cursor_text]) || ',' AS claim_part "
-            "FROM classified WHERE action = 'send'"
+            # Key order: the ledger's key index then takes each claim group as one run of neighbouring
+            # entries (measured 20 us an item in random order, 4 us sorted), and requests stay unordered
+            # in every way a vendor could care about.
+            "FROM classified WHERE action = 'send' ORDER BY idem_key"
         ).to_arrow_reader(batch_rows)
         yield from reader
 

@@ -19,6 +19,10 @@ def open_ledger(url: str | None = None) -> Ledger:
     from connectors import settings
 
     target = url or settings.ledger_url()
+    ledger: Ledger
     if target.startswith(("postgresql://", "postgres://")):
-        return PostgresLedger(target)
-    return SqliteLedger(Path(target.removeprefix("sqlite:")))
+        ledger = PostgresLedger(target)
+    else:
+        ledger = SqliteLedger(Path(target.removeprefix("sqlite:")))
+    ledger.fold()  # what a run journaled and did not fold (it crashed, or is still running) becomes visible
+    return ledger

@@ -5,6 +5,10 @@ DB-API (sqlite3, psycopg) with two dialects and a handful of tables. Each migrat
 statements per dialect, applied once, in order, inside the caller's write transaction (which holds
 SQLite's write lock or a Postgres advisory lock, so two processes never migrate at once).
 
+Version 2 also adds ``syncline_journal``: the delivery hot path appends one row per claim group and one
+per delivered request there, and folds them into ``syncline_items`` in large key-sorted batches (see
+``Ledger.fold``): a random-key index insert per item per commit measured 20 us, a sorted fold 4 us.
+
 Version 1 is the original schema (items keyed by idempotency key alone). Version 2 keys every item by
 its destination; items recorded under version 1 get the destination ``''`` (unknown) and are adopted by
 the first destination their sync delivers to afterwards (see ``Ledger.adopt``).
@@ -36,6 +40,11 @@ V1 = [
     "CREATE INDEX IF NOT EXISTS syncline_runs_sync ON syncline_runs (sync, started_at)",
 ]
 
+_JOURNAL = """CREATE TABLE syncline_journal (
+        seq {serial} PRIMARY KEY, destination TEXT NOT NULL, sync TEXT NOT NULL, endpoint TEXT NOT NULL,
+        run_id TEXT NOT NULL, claim_id TEXT NOT NULL, kind TEXT NOT NULL, state TEXT, reason TEXT,
+        over_delivered BOOLEAN NOT NULL DEFAULT FALSE, items INTEGER NOT NULL, doc TEXT NOT NULL, at TEXT NOT NULL)"""
+
 _V2_COMMON = [
     """CREATE TABLE syncline_destinations (
         destination TEXT PRIMARY KEY, identity TEXT NOT NULL, vendor TEXT NOT NULL, name TEXT, base_url TEXT NOT NULL,
@@ -60,6 +69,7 @@ V2 = {
     # SQLite cannot change a primary key in place: rebuild the table, keeping every row.
     "sqlite": [
         *_V2_COMMON,
+        _JOURNAL.format(serial="INTEGER"),
         "ALTER TABLE syncline_items RENAME TO syncline_items_v1",
         # A rowid table: rows of one claim sit together (appended), so marking a request delivered rewrites
         # a few pages; the key index takes the random inserts. WITHOUT ROWID measured 19 page writes per item.
@@ -71,6 +81,7 @@ V2 = {
     ],
     "postgres": [
         *_V2_COMMON,
+        _JOURNAL.format(serial="BIGSERIAL"),
         "ALTER TABLE syncline_items ADD COLUMN destination TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE syncline_items DROP CONSTRAINT syncline_items_pkey",
         "ALTER TABLE syncline_items ADD PRIMARY KEY (destination, idem_key)",

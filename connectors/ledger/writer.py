@@ -10,6 +10,7 @@ which is safe: nothing is ever recorded delivered that was not.
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -22,6 +23,7 @@ from connectors.ledger.rows import AttemptRow, ItemRow
 from connectors.ledger.store import Ledger
 
 GROUP_WINDOW_S = 0.003  # how long the writer waits for more finished chunks before committing
+FOLD_ITEMS = 250_000  # journaled items that trigger a fold into syncline_items (and at close)
 
 
 @dataclass
@@ -32,9 +34,13 @@ class Outcome:
     run_id: str
     chunk_id: str
     delivered_keys_json: str | None = None  # every item of the request was accepted, no vendor ids
+    delivered_count: int = 0
     rows: list[ItemRow] = field(default_factory=list)
     keep_delivered: bool = True
     attempts: list[AttemptRow] = field(default_factory=list)
+    journaled: bool = True  # the items' claim is in the journal: outcomes go there too, in order
+    sync: str = ""
+    endpoint: str = ""
 
 
 class OutcomeWriter:
@@ -47,6 +53,8 @@ class OutcomeWriter:
         self._thread = threading.Thread(target=self._loop, name="syncline-ledger-writer", daemon=True)
         self._error: BaseException | None = None
         self.commits = 0
+        self._journaled = 0
+        self.folds = 0
 
     def start(self) -> OutcomeWriter:
         self._thread.start()
@@ -57,6 +65,17 @@ class OutcomeWriter:
         future: Future[Any] = Future()
         self._tasks.put((kind, payload, future))
         return future.result()
+
+    def claim_journal(self, *args: Any, items: int, **kwargs: Any) -> Future[None]:
+        """Journal a claim group (:meth:`Ledger.journal` kind ``claim``); resolves once committed."""
+        future: Future[None] = Future()
+
+        def write() -> None:
+            self._ledger.journal("claim", *args, items=items, **kwargs)
+            self._journaled += items
+
+        self._tasks.put(("call", write, future))
+        return future
 
     def claim(self, *args: Any, **kwargs: Any) -> Future[list[str]]:
         """:meth:`Ledger.claim`; the future resolves once the claim is committed (the caller sends only then,
@@ -85,6 +104,8 @@ class OutcomeWriter:
         try:
             if self._thread.is_alive():
                 self.flush()
+                if self._journaled:
+                    self.call(lambda ledger: ledger.fold())
         finally:
             self._tasks.put(("stop", None, None))
             self._thread.join(timeout=60)
@@ -120,6 +141,10 @@ class OutcomeWriter:
                             result = payload()
                             if future is not None:
                                 results.append((future, result))
+                    if self._journaled >= FOLD_ITEMS:
+                        self._ledger.fold()
+                        self._journaled = 0
+                        self.folds += 1
                 self.commits += 1
             except BaseException as exc:  # the items stay in_doubt (claimed): safe; the run reports it
                 self._error = exc
@@ -138,8 +163,17 @@ class OutcomeWriter:
     def _write_outcome(self, outcome: Outcome) -> None:
         ledger = self._ledger
         if outcome.delivered_keys_json is not None:
-            ledger.mark_delivered(outcome.destination, outcome.run_id, outcome.chunk_id, outcome.delivered_keys_json)
-        if outcome.rows:
+            if outcome.journaled:
+                ledger.journal("delivered", outcome.destination, outcome.sync, outcome.endpoint, outcome.run_id,
+                               outcome.chunk_id, outcome.delivered_keys_json, outcome.delivered_count)
+            else:
+                ledger.mark_delivered(outcome.destination, outcome.run_id, outcome.chunk_id, outcome.delivered_keys_json)
+        if outcome.rows and outcome.journaled:
+            doc = json.dumps([[r.idem_key, r.source_key, r.payload_hash, r.state, r.reason, r.vendor_id, r.excerpt,
+                               r.cursor] for r in outcome.rows])
+            ledger.journal("rows", outcome.destination, outcome.sync, outcome.endpoint, outcome.run_id,
+                           outcome.chunk_id, doc, len(outcome.rows))
+        elif outcome.rows:
             delivered = [r for r in outcome.rows if r.state == "delivered"]
             others = [r for r in outcome.rows if r.state != "delivered"]
             ledger.write_items(delivered)
