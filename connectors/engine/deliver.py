@@ -16,6 +16,7 @@ import random
 import statistics
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -257,12 +258,19 @@ class Delivery:
             group_id = uuid.uuid4().hex[:16]
             return batch, group_id, self._claim(batch, group_id)
 
+        limits = self.options.limits
+        # Claims run ahead of sending by enough groups to cover the requests in flight, so the sending
+        # loop never waits on the ledger; a crash leaves at most these groups claimed but unsent (in_doubt).
+        depth = 1 + -(-self.options.concurrency * limits.max_items // CLAIM_GROUP_ITEMS)
         with ThreadPoolExecutor(max_workers=self.options.concurrency, thread_name_prefix="syncline-send") as pool:
-            ahead = claim_next()
-            while ahead is not None and stop is None:
-                batch, group_id, claim = ahead
+            ahead: deque[tuple[pa.RecordBatch, str, Future[Any]]] = deque()
+            while stop is None:
+                while len(ahead) < depth and (claimed := claim_next()) is not None:
+                    ahead.append(claimed)
+                if not ahead:
+                    break
+                batch, group_id, claim = ahead.popleft()
                 batch = self._claimed(batch, claim)
-                ahead = claim_next()
                 pending_chunks = list(self._chunks(batch, group_id)) if batch.num_rows else []
                 while pending_chunks and stop is None:
                     while len(in_flight) >= self.limit.current:
@@ -279,9 +287,10 @@ class Delivery:
             reason = f"not sent: {stop}"
             for chunk in pending_chunks:
                 self._record(ChunkResult(chunk, failed=dict.fromkeys((i.idem_key for i in chunk.items), reason)))
-            rest = [ahead[0]] if ahead is not None else []
-            if ahead is not None:
-                ahead[2].result()  # claimed ahead, never sent: recorded failed below, like the rest
+            rest = []
+            for batch, _, claim in ahead:
+                claim.result()  # claimed ahead, never sent: recorded failed below, like the rest
+                rest.append(batch)
             for batch in [*rest, *batches]:
                 self._claim(batch, "not-sent", state="failed", reason=reason).result()
                 self.run.failed += batch.num_rows

@@ -263,20 +263,21 @@ class Ledger:
     def journal(
         self, kind: str, destination: str, sync: str, endpoint: str, run_id: str, claim_id: str, doc: str,
         items: int, *, state: str | None = None, reason: str | None = None, over_delivered: bool = False,
-    ) -> None:
-        """Append one journal row: ``claim`` (doc: ``[[idem_key, source_key, payload_hash, cursor], ...]``,
+    ) -> int:
+        """Append one journal row (returns its seq): ``claim`` (doc: ``[[idem_key, source_key, payload_hash, cursor], ...]``,
         ``state`` in_doubt or failed), ``delivered`` (doc: the keys of one accepted request) or ``rows``
         (doc: ``[[idem_key, source_key, payload_hash, state, reason, vendor_id, excerpt, cursor], ...]``)."""
         with self._write() as cur:
             cur.execute(
                 self._sql(
                     "INSERT INTO syncline_journal (destination, sync, endpoint, run_id, claim_id, kind, state, reason, "
-                    "over_delivered, items, doc, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    "over_delivered, items, doc, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq"
                 ),
                 (destination, sync, endpoint, run_id, claim_id, kind, state,
                  reason if reason is not None or kind != "claim" or state != "in_doubt" else CLAIM_REASON.format(run=run_id),
                  over_delivered, items, doc, now_text()),
             )
+            return int(cur.fetchone()[0])
 
     def _lock_fold(self, cur: Any) -> None:
         """Serialize folds between processes (SQLite's write lock does it; Postgres takes an advisory lock)."""
@@ -290,11 +291,15 @@ class Ledger:
     def _text_value(self, alias: str) -> str:
         return f"{alias}.value"
 
-    def fold(self) -> int:
-        """Apply every journal row to ``syncline_items``, in key order, in one transaction; returns the
-        number of journal rows folded. Cheap when the journal is empty. Safe to run from any process at any
-        time (a crashed run's journal is folded by the next one): every step is an idempotent upsert."""
-        (row,) = self._query("SELECT max(seq) FROM syncline_journal")
+    def fold(self, before: int | None = None) -> int:
+        """Apply the journal rows (those with ``seq < before``, or all) to ``syncline_items`` in one
+        transaction; returns the highest seq folded (0: nothing to fold). Cheap when the journal is empty.
+        Safe to run from any process at any time (a crashed run's journal is folded by the next one): every
+        step is an idempotent upsert, and a delivery folded after its claim takes the update path."""
+        if before is None:
+            (row,) = self._query("SELECT max(seq) FROM syncline_journal")
+        else:
+            (row,) = self._query("SELECT max(seq) FROM syncline_journal WHERE seq < ?", (before,))
         upto = row[0]
         if upto is None:
             return 0

@@ -23,7 +23,8 @@ from connectors.ledger.rows import AttemptRow, ItemRow
 from connectors.ledger.store import Ledger
 
 GROUP_WINDOW_S = 0.003  # how long the writer waits for more finished chunks before committing
-FOLD_ITEMS = 250_000  # journaled items that trigger a fold into syncline_items (and at close)
+FOLD_SLICE_ITEMS = 40_000  # claimed items between folds: each fold is a short transaction (a fraction of a second)
+FOLD_LAG_GROUPS = 8  # the newest claim groups are not folded yet: their requests are still in flight
 
 
 @dataclass
@@ -54,6 +55,7 @@ class OutcomeWriter:
         self._error: BaseException | None = None
         self.commits = 0
         self._journaled = 0
+        self._claim_seqs: list[int] = []
         self.folds = 0
 
     def start(self) -> OutcomeWriter:
@@ -71,7 +73,7 @@ class OutcomeWriter:
         future: Future[None] = Future()
 
         def write() -> None:
-            self._ledger.journal("claim", *args, items=items, **kwargs)
+            self._claim_seqs.append(self._ledger.journal("claim", *args, items=items, **kwargs))
             self._journaled += items
 
         self._tasks.put(("call", write, future))
@@ -141,8 +143,11 @@ class OutcomeWriter:
                             result = payload()
                             if future is not None:
                                 results.append((future, result))
-                    if self._journaled >= FOLD_ITEMS:
-                        self._ledger.fold()
+                    if self._journaled >= FOLD_SLICE_ITEMS and len(self._claim_seqs) > FOLD_LAG_GROUPS:
+                        # Fold what is behind the in-flight window, a slice at a time, so claims never wait
+                        # long; late answers for folded groups take the (slower) update path.
+                        self._ledger.fold(before=self._claim_seqs[-FOLD_LAG_GROUPS])
+                        del self._claim_seqs[:-FOLD_LAG_GROUPS]
                         self._journaled = 0
                         self.folds += 1
                 self.commits += 1
