@@ -216,6 +216,22 @@ def _never_connected(exc: requests.ConnectionError) -> bool:
     return isinstance(reason, NewConnectionError | ConnectionRefusedError)
 
 
+class _SharedTlsAdapter(requests.adapters.HTTPAdapter):
+    """Every pool (direct or through a proxy) wraps its sockets with one TLS context."""
+
+    def __init__(self, context: ssl.SSLContext, **kwargs: Any) -> None:
+        self._context = context
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ssl_context"] = self._context
+        super().init_poolmanager(*args, **kwargs)
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+        kwargs["ssl_context"] = self._context
+        return super().proxy_manager_for(proxy, **kwargs)
+
+
 class RequestsClient(HttpClient):
     """A ``requests.Session``; requests' pool hands each thread its own kept-alive connection."""
 
@@ -225,8 +241,8 @@ class RequestsClient(HttpClient):
         self.host = urlsplit(self.base_url).hostname
         self.timeout = timeout
         self.session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(
-            pool_connections=4, pool_maxsize=max(pool_size, 1), max_retries=0, pool_block=False
+        adapter = _SharedTlsAdapter(
+            tls_context(), pool_connections=4, pool_maxsize=max(pool_size, 1), max_retries=0, pool_block=False
         )
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
