@@ -249,3 +249,25 @@ def test_an_unexpected_error_in_a_vendor_hook_leaves_items_in_doubt_not_a_crash(
     (reason,) = {r["reason"] for r in open_ledger().items("ev", state="in_doubt")}
     assert reason.startswith("unexpected KeyError")
     assert "unexpected KeyError" in (run.notes or "")
+
+
+def test_duplicate_keys_the_newest_row_wins_and_ties_are_sent_once(sandbox, warehouse, write_sync):
+    """The dedup pass is narrow (keys and cursors only); the newest row by cursor is delivered, older ones are
+    rejected with a reason, and rows tied on the newest cursor are sent once, the others counted skipped."""
+    warehouse("""CREATE TABLE analytics.ev AS SELECT * FROM (VALUES
+        ('k1', 'old', TIMESTAMPTZ '2026-06-01 00:00:00+00'),
+        ('k1', 'new', TIMESTAMPTZ '2026-06-02 00:00:00+00'),
+        ('k2', 'same', TIMESTAMPTZ '2026-06-01 00:00:00+00'),
+        ('k2', 'same', TIMESTAMPTZ '2026-06-01 00:00:00+00'),
+        ('k3', 'only', TIMESTAMPTZ '2026-06-01 00:00:00+00')) AS t(id, u, ts)""")
+    spec = write_sync("ev", """
+        source: {table: analytics.ev, key: id, cursor: ts}
+        destination: {vendor: trubrics, endpoint: publish_events}
+    """, "SELECT _key, _cursor, u AS user_id, 'Ping' AS event, ts AS timestamp FROM source")
+    run = run_sync(spec)
+    received = sorted(r["user_id"] for r in sandbox.records("trubrics", "publish_events"))
+    assert received == ["new", "only", "same"]
+    assert (run.delivered, run.rejected, run.skipped) == (3, 1, 1)
+    assert run.source_rows == run.delivered + run.rejected + run.skipped
+    (reason,) = [r["reason"] for r in open_ledger().items("ev", state="rejected")]
+    assert "duplicate source key k1" in reason

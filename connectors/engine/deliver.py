@@ -80,7 +80,7 @@ class DeliveryOptions:
     mode: str = "append"  # append | mirror
     in_doubt: str = "resend"  # resend | hold
     dry_run: bool = False
-    memory_limit: str = "256MB"
+    memory_limit: str = "128MB"
     threads: int | None = None
 
 
@@ -160,6 +160,7 @@ class Delivery:
                 body = Column(batch.column("body_part"))
                 run.requests += sum(1 for _ in boundaries(body, batch.num_rows, limits.max_items, limits.budget))
                 run.bytes_sent += len(body.data) - batch.num_rows
+            run.skipped += planner.repeats
             return self._finish(None)
         self._writer = OutcomeWriter(self.ledger.open_another()).start()
         progress = LedgerProgress(self._writer, run.destination)
@@ -168,7 +169,10 @@ class Delivery:
             self.sender.single.progress_store = progress
         self._write_rejects(planner)
         checker = self.sender.endpoint.item_checker(self.sender)
-        return self._send_all(planner.to_send(group_rows), checker, counts.to_send)
+        try:
+            return self._send_all(planner.to_send(group_rows), checker, counts.to_send)
+        finally:
+            self.run.skipped += planner.repeats
 
     def _write_rejects(self, planner: Planner) -> None:
         run = self.run

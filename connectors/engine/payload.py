@@ -280,10 +280,19 @@ class PayloadBuilder:
             reasons.append(f"CASE WHEN {rule.when} THEN {rule.reason} END")
 
         reason_sql = "NULLIF(concat_ws('; '" + "".join(", " + r for r in reasons) + "), '')"
+        # Duplicate keys: the newest row by cursor wins (NULL cursors lose). A narrow pass finds the keys
+        # that repeat and their newest cursor; the wide pass joins that small set back. A window over the
+        # wide rows instead ran out of memory at DuckDB's limit on a 1M-row model that merges JSON.
+        # Rows tied on the newest cursor all rank 1 and get one idempotency key: the delivery sends one
+        # of them (the planner drops repeated keys) and counts the others skipped.
         inner = (
-            f"SELECT CAST(_key AS VARCHAR) AS _key, _cursor, {', '.join(selects)}, {reason_sql} AS _reason, "
-            "row_number() OVER (PARTITION BY CAST(_key AS VARCHAR) ORDER BY _cursor DESC NULLS LAST) AS _dup "
-            f"FROM ({base})"
+            f"SELECT CAST(b._key AS VARCHAR) AS _key, b._cursor, {', '.join(selects)}, {reason_sql} AS _reason, "
+            "CASE WHEN d._k IS NULL OR b._cursor IS NOT DISTINCT FROM d._maxc THEN 1 ELSE 2 END AS _dup, "
+            "d._k IS NOT NULL AND b._cursor IS NOT DISTINCT FROM d._maxc AS _maybe_tie "
+            f"FROM ({base}) AS b LEFT JOIN ("
+            f"SELECT CAST(_key AS VARCHAR) AS _k, max(_cursor) AS _maxc FROM ({base}) AS n "
+            "WHERE _key IS NOT NULL GROUP BY 1 HAVING count(*) > 1"
+            ") AS d ON CAST(b._key AS VARCHAR) = d._k"
         )
         scope = quote_literal(f"{self.sync_name}\x1f{self.endpoint.name}\x1f")
         if self.endpoint.idempotency_field:
@@ -298,18 +307,19 @@ class PayloadBuilder:
         limit = self.max_body_bytes - overhead
         return f"""
             WITH shaped AS ({inner}),
-            rendered AS (SELECT _key, _cursor, _reason, _dup, {payload} AS payload FROM shaped)
+            rendered AS (SELECT _key, _cursor, _reason, _dup, _maybe_tie, {payload} AS payload FROM shaped)
             SELECT
                 _key,
                 _cursor,
                 {cursor_text_sql(columns.get("_cursor"))} AS cursor_text,
                 CASE
                     WHEN _key IS NULL THEN 'nokey-' || substr(sha256({scope} || payload), 1, 26)
-                    WHEN _dup > 1 THEN 'dup' || _dup || '-' || substr(sha256({scope} || _key), 1, 28)
+                    WHEN _dup > 1 THEN 'dup-' || substr(sha256({scope} || _key || '\x1f' || coalesce(CAST(_cursor AS VARCHAR), '')), 1, 28)
                     ELSE substr(sha256({scope} || _key), 1, 32)
                 END AS idem_key,
                 payload,
                 md5(payload) AS payload_hash,
+                _maybe_tie,
                 NULLIF(concat_ws('; ',
                     CASE WHEN _key IS NULL THEN 'the source key is NULL, so the row cannot be tracked' END,
                     CASE WHEN _dup > 1 THEN 'duplicate source key ' || _key || ': a newer row with this key is in the same run' END,

@@ -361,8 +361,8 @@ class Ledger:
 
     def _latest(self, select: str) -> str:
         """The journal's rows in journal order. SQLite applies a repeated key in that order (the latest
-        wins). No ORDER BY: a delivery sends in key order (``plan.py``), so journal order is key order and
-        each index page is touched once; sorting here again measured 1 s per 300k items."""
+        wins). No ORDER BY: each claim group is already in key order (``plan.py``); sorting the whole fold
+        here measured 1 s per 300k items, more than it saves."""
         return select
 
     def write_items(self, rows: Iterable[ItemRow], *, keep_delivered: bool = False) -> None:
