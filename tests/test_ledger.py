@@ -187,3 +187,15 @@ def test_a_version_1_ledger_migrates_in_place_and_is_adopted(syncline_home):
     assert ledger.adopt("s", other) == 0  # history is adopted once, never shared
     ledger.close()
     assert open_ledger(str(path)).migrated == []
+
+
+def test_bulk_rows_are_written_whole_and_keep_deliveries(ledger_url):
+    """Above a few dozen rows the Postgres store ingests through COPY; both stores give the same result."""
+    ledger = open_ledger(ledger_url)
+    ledger.write_items([item("d0", "delivered", vendor_id="v0")])
+    bulk = [item(f"d{i}", "rejected", reason="bad", excerpt="{}") for i in range(500)]
+    ledger.write_items(bulk, keep_delivered=True)
+    assert ledger.counts("s") == {"delivered": 1, "rejected": 499, "in_doubt": 0, "failed": 0}
+    assert ledger.items("s", state="delivered")[0]["vendor_id"] == "v0"
+    ledger.write_attempts([AttemptRow("r1", "s", "ep", f"c{i}", 1, 100, 5000, 200, 3.2) for i in range(200)])
+    assert len(ledger.attempts(run_id="r1", limit=500)) == 200

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -93,7 +94,9 @@ class LedgerProgress:
 
     def progress(self, idem_keys: Any) -> dict[str, tuple[str | None, str | None]]:
         keys = list(idem_keys)
-        return self.writer.call(lambda ledger: ledger.progress(self.destination, keys))  # type: ignore[no-any-return]
+        found: dict[str, tuple[str | None, str | None]] = self.writer.call(
+            lambda ledger: ledger.progress(self.destination, keys))
+        return found
 
     def set_progress(self, idem_key: str, progress: str, vendor_id: str | None = None) -> None:
         self.writer.call(lambda ledger: ledger.set_progress(self.destination, idem_key, progress, vendor_id))
@@ -238,12 +241,11 @@ class Delivery:
         body = Column(batch.column("body_part"))
         keys = Column(batch.column("key_part"))
         for n, (start, stop) in enumerate(boundaries(body, batch.num_rows, limits.max_items, limits.budget)):
-            chunk = Chunk(
+            yield Chunk(
                 f"{group_id}.{n}", count=stop - start, joined=body.joined(start, stop),
                 keys_json="[" + keys.joined(start, stop).decode() + "]",
-                load=lambda b=batch, s=start, e=stop: items_of(b, s, e), claim_id=group_id,
+                load=functools.partial(items_of, batch, start, stop), claim_id=group_id,
             )
-            yield chunk
 
     def _send_all(self, batches: Iterator[pa.RecordBatch], checker: Any, to_send: int) -> RunRow:
         """Claim group by group, one group ahead: the next claim commits while this group's requests go out."""

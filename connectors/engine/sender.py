@@ -445,7 +445,7 @@ class _LazyPayloads(Sequence[bytes]):
     def __len__(self) -> int:
         return self._chunk.count
 
-    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+    def __getitem__(self, index: Any) -> Any:
         items = self._chunk.items
         if isinstance(index, slice):
             return [i.payload for i in items[index]]

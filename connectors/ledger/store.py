@@ -627,6 +627,42 @@ class PostgresLedger(Ledger):
             )
             return max(cur.rowcount or 0, 0)
 
+    COPY_ABOVE = 50  # rows: above this, bulk item and attempt rows go through COPY, not one INSERT each
+
+    def write_items(self, rows: Iterable[ItemRow], *, keep_delivered: bool = False) -> None:
+        """Bulk rows (rejects, mixed outcomes) through ``COPY`` into a temporary table, then one upsert."""
+        values = [(*item_values(r), now_text()) for r in rows]
+        if len(values) <= self.COPY_ABOVE:
+            super().write_items(_rows_of(values), keep_delivered=keep_delivered)
+            return
+        cols = ", ".join(ITEM_COLUMNS + ["updated_at"])
+        updates = ", ".join(
+            f"{c} = coalesce(excluded.{c}, syncline_items.{c})" if c == "vendor_id" else f"{c} = excluded.{c}"
+            for c in ITEM_COLUMNS[2:] + ["updated_at"]
+        )
+        guard = " WHERE syncline_items.state <> 'delivered'" if keep_delivered else ""
+        with self._write() as cur:
+            cur.execute("CREATE TEMP TABLE IF NOT EXISTS syncline_items_in (LIKE syncline_items INCLUDING DEFAULTS) "
+                        "ON COMMIT DELETE ROWS")
+            with cur.copy(f"COPY syncline_items_in ({cols}) FROM STDIN") as copy:
+                for value in values:
+                    copy.write_row(value)
+            cur.execute(
+                f"INSERT INTO syncline_items ({cols}) SELECT DISTINCT ON (destination, idem_key) {cols} "
+                f"FROM syncline_items_in ORDER BY destination, idem_key "
+                f"ON CONFLICT (destination, idem_key) DO UPDATE SET {updates}{guard}"
+            )
+            cur.execute("DELETE FROM syncline_items_in")
+
+    def write_attempts(self, rows: Iterable[AttemptRow]) -> None:
+        values = [attempt_values(r) for r in rows]
+        if len(values) <= self.COPY_ABOVE:
+            super().write_attempts(_attempts_of(values))
+            return
+        with self._write() as cur, cur.copy(f"COPY syncline_attempts ({', '.join(ATTEMPT_COLUMNS)}) FROM STDIN") as copy:
+            for value in values:
+                copy.write_row(value)
+
     def _elements(self, alias: str = "e") -> str:
         return f"jsonb_array_elements(j.doc::jsonb) AS {alias}(value)"
 
@@ -688,3 +724,11 @@ class PostgresLedger(Ledger):
 
     def _sql(self, statement: str) -> str:
         return statement.replace("?", "%s")
+
+
+def _rows_of(values: list[tuple[Any, ...]]) -> list[ItemRow]:
+    return [ItemRow(*v[:-1]) for v in values]
+
+
+def _attempts_of(values: list[tuple[Any, ...]]) -> list[AttemptRow]:
+    return [AttemptRow(*v) for v in values]

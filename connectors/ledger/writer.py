@@ -68,12 +68,14 @@ class OutcomeWriter:
         self._tasks.put((kind, payload, future))
         return future.result()
 
-    def claim_journal(self, *args: Any, items: int, **kwargs: Any) -> Future[None]:
+    def claim_journal(self, destination: str, sync: str, endpoint: str, run_id: str, claim_id: str, doc: str, *,
+                      items: int, **kwargs: Any) -> Future[None]:
         """Journal a claim group (:meth:`Ledger.journal` kind ``claim``); resolves once committed."""
         future: Future[None] = Future()
 
         def write() -> None:
-            self._claim_seqs.append(self._ledger.journal("claim", *args, items=items, **kwargs))
+            self._claim_seqs.append(self._ledger.journal(
+                "claim", destination, sync, endpoint, run_id, claim_id, doc, items, **kwargs))
             self._journaled += items
 
         self._tasks.put(("call", write, future))
