@@ -28,8 +28,10 @@ dagster: install
 	$(BIN)/syncline ui --port 3000
 
 bench: install
-	$(BIN)/python benchmarks/bench_trubrics.py --events 100000
-	$(BIN)/python benchmarks/bench_trubrics.py --events 1000000
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python benchmarks/bench_compare.py --events 1000000 --out docs/performance-compare.md
+	$(BIN)/python benchmarks/bench_memory.py --events 1000000 10000000
+	$(BIN)/python benchmarks/bench_transport.py --events 300000
 
 clean:
 	rm -rf $(VENV) .syncline .pytest_cache .mypy_cache .ruff_cache

@@ -31,7 +31,7 @@ from connectors.engine.sender import Sender, SendPolicy, redact
 from connectors.errors import SynclineError
 from connectors.ledger import Ledger, RunRow, open_ledger
 from connectors.spec import SyncSpec
-from connectors.stage import Window, extract, staging_path, transform
+from connectors.stage import Window, extract, staging_path, transform, transform_pending
 
 RATE_LIMITED_CONCURRENCY = 4  # documented limits pace requests; a few in flight cover the round trip
 DEFAULT_CONCURRENCY = 64  # the most in flight where no rate is documented (adaptive below it)
@@ -140,9 +140,12 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+Render = Callable[[Path | None], tuple[Path, int]]  # ledger snapshot -> (payload file, rows left out)
+
+
 def deliver_file(
     spec: SyncSpec,
-    payload_path: Path,
+    payload_path: Path | None,
     *,
     run_id: str,
     span: str,
@@ -154,8 +157,11 @@ def deliver_file(
     window: Window | None = None,
     on_wait: Callable[[], None] | None = None,
     announce: Callable[[str], None] | None = None,
+    render: Render | None = None,
+    work_dir: Path | None = None,
 ) -> RunRow:
-    """Deliver a rendered payload file to the sync's destination and record the run in the ledger.
+    """Deliver a rendered payload file (or what ``render`` makes, given the ledger's snapshot of this
+    destination) and record the run in the ledger.
 
     The sync's ``window`` is locked for the delivery (see :meth:`Ledger.window_lock`): an overlapping run
     of the same sync waits, then skips what this one delivered, so concurrent backfills never double-send.
@@ -168,8 +174,23 @@ def deliver_file(
                  ledger=ledger.description)
     say(f"{spec.name}: destination {dest.describe()} [{dest.id}]; ledger {ledger.description}")
     options = delivery_options(spec, dry_run)
+    folder = work_dir or (payload_path.parent if payload_path is not None else staging_path(spec, window or Window(), run_id))
+
+    def plan() -> tuple[Path, Path | None]:
+        """The snapshot, then the payloads: rows this destination has are never rendered (append mode)."""
+        state = ledger.snapshot(dest.id, spec.name, folder / "ledger_state.parquet")
+        if payload_path is not None:
+            return payload_path, state
+        assert render is not None
+        leave_out = spec.mode == "append" and not spec.endpoint.rules_span_rows
+        path, left_out = render(state if leave_out else None)
+        run.source_rows += left_out
+        run.skipped += left_out
+        return path, state
+
     if dry_run:
-        return Delivery(None, ledger, run, options, on_progress).run_file(payload_path)
+        path, state = plan()
+        return Delivery(None, ledger, run, options, on_progress).run_file(path, folder, state=state, state_taken=True)
     sender = make_sender(spec, creds, base, run_id, destination=dest.id)
     days = (window or Window()).day_labels() if spec.partitioned else None
     with ledger.window_lock(spec.name, days, on_wait):
@@ -181,12 +202,15 @@ def deliver_file(
         ledger.start_run(run)
         delivery = Delivery(sender, ledger, run, options, on_progress)
         try:
-            result = delivery.run_file(payload_path)
+            path, state = plan()
+            result = delivery.run_file(path, folder, state=state, state_taken=True)
         except Exception as exc:
             # Whatever failed, its message may quote a request (and so a key): store and raise it redacted.
             message = redact(f"{exc.__class__.__name__}: {exc}", creds)
             run.status, run.error = "error", message
             ledger.finish_run(run)
+            if isinstance(exc, SynclineError):
+                raise
             raise SynclineError(f"{spec.name}: delivery failed: {message}") from None
         finally:
             sender.client.close()
@@ -245,6 +269,11 @@ class SyncPipeline:
             table = table.filter(pc.is_valid(table.column("reject_reason")))
         return table.slice(0, limit).to_pylist()
 
+    def _render_pending(self, delivered: Path | None) -> tuple[Path, int]:
+        path, rows, rejected, left_out = transform_pending(self.spec, self.extract(), self.out_dir, delivered)
+        self.payload_path, self.counts.rendered, self.counts.failing_validation = path, rows, rejected
+        return path, left_out
+
     def deliver(
         self,
         *,
@@ -256,10 +285,13 @@ class SyncPipeline:
         on_wait: Callable[[], None] | None = None,
         announce: Callable[[str], None] | None = None,
     ) -> RunRow:
+        # Rendered already (Dagster shows the payloads asset first): deliver that file. Otherwise render
+        # inside the delivery, after the ledger snapshot, leaving out what the destination has.
         return deliver_file(
-            self.spec, self.render(), run_id=self.run_id, span=self.window.label, ledger=ledger,
+            self.spec, self.payload_path, run_id=self.run_id, span=self.window.label, ledger=ledger,
             credentials=credentials, base_url=base_url, dry_run=dry_run, on_progress=on_progress,
             window=self.window, on_wait=on_wait, announce=announce,
+            render=None if self.payload_path is not None else self._render_pending, work_dir=self.out_dir,
         )
 
 

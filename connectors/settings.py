@@ -78,7 +78,7 @@ def duckdb_threads() -> int | None:
     return int(value) if value else None
 
 
-DEFAULT_DUCKDB_MEMORY = "128MB"
+DEFAULT_DUCKDB_MEMORY = "256MB"
 
 
 def syncs_dirs() -> list[Path]:

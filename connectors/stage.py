@@ -171,8 +171,15 @@ def builder_for(spec: SyncSpec) -> PayloadBuilder:
     )
 
 
-def open_model(spec: SyncSpec, extract_path: Path) -> tuple[duckdb.DuckDBPyConnection, str]:
-    """A DuckDB connection with ``source`` (the extract) and ``model`` views, and the payload SELECT."""
+def open_model(
+    spec: SyncSpec, extract_path: Path, delivered: Path | None = None
+) -> tuple[duckdb.DuckDBPyConnection, str]:
+    """A DuckDB connection with ``source`` (the extract) and ``model`` views, and the payload SELECT.
+
+    ``delivered`` (the ledger's view of this destination, append mode) drops the model rows whose key
+    the destination already has before any payload is rendered: the filter is on ``_key``, so DuckDB
+    pushes it below the model's expressions, and a rerun of a delivered sync renders almost nothing.
+    The view ``model_all`` keeps every row, for counting."""
     con = _connect()
     con.execute(f"CREATE VIEW source AS SELECT * FROM read_parquet({quote_literal(str(extract_path))})")
     try:
@@ -189,6 +196,15 @@ def open_model(spec: SyncSpec, extract_path: Path) -> tuple[duckdb.DuckDBPyConne
             )
             relation = "model_with_cursor"
             columns = describe(con, relation)
+        con.execute(f"CREATE VIEW model_all AS SELECT * FROM {relation}")
+        if delivered is not None and "_key" in columns:
+            key = builder_for(spec).key_hash("CAST(m._key AS VARCHAR)")
+            con.execute(
+                f"CREATE VIEW model_pending AS SELECT m.* FROM {relation} AS m ANTI JOIN "
+                f"(SELECT idem_key FROM read_parquet({quote_literal(str(delivered))}) WHERE state = 'delivered') AS d "
+                f"ON {key} = d.idem_key"
+            )
+            relation = "model_pending"
     except duckdb.Error as exc:
         con.close()
         raise duckdb_failure(exc, str(spec.model_file), "(sql)", "the model does not run") from None
@@ -197,16 +213,27 @@ def open_model(spec: SyncSpec, extract_path: Path) -> tuple[duckdb.DuckDBPyConne
 
 def transform(spec: SyncSpec, extract_path: Path, out_dir: Path) -> tuple[Path, int, int]:
     """Render payloads to ``payloads.parquet``; returns (path, rows, rows with a reject reason)."""
+    out, rows, rejected, _ = transform_pending(spec, extract_path, out_dir)
+    return out, rows, rejected
+
+
+def transform_pending(
+    spec: SyncSpec, extract_path: Path, out_dir: Path, delivered: Path | None = None
+) -> tuple[Path, int, int, int]:
+    """Render the payloads a destination does not have yet (all, without ``delivered``); returns
+    (path, rows rendered, rows with a reject reason, rows left out as already delivered)."""
     out = out_dir / "payloads.parquet"
-    con, select = open_model(spec, extract_path)
+    con, select = open_model(spec, extract_path, delivered)
     try:
         con.execute(f"COPY ({select}) TO {quote_literal(str(out))} (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
         row = con.execute(
             f"SELECT count(*), count(reject_reason) FROM read_parquet({quote_literal(str(out))})"
         ).fetchone()
+        (total,) = con.execute("SELECT count(*) FROM model_all").fetchone() if delivered else (None,)  # type: ignore[misc]
     except duckdb.Error as exc:
         raise duckdb_failure(exc, str(spec.model_file), "(sql)", "rendering payloads failed") from None
     finally:
         con.close()
     assert row is not None
-    return out, int(row[0]), int(row[1])
+    skipped = int(total) - int(row[0]) if total is not None else 0
+    return out, int(row[0]), int(row[1]), skipped

@@ -81,7 +81,7 @@ class DeliveryOptions:
     mode: str = "append"  # append | mirror
     in_doubt: str = "resend"  # resend | hold
     dry_run: bool = False
-    memory_limit: str = "128MB"
+    memory_limit: str = "256MB"
     threads: int | None = None
 
 
@@ -131,10 +131,13 @@ class Delivery:
         self._crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
 
     # -- entry ----------------------------------------------------------------------------------------------
-    def run_file(self, payload_path: Path, work_dir: Path | None = None) -> RunRow:
-        """Deliver every pending item of ``payload_path``; returns the run's counters."""
+    def run_file(self, payload_path: Path, work_dir: Path | None = None, *, state: Path | None = None,
+                 state_taken: bool = False) -> RunRow:
+        """Deliver every pending item of ``payload_path``; returns the run's counters. ``state`` is the
+        ledger snapshot the caller already took for this destination (``state_taken``), or one is taken."""
         work_dir = work_dir or payload_path.parent
-        state = self.ledger.snapshot(self.run.destination, self.run.sync, work_dir / "ledger_state.parquet")
+        if not state_taken:
+            state = self.ledger.snapshot(self.run.destination, self.run.sync, work_dir / "ledger_state.parquet")
         planner = Planner(
             payload_path, state, mode=self.options.mode, hold_in_doubt=self.options.in_doubt == "hold",
             work_dir=work_dir, memory_limit=self.options.memory_limit, threads=self.options.threads,

@@ -197,6 +197,13 @@ class Endpoint:
         raise NotImplementedError(f"{self.qualified_name} has no read API to reconcile against")
 
     @property
+    def rules_span_rows(self) -> bool:
+        """A rule that compares rows (a window) must see every row of the run, delivered ones included:
+        then already-delivered rows are not left out before rendering (GradeMyPage's dedup tuple)."""
+        return any(" OVER " in f" {rule.when} ".upper().replace("\n", " ") or " OVER(" in rule.when.upper()
+                   for rule in self.rules)
+
+    @property
     def qualified_name(self) -> str:
         return f"{self.vendor}.{self.name}"
 

@@ -109,6 +109,11 @@ class PayloadBuilder:
         self.keep_nulls = keep_nulls
         self.max_body_bytes = max_body_bytes or endpoint.max_body_bytes
 
+    def key_hash(self, key_text: str) -> str:
+        """SQL for the idempotency key of a row with this (text) source key: stable across runs."""
+        scope = quote_literal(f"{self.sync_name}\x1f{self.endpoint.name}\x1f")
+        return f"substr(sha256({scope} || {key_text}), 1, 32)"
+
     def _fail(self, field: str, message: str) -> ConfigError:
         return ConfigError(self.model_file, field, message)
 
@@ -315,7 +320,7 @@ class PayloadBuilder:
                 CASE
                     WHEN _key IS NULL THEN 'nokey-' || substr(sha256({scope} || payload), 1, 26)
                     WHEN _dup > 1 THEN 'dup-' || substr(sha256({scope} || _key || '\x1f' || coalesce(CAST(_cursor AS VARCHAR), '')), 1, 28)
-                    ELSE substr(sha256({scope} || _key), 1, 32)
+                    ELSE {self.key_hash("_key")}
                 END AS idem_key,
                 payload,
                 md5(payload) AS payload_hash,
