@@ -271,3 +271,22 @@ def test_duplicate_keys_the_newest_row_wins_and_ties_are_sent_once(sandbox, ware
     assert run.source_rows == run.delivered + run.rejected + run.skipped
     (reason,) = [r["reason"] for r in open_ledger().items("ev", state="rejected")]
     assert "duplicate source key k1" in reason
+
+
+def test_a_rerun_renders_none_of_the_rows_the_destination_has(sandbox, warehouse, write_sync):
+    """Skipping happens before Python and before rendering: the ledger's snapshot of this destination is
+    anti-joined with the model in DuckDB, so a delivered sync's rerun renders no payload at all."""
+    from connectors.ledger import open_ledger
+    from connectors.runner import SyncPipeline
+
+    warehouse(EVENTS.format(n=300, pad=1))
+    spec = write_sync("ev", SYNC.format(extra=""), SQL)
+    assert run_sync(spec).delivered == 300
+    warehouse("INSERT INTO analytics.events SELECT 'new' || i, 'u' || i, 'Signed up', TIMESTAMPTZ '2026-06-02 00:00:00+00', "
+              "'x' FROM range(7) t(i)")
+    ledger = open_ledger()
+    with SyncPipeline(spec) as pipeline:
+        run = pipeline.deliver(ledger=ledger)
+        assert pipeline.counts.rendered == 7  # only the new rows were rendered at all
+    assert (run.source_rows, run.skipped, run.delivered) == (307, 300, 7)
+    assert len(sandbox.records("trubrics", "publish_events")) == 307
