@@ -89,6 +89,11 @@ def _summary_rows(runs: Sequence[RunRow], specs: Sequence[SyncSpec]) -> list[lis
 SUMMARY_HEADERS = ["sync", "vendor.endpoint", "window", "delivered", "rejected", "skipped", "pending", "retries", "429s", "secs", "status"]
 
 
+EXIT_STOPPED = 1  # a sync stopped (401/403, wrong base URL) or errored
+EXIT_CONFIG = 2  # a sync file, model or setting is wrong
+EXIT_PENDING = 3  # every sync ran, but some items are in doubt or failed: not a success
+
+
 def _note(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -109,7 +114,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print("dry run: nothing was sent and the ledger was not written ('requests' below is what would be sent)")
         _print_table(["sync", "items to send", "requests"], [[r.sync, r.source_rows - r.skipped - r.rejected - r.in_doubt, r.requests] for r in runs])
-    return 1 if failed else 0
+    pending = sum(r.in_doubt + r.failed for r in runs if not r.dry_run)
+    if failed:
+        return EXIT_STOPPED
+    if pending:
+        print(f"{pending} items pending (in doubt or failed, see `syncline log`): rerun to resume", file=sys.stderr)
+        return EXIT_PENDING
+    return 0
 
 
 def cmd_preview(args: argparse.Namespace) -> int:

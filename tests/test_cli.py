@@ -142,3 +142,15 @@ def test_reconcile_a_flux_sync_matches_then_reports_dropped_events(sandbox, ware
         by_day.append(json.loads(capsys.readouterr().out))
     assert [d["ledger_count"] for d in by_day] == [24, 6]
     assert sum(d["difference"] for d in by_day) == 4
+
+
+def test_items_left_pending_exit_non_zero_and_the_summary_does_not_say_success(cli_sync, sandbox, capsys, write_sync):
+    """cron and CI read the exit code: a run that leaves items in doubt is not a success."""
+    from connectors.sandbox import Fault
+
+    write_sync("cli_events", SYNC + "    delivery: {max_attempts: 1, backoff_base: 0.01}\n", SQL)
+    sandbox.set_fault("trubrics", "publish_events", Fault("500", count=1000))
+    assert main(["run", "cli_events"]) == 3
+    captured = capsys.readouterr()
+    assert "items pending" in captured.err and "rerun to resume" in captured.err
+    assert " success" not in captured.out and "partial" in captured.out
