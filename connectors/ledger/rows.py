@@ -28,6 +28,9 @@ class ItemRow:
     chunk_id: str | None = None
     excerpt: str | None = None
     cursor: str | None = None  # the source cursor value, for read-back reconciliation by window
+    # Sends of this item after an earlier send's outcome was unknown (added to the stored count on upsert):
+    # the vendor may hold up to this many extra copies of it (endpoints that can neither dedup nor read back).
+    resent_unknown: int = 0
 
 
 @dataclass
@@ -69,12 +72,20 @@ class RunRow:
     p95_latency_ms: float = 0.0
     notes: str | None = None  # vendor warnings, e.g. "Screeb counted 99 of 100 events"
     destination: str = ""
+    # Items sent again after an unknown outcome (timeout, drop, 5xx after sending) on an endpoint that can
+    # neither dedup nor be read back: the vendor may hold up to this many duplicates.
+    resent_unknown: int = 0
+    host: str = ""  # where the run's process runs, with ``pid``: a dead process shows the run as crashed
+    pid: int = 0
+    staging: str = ""  # the run's staging folder (raw source rows), removed by the next run if this one died
     ledger: str = ""  # where the ledger is (a path or a redacted URL), for summaries
+    stop_signal: int = 0  # SIGINT/SIGTERM that stopped the run (exit code 128 + signal); not stored
 
 
 ITEM_COLUMNS = [f.name for f in fields(ItemRow)]
 ATTEMPT_COLUMNS = [f.name for f in fields(AttemptRow)]
-RUN_COLUMNS = [f.name for f in fields(RunRow) if f.name != "ledger"]
+RUN_STATES = ("running", "success", "partial", "stopped", "error", "interrupted", "crashed", "dry_run")
+RUN_COLUMNS = [f.name for f in fields(RunRow) if f.name not in ("ledger", "stop_signal")]
 # attrgetter, not dataclasses.astuple: astuple deep-copies every field and dominated delivery's CPU.
 item_values = operator.attrgetter(*ITEM_COLUMNS)
 attempt_values = operator.attrgetter(*ATTEMPT_COLUMNS)

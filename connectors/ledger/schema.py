@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-LATEST = 2
+LATEST = 3
 
 V1 = [
     """CREATE TABLE IF NOT EXISTS syncline_items (
@@ -90,6 +90,19 @@ V2 = {
     ],
 }
 
+# Version 3: reliability bookkeeping. Items count resends after an unknown outcome and keep a person's
+# verdict (``syncline resolve``); runs keep the counted resends, where their process ran (a dead process
+# shows the run ``crashed``) and their staging folder (removed by the next run when the process died).
+V3 = [
+    "ALTER TABLE syncline_items ADD COLUMN resent_unknown INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE syncline_items ADD COLUMN resolved_by TEXT",
+    "ALTER TABLE syncline_items ADD COLUMN resolved_at TEXT",
+    "ALTER TABLE syncline_runs ADD COLUMN resent_unknown INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE syncline_runs ADD COLUMN host TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE syncline_runs ADD COLUMN pid INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE syncline_runs ADD COLUMN staging TEXT NOT NULL DEFAULT ''",
+]
+
 
 def migrate(cur: Any, dialect: str, table_exists: Callable[[str], bool], now: str) -> list[int]:
     """Bring the schema to :data:`LATEST`; returns the versions applied (empty when up to date)."""
@@ -103,7 +116,7 @@ def migrate(cur: Any, dialect: str, table_exists: Callable[[str], bool], now: st
         if current:
             cur.execute(f"INSERT INTO syncline_schema_version VALUES (1, '{now}')")
     applied: list[int] = []
-    steps: dict[int, list[str]] = {1: V1, 2: V2[dialect]}
+    steps: dict[int, list[str]] = {1: V1, 2: V2[dialect], 3: V3}
     for version in range(current + 1, LATEST + 1):
         for statement in steps[version]:
             cur.execute(statement)

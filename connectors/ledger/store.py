@@ -375,8 +375,7 @@ class Ledger:
         cols = ", ".join(ITEM_COLUMNS + ["updated_at"])
         marks = ", ".join(["?"] * (len(ITEM_COLUMNS) + 1))
         updates = ", ".join(
-            f"{c} = coalesce(excluded.{c}, syncline_items.{c})" if c == "vendor_id" else f"{c} = excluded.{c}"
-            for c in ITEM_COLUMNS[2:] + ["updated_at"]
+            _item_update(c) for c in ITEM_COLUMNS[2:] + ["updated_at"]
         )
         statement = (
             f"INSERT INTO syncline_items ({cols}) VALUES ({marks}) "
@@ -637,8 +636,7 @@ class PostgresLedger(Ledger):
             return
         cols = ", ".join(ITEM_COLUMNS + ["updated_at"])
         updates = ", ".join(
-            f"{c} = coalesce(excluded.{c}, syncline_items.{c})" if c == "vendor_id" else f"{c} = excluded.{c}"
-            for c in ITEM_COLUMNS[2:] + ["updated_at"]
+            _item_update(c) for c in ITEM_COLUMNS[2:] + ["updated_at"]
         )
         guard = " WHERE syncline_items.state <> 'delivered'" if keep_delivered else ""
         with self._write() as cur:
@@ -724,6 +722,15 @@ class PostgresLedger(Ledger):
 
     def _sql(self, statement: str) -> str:
         return statement.replace("?", "%s")
+
+
+def _item_update(column: str) -> str:
+    """How an upsert sets ``column``: a NULL vendor id never erases a stored one; counted resends add up."""
+    if column == "vendor_id":
+        return "vendor_id = coalesce(excluded.vendor_id, syncline_items.vendor_id)"
+    if column == "resent_unknown":
+        return "resent_unknown = syncline_items.resent_unknown + excluded.resent_unknown"
+    return f"{column} = excluded.{column}"
 
 
 def _rows_of(values: list[tuple[Any, ...]]) -> list[ItemRow]:
