@@ -54,6 +54,10 @@ class DeliverySpec:
     max_body_bytes: int | None = None
     in_doubt: InDoubtPolicy = "resend"
     rate_safety: float | None = None  # fraction of the documented rate to use
+    # Bounded failure: this many requests in a row ending with no answer (down, timeouts, 5xx after every
+    # retry) open the circuit and stop the sync; and a run delivers for at most ``deadline`` seconds.
+    breaker_failures: int = 5
+    deadline: float = 21600.0
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,7 @@ def _parse_delivery(raw: object, file: str, endpoint: Endpoint) -> DeliverySpec:
         elif name == "adaptive":
             if not isinstance(value, bool):
                 raise ConfigError(file, "delivery.adaptive", f"must be true or false, got {value!r}")
-        elif name in ("concurrency", "max_attempts", "max_items", "max_body_bytes"):
+        elif name in ("concurrency", "max_attempts", "max_items", "max_body_bytes", "breaker_failures"):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(file, f"delivery.{name}", f"must be a positive whole number, got {value!r}")
         elif not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
