@@ -27,3 +27,11 @@ class AuthError(SyncStopped):
 
 class ResourceError(SynclineError):
     """The machine ran short (memory, disk): not the user's config. Says which setting to raise."""
+
+
+class Interrupted(SyncStopped):
+    """SIGINT or SIGTERM asked the run to stop: nothing new is claimed, in-flight answers are recorded."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum

@@ -8,11 +8,15 @@ credential variables) unless passed in, so one command drives the sandbox, a sta
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import socket
 import sys
+import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -28,8 +32,8 @@ from connectors.engine.http import HttpClient, make_client
 from connectors.engine.ratelimit import RateLimiter, credential_scope
 from connectors.engine.retry import Backoff
 from connectors.engine.sender import Sender, SendPolicy, redact
-from connectors.errors import SynclineError
-from connectors.ledger import Ledger, RunRow, open_ledger
+from connectors.errors import Interrupted, SynclineError
+from connectors.ledger import ItemRow, Ledger, RunRow, open_ledger
 from connectors.spec import SyncSpec
 from connectors.stage import Window, extract, staging_path, transform, transform_pending
 
@@ -102,6 +106,7 @@ def make_sender(
     return Sender(
         endpoint, credentials, client, _limiter(spec, endpoint, credentials), policy,
         run_id=run_id, sync=spec.name, progress_store=progress, single=single, destination=destination,
+        in_doubt=spec.delivery.in_doubt,
     )
 
 
@@ -132,7 +137,8 @@ def delivery_options(spec: SyncSpec, dry_run: bool = False) -> DeliveryOptions:
     return DeliveryOptions(
         limits, concurrency, adaptive=spec.delivery.adaptive and not rate_limited, mode=spec.mode,
         in_doubt=spec.delivery.in_doubt, dry_run=dry_run, memory_limit=settings.duckdb_memory(),
-        threads=settings.duckdb_threads(),
+        threads=settings.duckdb_threads(), breaker_failures=spec.delivery.breaker_failures,
+        deadline=spec.delivery.deadline,
     )
 
 
@@ -141,6 +147,84 @@ def new_run_id() -> str:
 
 
 Render = Callable[[Path | None], tuple[Path, int]]  # ledger snapshot -> (payload file, rows left out)
+
+
+class StopSignals:
+    """SIGINT/SIGTERM during a run (installed by ``syncline run``): the first asks the delivery to stop
+    cleanly (claim nothing new, record what is on the wire, print the summary); the second aborts at once,
+    leaving whatever is in flight ``in_doubt`` (claims are durable before a request leaves)."""
+
+    def __init__(self) -> None:
+        self.delivery: Delivery | None = None
+        self.received = 0
+
+    def handle(self, signum: int, _frame: Any) -> None:
+        self.received += 1
+        name = signal.Signals(signum).name
+        if self.received > 1:
+            print(f"{name} again: aborted; requests in flight stay in_doubt (rerun to resume)",
+                  file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        stop = Interrupted(signum, f"interrupted by {name}: nothing new was claimed, answers in flight were "
+                                   "recorded; rerun to resume")
+        if self.delivery is None:
+            raise stop  # still extracting or rendering: nothing was claimed yet
+        print(f"{name}: stopping after the requests in flight (again to abort at once)", file=sys.stderr, flush=True)
+        self.delivery.request_stop(stop)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopSignals]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _remove_dead_staging(ledger: Ledger, say: Callable[[str], None]) -> None:
+    """Staging of runs whose process died holds raw source rows: remove it (only under SYNCLINE_HOME)."""
+    root = settings.home().resolve()
+    for folder in ledger.reap_dead_runs():
+        path = Path(folder).resolve()
+        if path.is_relative_to(root) and path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            say(f"removed the staging files of a run that died: {path}")
+
+
+def settle_in_doubt(spec: SyncSpec, sender: Sender, ledger: Ledger, destination: str,
+                    say: Callable[[str], None]) -> int:
+    """Ask a vendor that can be read back what it holds of the items earlier runs left ``in_doubt``:
+    found ones become delivered, the rest failed (surely not stored, so sent again without risk). Items
+    the read-back cannot settle stay in doubt (then ``delivery.in_doubt`` decides, and resends count)."""
+    endpoint = sender.endpoint
+    if endpoint.dedup != "read_back" or endpoint.steps:
+        return 0
+    rows = ledger.items(spec.name, state="in_doubt", limit=100_000, destination=destination)
+    if not rows:
+        return 0
+    try:
+        answer = endpoint.resolve_in_doubt(sender, rows)
+    except Exception as exc:  # the items stay in doubt: never lost
+        say(f"{spec.name}: could not read back {len(rows)} in-doubt items ({exc.__class__.__name__}: {exc})")
+        return 0
+    if answer is None:
+        return 0
+    found, checked = answer
+    settled = [
+        ItemRow(destination, r["idem_key"], r["sync"], r["endpoint"], r["source_key"], r["payload_hash"],
+                "delivered" if r["idem_key"] in found else "failed",
+                None if r["idem_key"] in found else "not stored at the vendor (read back after an unknown outcome)",
+                found.get(r["idem_key"]), r["run_id"], r["chunk_id"], None, r["cursor"])
+        for r in rows if r["idem_key"] in checked
+    ]
+    ledger.write_items(settled)
+    say(f"{spec.name}: read back {len(settled)} items left in doubt: {len(found)} stored, "
+        f"{len(settled) - len(found)} to send")
+    return len(settled)
 
 
 def deliver_file(
@@ -159,6 +243,7 @@ def deliver_file(
     announce: Callable[[str], None] | None = None,
     render: Render | None = None,
     work_dir: Path | None = None,
+    signals: StopSignals | None = None,
 ) -> RunRow:
     """Deliver a rendered payload file (or what ``render`` makes, given the ledger's snapshot of this
     destination) and record the run in the ledger.
@@ -171,10 +256,11 @@ def deliver_file(
     creds = resolve_credentials(spec.vendor, credentials)
     dest = destination_for(spec, base, creds)
     run = RunRow(run_id, spec.name, spec.endpoint.name, span, dry_run=dry_run, destination=dest.id,
-                 ledger=ledger.description)
+                 ledger=ledger.description, host=socket.gethostname(), pid=os.getpid())
     say(f"{spec.name}: destination {dest.describe()} [{dest.id}]; ledger {ledger.description}")
     options = delivery_options(spec, dry_run)
     folder = work_dir or (payload_path.parent if payload_path is not None else staging_path(spec, window or Window(), run_id))
+    run.staging = str(folder) if work_dir is not None else ""
 
     def plan() -> tuple[Path, Path | None]:
         """The snapshot, then the payloads: rows this destination has are never rendered (append mode)."""
@@ -196,14 +282,22 @@ def deliver_file(
     with ledger.window_lock(spec.name, days, on_wait):
         ledger.register_destination(dest)
         ledger.fold()  # a crashed run's journal counts before this run plans
+        _remove_dead_staging(ledger, say)
         moved = ledger.adopt(spec.name, dest)
         if moved:
             say(f"{spec.name}: {moved} items recorded before this destination had its identity now belong to it")
         ledger.start_run(run)
         delivery = Delivery(sender, ledger, run, options, on_progress)
+        if signals is not None:
+            signals.delivery = delivery
         try:
+            settle_in_doubt(spec, sender, ledger, dest.id, say)
             path, state = plan()
             result = delivery.run_file(path, folder, state=state, state_taken=True)
+        except Interrupted as stop:  # before delivery began (rendering): nothing was claimed
+            run.status, run.error, run.stop_signal = "interrupted", str(stop), stop.signum
+            ledger.finish_run(run)
+            return run
         except Exception as exc:
             # Whatever failed, its message may quote a request (and so a key): store and raise it redacted.
             message = redact(f"{exc.__class__.__name__}: {exc}", creds)
@@ -213,6 +307,8 @@ def deliver_file(
                 raise
             raise SynclineError(f"{spec.name}: delivery failed: {message}") from None
         finally:
+            if signals is not None:
+                signals.delivery = None
             sender.client.close()
         ledger.finish_run(result)
     return result
@@ -284,6 +380,7 @@ class SyncPipeline:
         on_progress: Callable[[RunRow], None] | None = None,
         on_wait: Callable[[], None] | None = None,
         announce: Callable[[str], None] | None = None,
+        signals: StopSignals | None = None,
     ) -> RunRow:
         # Rendered already (Dagster shows the payloads asset first): deliver that file. Otherwise render
         # inside the delivery, after the ledger snapshot, leaving out what the destination has.
@@ -292,6 +389,7 @@ class SyncPipeline:
             credentials=credentials, base_url=base_url, dry_run=dry_run, on_progress=on_progress,
             window=self.window, on_wait=on_wait, announce=announce,
             render=None if self.payload_path is not None else self._render_pending, work_dir=self.out_dir,
+            signals=signals,
         )
 
 
@@ -311,20 +409,34 @@ def run_sync(
     keep_staging: bool = False,
     on_progress: Callable[[RunRow], None] | None = None,
     announce: Callable[[str], None] | None = None,
+    handle_signals: bool = False,
 ) -> RunRow:
-    """Extract, transform and deliver one window of one sync."""
+    """Extract, transform and deliver one window of one sync. ``handle_signals`` (the CLI): SIGINT and
+    SIGTERM stop the run cleanly (see :class:`StopSignals`); the run ends ``interrupted``."""
     own_ledger = ledger is None
     ledger = ledger or open_ledger()
+    signals = StopSignals()
     try:
-        with SyncPipeline(spec, window, run_id=run_id, keep_staging=keep_staging) as pipeline:
+        with contextlib.ExitStack() as stack:
+            if handle_signals:
+                stack.enter_context(signals.installed())
+            pipeline = stack.enter_context(SyncPipeline(spec, window, run_id=run_id, keep_staging=keep_staging))
             return pipeline.deliver(
                 ledger=ledger, credentials=credentials, base_url=base_url, dry_run=dry_run,
                 on_progress=on_progress, announce=announce,
                 on_wait=lambda: _stderr(f"{spec.name}: waiting for another run delivering an overlapping window"),
+                signals=signals if handle_signals else None,
             )
+    except Interrupted as stop:  # while extracting or rendering: nothing was claimed or sent
+        return RunRow(pipeline_run_id(run_id), spec.name, spec.endpoint.name, (window or Window()).label,
+                      status="interrupted", error=str(stop), stop_signal=stop.signum, ledger=ledger.description)
     finally:
         if own_ledger:
             ledger.close()
+
+
+def pipeline_run_id(run_id: str | None) -> str:
+    return run_id or "-"
 
 
 def reconcile(

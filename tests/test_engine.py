@@ -129,19 +129,26 @@ def test_lost_response_is_in_doubt_and_hold_policy_does_not_resend(sandbox, ware
     assert len(sandbox.records("trubrics", "publish_events")) == 10  # held, not sent twice
 
 
-def test_timeout_is_retried(sandbox, warehouse, write_sync):
+def test_a_timeout_is_an_unknown_outcome_resent_by_the_next_run_and_counted(sandbox, warehouse, write_sync):
+    """Trubrics cannot dedup: a timed-out request is not resent in the run (in_doubt); the next run resends
+    it under the default at-least-once policy and counts it, and the count equals the extra copies."""
     warehouse(EVENTS.format(n=10, pad=1))
     spec = write_sync("ev", SYNC.format(extra="delivery: {timeout: 0.3, backoff_base: 0.01}"), SQL)
     sandbox.set_fault("trubrics", "publish_events", Fault("slow", count=1, delay=1.0))
     run = run_sync(spec)
-    assert run.delivered == 10 and run.retries == 1
+    assert run.delivered == 0 and run.in_doubt == 10 and run.requests == 1 and run.status == "partial"
     errors = [a["error"] for a in open_ledger().attempts(sync="ev") if a["status"] is None]
     assert errors and "no answer within" in errors[0]
-    # The slow first request still lands after the client gave up: at-least-once, as documented.
+    # The slow request still lands after the client gave up.
     deadline = time.monotonic() + 5
-    while len(sandbox.records("trubrics", "publish_events")) < 20 and time.monotonic() < deadline:
+    while len(sandbox.records("trubrics", "publish_events")) < 10 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert len(sandbox.records("trubrics", "publish_events")) == 20
+    again = run_sync(spec)
+    assert again.delivered == 10 and again.resent_unknown == 10 and again.status == "success"
+    assert "may hold up to 10 duplicates" in (again.notes or "")
+    extra = len(sandbox.records("trubrics", "publish_events")) - 10
+    assert extra == again.resent_unknown
+    assert {i["resent_unknown"] for i in open_ledger().items("ev")} == {1}
 
 
 def test_unreachable_vendor_leaves_items_failed_not_in_doubt(warehouse, write_sync, monkeypatch):

@@ -341,18 +341,43 @@ def test_5xx_and_429_on_every_step_are_retried(sandbox, feedback_sync, syncline_
 
 
 @pytest.mark.parametrize("fault", ["503", "drop_after"])
-def test_a_feedback_post_with_unknown_outcome_is_not_resent_within_the_run(sandbox, feedback_sync, fault):
+def test_a_feedback_post_with_unknown_outcome_is_looked_up_in_the_users_history_before_a_resend(
+    sandbox, feedback_sync, fault
+):
     spec = feedback_sync({"a": {}})
     sandbox.set_fault("streamback", "feedback", Fault(fault))
 
     run = run_sync(spec)
 
-    # The vendor may have stored it (drop_after: it did): no silent second POST, the item waits in doubt.
-    assert (run.delivered, run.in_doubt) == (0, 1)
-    assert requests(sandbox, "feedback") == 1
-    assert len(emulator(sandbox).feedback) == (1 if fault == "drop_after" else 0)
+    # 503: not stored, the history shows nothing, so it is sent again. drop_after: stored, the history
+    # shows it, so its id is taken and no second POST goes out. Either way StreamBack holds exactly one.
+    assert (run.delivered, run.in_doubt, run.resent_unknown) == (1, 0, 0)
+    assert requests(sandbox, "user_history") == 1
+    assert requests(sandbox, "feedback") == (2 if fault == "503" else 1)
+    assert len(emulator(sandbox).feedback) == 1
+    (item,) = open_ledger().items("fb")
+    assert item["state"] == "delivered" and item["vendor_id"] == next(iter(emulator(sandbox).feedback))
+
+
+@pytest.mark.parametrize("policy", ["resend", "hold"])
+def test_feedback_without_a_user_cannot_be_looked_up_so_the_in_doubt_policy_decides(sandbox, feedback_sync, policy):
+    spec = feedback_sync({"a": {"user_id": None, "email": None}}, delivery=f"{FAST}, in_doubt: {policy}")
+    sandbox.set_fault("streamback", "feedback", Fault("drop_after"))
+
+    first = run_sync(spec)
+
+    assert (first.delivered, first.in_doubt) == (0, 1)  # never resent within the run
+    assert requests(sandbox, "feedback") == 1 and len(emulator(sandbox).feedback) == 1
     (item,) = open_ledger().items("fb")
     assert item["state"] == "in_doubt" and "not resent" in item["reason"]
+
+    second = run_sync(spec)
+    copies = len(emulator(sandbox).feedback)
+    if policy == "hold":
+        assert (second.delivered, second.in_doubt, copies) == (0, 1, 1)
+    else:  # at-least-once: sent again, and the possible duplicate is counted
+        assert (second.delivered, second.resent_unknown, copies) == (1, 1, 2)
+        assert copies - 1 == second.resent_unknown
 
 
 def test_a_step_that_keeps_failing_leaves_the_item_in_doubt_and_the_next_run_resumes_it(

@@ -15,6 +15,7 @@ import json
 import os
 import random
 import statistics
+import threading
 import time
 import uuid
 from collections import deque
@@ -29,8 +30,8 @@ import pyarrow.compute as pc
 
 from connectors.engine.concurrency import InFlightLimit
 from connectors.engine.plan import EXCERPT_CHARS, Column, Planner, boundaries, items_of
-from connectors.engine.sender import Chunk, ChunkResult, Item, Sender
-from connectors.errors import SyncStopped
+from connectors.engine.sender import CLAIM_PREFIX, Chunk, ChunkResult, Item, Sender
+from connectors.errors import Interrupted, SyncStopped
 from connectors.ledger import ItemRow, Ledger, OutcomeWriter, RunRow
 from connectors.ledger.writer import Outcome
 
@@ -83,6 +84,8 @@ class DeliveryOptions:
     dry_run: bool = False
     memory_limit: str = "256MB"
     threads: int | None = None
+    breaker_failures: int = 5  # requests in a row ending without an answer that stop the sync
+    deadline: float | None = None  # seconds the run may deliver for; then it stops, the rest left pending
 
 
 class LedgerProgress:
@@ -129,6 +132,20 @@ class Delivery:
         self._chunks_recorded = 0
         self._journaled = sender is not None and not sender.endpoint.steps
         self._crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
+        self._halt: SyncStopped | None = None  # set by request_stop, the deadline or the circuit breaker
+        self._failures_in_a_row = 0
+        # Items an earlier run left in doubt are counted when sent again, where the vendor cannot dedup and
+        # a read-back did not settle them (multi-step endpoints count their own).
+        self._count_prior = (sender is not None and not sender.endpoint.steps
+                             and sender.endpoint.dedup != "native")
+
+    def request_stop(self, stop: SyncStopped) -> None:
+        """Stop cleanly: claim nothing new, let requests on the wire finish and record their answers.
+        Safe from a signal handler or another thread; the first reason given is kept."""
+        if self._halt is None:
+            self._halt = stop
+        if self.sender is not None:
+            self.sender.stop_retrying(str(self._halt))
 
     # -- entry ----------------------------------------------------------------------------------------------
     def run_file(self, payload_path: Path, work_dir: Path | None = None, *, state: Path | None = None,
@@ -142,23 +159,43 @@ class Delivery:
             payload_path, state, mode=self.options.mode, hold_in_doubt=self.options.in_doubt == "hold",
             work_dir=work_dir, memory_limit=self.options.memory_limit, threads=self.options.threads,
         )
+        timer = None
+        if self.options.deadline and not self.options.dry_run:
+            limit = self.options.deadline
+            timer = threading.Timer(limit, lambda: self.request_stop(SyncStopped(
+                f"the run's deadline of {limit:g}s (delivery.deadline) passed; the rest is left pending")))
+            timer.daemon = True
+            timer.start()
         try:
             return self._run(planner)
         except SyncStopped as stop:  # e.g. an item checker's lookup refused the credential
-            self.run.status, self.run.error = "stopped", str(stop)
+            self._stopped(stop)
             return self._finish(stop)
         finally:
+            if timer is not None:
+                timer.cancel()
             planner.close()
             if self._writer is not None:
                 self._writer.close()
+
+    def _stopped(self, stop: SyncStopped) -> None:
+        self.run.error = str(stop)
+        if isinstance(stop, Interrupted):
+            self.run.status, self.run.stop_signal = "interrupted", stop.signum
+        else:
+            self.run.status = "stopped"
 
     def _run(self, planner: Planner) -> RunRow:
         run, options = self.run, self.options
         counts = planner.counts()
         run.source_rows += counts.source_rows
         run.skipped += counts.skipped
-        run.rejected += counts.rejected
+        run.rejected += counts.rejected + counts.refused
         run.in_doubt += counts.held
+        if counts.refused:
+            self.warnings.append(
+                f"{counts.refused} items the vendor refused before were not sent again (same payload; "
+                "`syncline retry --rejected` resends them)")
         limits = options.limits
         group_rows = max(limits.max_items, CLAIM_GROUP_ITEMS // limits.max_items * limits.max_items)
         if options.dry_run or self.sender is None:
@@ -243,12 +280,19 @@ class Delivery:
         limits = self.options.limits
         body = Column(batch.column("body_part"))
         keys = Column(batch.column("key_part"))
+        prior = batch.column("prior_in_doubt") if self._count_prior else None
+        if prior is not None and not pc.any(prior).as_py():
+            prior = None
         for n, (start, stop) in enumerate(boundaries(body, batch.num_rows, limits.max_items, limits.budget)):
-            yield Chunk(
+            chunk = Chunk(
                 f"{group_id}.{n}", count=stop - start, joined=body.joined(start, stop),
                 keys_json="[" + keys.joined(start, stop).decode() + "]",
                 load=functools.partial(items_of, batch, start, stop), claim_id=group_id,
             )
+            if prior is not None:
+                flags = pc.fill_null(prior.slice(start, stop - start), False)
+                chunk.resends = pc.filter(batch.column("idem_key").slice(start, stop - start), flags).to_pylist()
+            yield chunk
 
     def _send_all(self, batches: Iterator[pa.RecordBatch], checker: Any, to_send: int) -> RunRow:
         """Claim group by group, one group ahead: the next claim commits while this group's requests go out."""
@@ -264,7 +308,7 @@ class Delivery:
                 return None
             if checker is not None:
                 batch = self._check(batch, checker)
-            group_id = uuid.uuid4().hex[:16]
+            group_id = CLAIM_PREFIX + uuid.uuid4().hex[:15]
             return batch, group_id, self._claim(batch, group_id)
 
         limits = self.options.limits
@@ -274,6 +318,9 @@ class Delivery:
         with ThreadPoolExecutor(max_workers=self.options.concurrency, thread_name_prefix="syncline-send") as pool:
             ahead: deque[tuple[pa.RecordBatch, str, Future[Any]]] = deque()
             while stop is None:
+                if self._halt is not None:
+                    stop = self._halt
+                    break
                 while len(ahead) < depth and (claimed := claim_next()) is not None:
                     ahead.append(claimed)
                 if not ahead:
@@ -285,6 +332,7 @@ class Delivery:
                     while len(in_flight) >= self.limit.current:
                         done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                         stop = self._collect(done) or stop
+                    stop = stop or self._halt
                     if stop is not None:
                         break
                     in_flight.add(pool.submit(sender.send_chunk, pending_chunks.pop(0)))
@@ -300,10 +348,13 @@ class Delivery:
             for batch, _, claim in ahead:
                 claim.result()  # claimed ahead, never sent: recorded failed below, like the rest
                 rest.append(batch)
-            for batch in [*rest, *batches]:
+            for batch in rest:
                 self._claim(batch, "not-sent", state="failed", reason=reason).result()
                 self.run.failed += batch.num_rows
-            self.run.status, self.run.error = "stopped", str(stop)
+            # Never claimed: nothing of them is in the ledger, so the next run sends them; counted pending
+            # here (claiming millions of rows only to mark them failed would delay a Ctrl-C by minutes).
+            self.run.failed += sum(batch.num_rows for batch in batches)
+            self._stopped(stop)
         return self._finish(stop)
 
     def _collect(self, done: set[Future[ChunkResult]]) -> SyncStopped | None:
@@ -311,12 +362,34 @@ class Delivery:
         for future in done:
             result = future.result()
             self._record(result)
-            stop = stop or result.stop
+            stop = stop or result.stop or self._breaker(result)
+        return stop
+
+    def _breaker(self, result: ChunkResult) -> SyncStopped | None:
+        """Open the circuit after ``breaker_failures`` requests in a row ended without an answer (vendor
+        down, timeouts, 5xx after every retry): the sync stops instead of trying every item for hours."""
+        if not result.requests:
+            return None
+        answered = result.all_delivered or result.delivered or result.rejected
+        if not result.gave_up or answered:
+            self._failures_in_a_row = 0
+            return None
+        self._failures_in_a_row += 1
+        if self._failures_in_a_row < self.options.breaker_failures:
+            return None
+        last = next(iter({**result.failed, **result.in_doubt}.values()), "no answer")
+        stop = SyncStopped(f"{self._failures_in_a_row} requests in a row got no answer, so the sync stopped "
+                           f"(delivery.breaker_failures); last: {last}")
+        self.request_stop(stop)
         return stop
 
     def _record(self, result: ChunkResult) -> None:
         run = self.run
         chunk = result.chunk
+        if chunk.resends and result.requests:
+            # Sent again after an earlier run's unknown outcome: the vendor may now hold two copies.
+            result.count_resends([k for k in chunk.resends if k not in result.failed])
+        run.resent_unknown += sum(result.resent_unknown.values())
         outcome = Outcome(run.destination, run.run_id, chunk.claim_id,
                           attempts=result.attempts, keep_delivered=self.options.mode == "append",
                           journaled=self._journaled, sync=run.sync, endpoint=run.endpoint)
@@ -368,7 +441,7 @@ class Delivery:
                 rows.append(
                     ItemRow(run.destination, ikey, run.sync, run.endpoint, item.source_key, item.payload_hash, state,
                             reason, vendor_id, run.run_id, result.chunk.claim_id,
-                            excerpt, item.cursor)
+                            excerpt, item.cursor, result.resent_unknown.get(ikey, 0))
                 )
         return rows
 
@@ -403,4 +476,8 @@ class Delivery:
             run.p95_latency_ms = self.latencies[0]
         if stop is None:
             run.status = "dry_run" if self.options.dry_run else ("partial" if run.failed or run.in_doubt else "success")
+        if run.resent_unknown:
+            note = (f"resent after an unknown outcome: {run.resent_unknown} — the vendor may hold up to "
+                    f"{run.resent_unknown} duplicates")
+            run.notes = f"{note}; {run.notes}" if run.notes else note
         return run

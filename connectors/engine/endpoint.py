@@ -25,6 +25,12 @@ FieldKind = Literal[
     "any",  # whatever DuckDB's to_json makes of it
 ]
 
+# What a vendor can do about a request whose outcome is unknown (timeout, dropped answer, 5xx after sending):
+# ``native``: it dedups on a key or tuple we send, so a resend is safe (exactly once);
+# ``read_back``: we can ask what it stored (``resolve_unknown`` / ``resolve_in_doubt``) and resend the rest;
+# ``none``: neither; the sync's ``delivery.in_doubt`` decides (resend and count, or hold for a person).
+Dedup = Literal["native", "read_back", "none"]
+
 
 @dataclass(frozen=True)
 class Field:
@@ -130,6 +136,7 @@ class Endpoint:
     steps: bool = False  # multi-step items: the engine calls deliver_item() for each item
     single: Endpoint | None = None  # a single-item sibling used for chunks smaller than single_below
     single_below: int = 0
+    dedup: Dedup = "none"
 
     # --- vendor-specific hooks -------------------------------------------------------------------------
     def headers(self, credentials: Mapping[str, str]) -> dict[str, str]:
@@ -180,6 +187,22 @@ class Endpoint:
         """Multi-step endpoints (``steps=True``): deliver ``ctx.payload`` through ``ctx.call``; return the
         vendor id. Raise ``ItemRejected`` for a refusal. ``ctx`` is an :class:`~connectors.engine.sender.ItemContext`."""
         raise NotImplementedError(f"{self.qualified_name} is not a multi-step endpoint")
+
+    def resolve_unknown(self, items: Sequence[bytes]) -> BatchOutcome | None:
+        """``dedup="read_back"``: what the vendor stored of one request whose answer was lost (read back
+        within the run). ``accepted`` holds the indexes stored; every other index is surely not stored and
+        is resent. ``None``: the read-back could not tell (the items stay ``in_doubt``)."""
+        return None
+
+    def resolve_in_doubt(
+        self, ctx: Any, items: Sequence[Mapping[str, Any]]
+    ) -> tuple[dict[str, str | None], set[str]] | None:
+        """``dedup="read_back"``: which ledger items left ``in_doubt`` by earlier runs the vendor holds.
+
+        ``items`` are ledger rows (``idem_key``, ``chunk_id``, ``run_id``, ``cursor`` ...); returns
+        ``({idem_key: vendor id or None} of those found, keys checked)``: a key checked and not found is
+        surely not stored; keys not checked stay in doubt. ``None``: cannot tell. ``ctx``: the run's Sender."""
+        return None
 
     def item_checker(self, ctx: Any) -> Callable[[dict[str, Any]], str | None] | None:
         """Optional per-run check of each item (parsed JSON) before sending; may read from the vendor

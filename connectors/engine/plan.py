@@ -31,6 +31,7 @@ class PlanCounts:
     rejected: int = 0
     held: int = 0
     to_send: int = 0
+    refused: int = 0  # the vendor refused the same payload before: not sent again
 
 
 class Column:
@@ -79,8 +80,10 @@ class Planner:
             SELECT p.*, CASE
                 WHEN l.state = 'delivered' AND ({skip_delivered}) THEN 'skip'
                 WHEN p.reject_reason IS NOT NULL THEN 'reject'
+                WHEN l.state = 'refused' AND l.payload_hash IS NOT DISTINCT FROM p.payload_hash THEN 'refused'
                 WHEN l.state = 'in_doubt' AND {hold} THEN 'hold'
-                ELSE 'send' END AS action
+                ELSE 'send' END AS action,
+                coalesce(l.state = 'in_doubt', FALSE) AS prior_in_doubt
             FROM read_parquet({quote_literal(str(payload_path))}) AS p
             LEFT JOIN ledger_state AS l USING (idem_key)
         """)
@@ -93,6 +96,7 @@ class Planner:
         return PlanCounts(
             source_rows=int(sum(found.values())), skipped=int(found.get("skip", 0)),
             rejected=int(found.get("reject", 0)), held=int(found.get("hold", 0)), to_send=int(found.get("send", 0)),
+            refused=int(found.get("refused", 0)),
         )
 
     def rejects(self) -> list[tuple[str, str | None, str | None, str, str, str | None]]:
@@ -110,7 +114,7 @@ class Planner:
         sort: DuckDB 2.0 ran out of memory sorting 1M wide rows at 128 and 256 MB, and requests stay
         unordered in every way a vendor could care about."""
         reader = self.con.sql(
-            "SELECT idem_key, _key AS source_key, payload_hash, cursor_text, _maybe_tie, "
+            "SELECT idem_key, _key AS source_key, payload_hash, cursor_text, _maybe_tie, prior_in_doubt, "
             "payload || ',' AS body_part, to_json(idem_key) || ',' AS key_part, "
             "to_json([idem_key, _key, payload_hash, cursor_text]) || ',' AS claim_part "
             "FROM classified WHERE action = 'send'"

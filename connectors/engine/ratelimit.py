@@ -38,6 +38,7 @@ class RateLimiter:
         self.path = state_dir / f"{scope}.gcra"
         self.interval = interval
         self._lock = threading.Lock()
+        self.on_wait: Callable[[float], None] | None = None  # told of waits of a second or more (progress)
 
     def _update(self, decide: Callable[[float], tuple[float, float]]) -> float:
         with self._lock:
@@ -53,8 +54,8 @@ class RateLimiter:
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 os.close(fd)
 
-    def acquire(self) -> float:
-        """Reserve the next slot and sleep until it; returns the seconds waited."""
+    def acquire(self, abort: threading.Event | None = None) -> float:
+        """Reserve the next slot and sleep until it; returns the seconds waited. ``abort`` wakes the wait."""
 
         def decide(tat: float) -> tuple[float, float]:
             now = time.time()
@@ -62,8 +63,13 @@ class RateLimiter:
             return slot + self.interval, slot - now
 
         wait = self._update(decide)
+        if wait >= 1.0 and self.on_wait is not None:
+            self.on_wait(wait)
         if wait > 0:
-            time.sleep(wait)
+            if abort is not None:
+                abort.wait(wait)
+            else:
+                time.sleep(wait)
         return wait
 
     def pause_until(self, when: float) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,15 @@ from connectors.errors import AuthError, SyncStopped
 from connectors.ledger.rows import AttemptRow, now_text
 
 CRASH_STEP_ENV = "SYNCLINE_CRASH_BEFORE_STEP"  # test-only fault hook: hard exit before a named step
+CLAIM_PREFIX = "r"  # claim group ids start so since ledger v3: vendors read back by them (earlier: untagged)
+READ_BACK_ROUNDS = 3  # read back and resend what is missing at most this often per request
+_current = threading.local()
+
+
+def current_claim() -> str | None:
+    """The claim group (the ledger's ``chunk_id``) of the request this thread is building: a vendor that
+    can be read back tags events with it, so a later run can find what an earlier one stored."""
+    return getattr(_current, "claim_id", None)
 
 
 @dataclass
@@ -69,6 +79,7 @@ class Chunk:
         self.count = len(items) if items is not None else int(count or 0)
         self.joined = joined
         self.keys_json = keys_json
+        self.resends: list[str] = []  # keys an earlier run left in doubt: counted when sent again
 
     @property
     def items(self) -> list[Item]:
@@ -95,10 +106,25 @@ class ChunkResult:
     warnings: list[str] = field(default_factory=list)
     stop: SyncStopped | None = None
     all_delivered: bool = False  # every item accepted with no vendor id: the per-item dicts stay empty
+    # Sends of an item after an earlier send's outcome was unknown, at an endpoint that cannot dedup or
+    # read back: the vendor may hold this many extra copies of it.
+    resent_unknown: dict[str, int] = field(default_factory=dict)
+    unknown_rounds: int = 0  # ``Sender.call`` counts its resends after an unknown outcome here
+    gave_up: bool = False  # some request ended without an answer (no HTTP status, or 5xx) after retries
 
     @property
     def requests(self) -> int:
         return len(self.attempts)
+
+    def count_resends(self, keys: Sequence[str], times: int = 1) -> None:
+        """Count ``times`` risky resends for ``keys``; the outcome is then recorded item by item."""
+        if not keys or times <= 0:
+            return
+        for key in keys:
+            self.resent_unknown[key] = self.resent_unknown.get(key, 0) + times
+        if self.all_delivered:
+            self.all_delivered = False
+            self.delivered.update(dict.fromkeys(i.idem_key for i in self.chunk.items))
 
 
 @dataclass(frozen=True)
@@ -160,8 +186,14 @@ class Sender:
         progress_store: ProgressStore | None = None,
         single: Sender | None = None,
         destination: str = "",
+        in_doubt: str = "resend",
     ) -> None:
         self.destination = destination
+        self.in_doubt = in_doubt  # resend | hold: what an unknown outcome means where the vendor cannot dedup
+        # Set to stop every retry loop at its next step (circuit open, deadline, SIGINT/SIGTERM); a request
+        # already on the wire finishes and its answer is recorded.
+        self.abort = threading.Event()
+        self.abort_reason = ""
         self.endpoint = endpoint.bind(RunContext(sync, run_id, self))
         self.credentials = dict(credentials)
         self.client = client
@@ -175,6 +207,36 @@ class Sender:
         self.headers = self.endpoint.headers(self.credentials)
         self.side_attempts: list[AttemptRow] = []
         self._rng = random.Random()
+
+    def stop_retrying(self, reason: str) -> None:
+        self.abort_reason = self.abort_reason or reason
+        self.abort.set()
+        if self.single is not None:
+            self.single.stop_retrying(reason)
+
+    def _pause(self, seconds: float) -> None:
+        """Back off; an abort wakes the wait at once."""
+        if self.sleep is time.sleep:
+            self.abort.wait(seconds)
+        else:
+            self.sleep(seconds)
+
+    def _unknown_policy(self, idempotent: bool | None) -> tuple[bool, bool, bool]:
+        """(resend after a 5xx or drop, resend after a timeout, count those resends) for one call.
+
+        ``native`` dedup: resend freely. ``read_back``: never resend blindly; the caller reads back first.
+        ``none``: under ``in_doubt: resend``, resend after a 5xx or a drop and count it (at-least-once, the
+        count is what the vendor may hold twice); never after a timeout, which says the vendor is slow, and
+        resending only adds load and copies (the item is ``in_doubt``, resent by the next run). Under
+        ``hold``, never. An explicit ``idempotent`` (multi-step items) decides for itself."""
+        if idempotent is not None:
+            return idempotent, idempotent, False
+        dedup = self.endpoint.dedup
+        if dedup == "native":
+            return True, True, False
+        if dedup == "read_back" or self.in_doubt == "hold":
+            return False, False, False
+        return True, False, True
 
     # -- the one retrying call everything goes through ---------------------------------------------------
     def call(
@@ -191,21 +253,29 @@ class Sender:
         passthrough_4xx: bool = False,
         limited: bool = True,
         label: str | None = None,
-        idempotent: bool = True,
+        idempotent: bool | None = None,
     ) -> HttpResponse:
         """Send with limiter and retries. Returns 2xx and refusals (400/413/422, or any 4xx if
         ``passthrough_4xx``); raises :class:`GiveUp` after retries and :class:`SyncStopped` to stop.
 
-        ``idempotent=False`` (a create with no dedup key): once an attempt may have reached the vendor
-        (timeout or drop after sending, 5xx), do not resend within the run: give up ``in_doubt`` so the
-        sync's ``in_doubt`` policy decides, instead of creating a duplicate silently. 429s and failures
-        to connect are still retried: the vendor surely did not act on those."""
+        Once an attempt may have reached the vendor (timeout or drop after sending, 5xx) its outcome is
+        unknown; whether to send it again is decided by :meth:`_unknown_policy` (``idempotent`` overrides:
+        ``False`` for a create with no dedup key, ``True`` for a safe step). When not resent, the call gives
+        up ``in_doubt``. 429s and failures to connect are always retried: the vendor surely did not act."""
         maybe_sent = False
         reason = "no attempt made"
         send_headers = dict(self.headers if headers is None else headers)
+        resend_unknown, resend_timeout, counting = self._unknown_policy(idempotent)
         for attempt in range(1, self.policy.max_attempts + 1):
+            if self.abort.is_set():
+                raise GiveUp(f"not sent: {self.abort_reason}" if not maybe_sent else
+                             f"{reason}; not resent: {self.abort_reason}", maybe_sent)
             if limited:
-                self.limiter.acquire()
+                self.limiter.acquire(self.abort)
+                if self.abort.is_set():
+                    continue
+            if maybe_sent and counting:
+                result.unknown_rounds += 1
             sent_at = now_text()
             try:
                 response = self.client.request(method, path, body, send_headers, absolute_url=absolute_url)
@@ -213,10 +283,12 @@ class Sender:
                 maybe_sent = maybe_sent or exc.maybe_sent
                 reason = str(exc)
                 self._log(result, chunk_id, attempt, items, len(body or b""), None, 0.0, reason, label, sent_at)
-                if exc.maybe_sent and not idempotent:
+                resend = resend_timeout if exc.kind == "timeout" else resend_unknown
+                if exc.maybe_sent and not resend:
+                    result.gave_up = True
                     raise GiveUp(f"{reason}; not resent (the vendor may have stored it)", True) from None
                 if attempt < self.policy.max_attempts:
-                    self.sleep(self.policy.backoff.delay(attempt, self._rng))
+                    self._pause(self.policy.backoff.delay(attempt, self._rng))
                 continue
             response = redact_response(response, self.credentials)
             status = response.status
@@ -237,7 +309,8 @@ class Sender:
                 if status >= 500:
                     maybe_sent = True
                 reason = f"HTTP {status} after {attempt} attempt(s): {error or ''}".strip()
-                if status >= 500 and not idempotent:
+                if status >= 500 and not resend_unknown:
+                    result.gave_up = True
                     raise GiveUp(f"{reason}; not resent (the vendor may have stored it)", True)
                 wait = parse_retry_after(response.headers.get("retry-after"))
                 if wait is not None and wait > self.policy.max_retry_after:
@@ -253,9 +326,9 @@ class Sender:
                     # A 429 pauses the whole credential (every thread and process), not just this request.
                     self.limiter.pause_until(time.time() + wait)
                     if not limited:
-                        self.sleep(wait)
+                        self._pause(wait)
                 else:
-                    self.sleep(wait)
+                    self._pause(wait)
                 continue
             if passthrough_4xx and status < 500:
                 return response
@@ -263,6 +336,7 @@ class Sender:
                 f"{self.endpoint.qualified_name} answered HTTP {status} on {method} {path}: "
                 f"check {self.endpoint.vendor.upper()}_BASE_URL ({error or ''})"
             )
+        result.gave_up = True
         raise GiveUp(reason, maybe_sent)
 
     def request_once(
@@ -294,6 +368,7 @@ class Sender:
         """Decide every item of ``chunk``. Never raises: an unexpected error (a vendor hook failing on an
         odd answer, a file that cannot be read) leaves the undecided items ``in_doubt`` with its name."""
         result = ChunkResult(chunk)
+        _current.claim_id = chunk.claim_id
         try:
             self._send_chunk(chunk, result)
         except Exception as exc:
@@ -337,10 +412,15 @@ class Sender:
         if body is None:
             self._send_parts([chunk.items], chunk.chunk_id, result)
             return
+        rounds = result.unknown_rounds
         try:
             response = self.call(endpoint.method, endpoint.path, body, result=result, chunk_id=chunk.chunk_id,
                                  items=chunk.count)
         except GiveUp as give_up:
+            self._count_rounds(result, rounds, chunk.items)
+            if give_up.maybe_sent and endpoint.dedup == "read_back":
+                self._send_parts([], chunk.chunk_id, result, unknown=[(chunk.items, give_up.reason)])
+                return
             target = result.in_doubt if give_up.maybe_sent else result.failed
             for item in chunk.items:
                 target[item.idem_key] = give_up.reason
@@ -350,6 +430,8 @@ class Sender:
             for item in chunk.items:
                 result.failed[item.idem_key] = f"not delivered: {stop}"
             return
+        if result.unknown_rounds > rounds:
+            result.count_resends([i.idem_key for i in chunk.items], result.unknown_rounds - rounds)
         if 200 <= response.status < 300:
             outcome = endpoint.parse(response, _LazyPayloads(chunk))
             if outcome.all_accepted:
@@ -378,14 +460,62 @@ class Sender:
         if result.stop is not None:
             self._undecided_to(result, result.failed, f"not delivered: {result.stop}")
 
-    def _send_parts(self, stack: list[list[Item]], chunk_id: str, result: ChunkResult) -> None:
+    @staticmethod
+    def _count_rounds(result: ChunkResult, before: int, part: Sequence[Item]) -> None:
+        if result.unknown_rounds > before:
+            result.count_resends([i.idem_key for i in part], result.unknown_rounds - before)
+
+    def _read_back(self, part: list[Item], reason: str, result: ChunkResult) -> list[Item] | None:
+        """After an unknown outcome at a ``read_back`` endpoint: record what the vendor stored as delivered
+        and return the items it surely does not hold (to resend); None when it cannot tell."""
+        try:
+            outcome = self.endpoint.resolve_unknown([i.payload for i in part])
+        except Exception as exc:  # a failing read-back leaves the items in doubt, never lost
+            outcome = None
+            result.warnings.append(redact(f"read-back failed: {exc.__class__.__name__}: {exc}", self.credentials)[:300])
+        if outcome is None:
+            for item in part:
+                result.in_doubt[item.idem_key] = f"{reason}; the read-back could not tell whether it was stored"
+            return None
+        result.warnings += outcome.warnings
+        missing: list[Item] = []
+        for index, item in enumerate(part):
+            if index in outcome.accepted:
+                result.delivered[item.idem_key] = outcome.accepted[index]
+            else:
+                missing.append(item)
+        return missing
+
+    def _send_parts(self, stack: list[list[Item]], chunk_id: str, result: ChunkResult,
+                    unknown: list[tuple[list[Item], str]] | None = None) -> None:
+        """Send parts (halving refused ones). ``unknown``: parts whose answer was lost, read back first."""
         endpoint = self.endpoint
-        while stack:
+        read_backs = 0
+        pending_unknown = list(unknown or [])
+        while stack or pending_unknown:
+            if pending_unknown:
+                lost, why = pending_unknown.pop()
+                read_backs += 1
+                missing = self._read_back(lost, why, result)
+                if not missing:
+                    continue
+                if read_backs > READ_BACK_ROUNDS or self.abort.is_set():
+                    note = self.abort_reason if self.abort.is_set() else f"{READ_BACK_ROUNDS} read-backs"
+                    for item in missing:  # read back: surely not stored, so safe to send next run
+                        result.failed[item.idem_key] = f"{why}; not stored (read back), not resent: {note}"
+                    continue
+                stack.append(missing)
+                continue
             part = stack.pop()
             body = endpoint.encode([i.payload for i in part], self.credentials)
+            rounds = result.unknown_rounds
             try:
                 response = self.call(endpoint.method, endpoint.path, body, result=result, chunk_id=chunk_id, items=len(part))
             except GiveUp as give_up:
+                self._count_rounds(result, rounds, part)
+                if give_up.maybe_sent and endpoint.dedup == "read_back":
+                    pending_unknown.append((part, give_up.reason))
+                    continue
                 target = result.in_doubt if give_up.maybe_sent else result.failed
                 for item in part:
                     target[item.idem_key] = give_up.reason
@@ -395,6 +525,7 @@ class Sender:
                 for item in [i for p in [part, *stack] for i in p]:
                     result.failed[item.idem_key] = f"not delivered: {stop}"
                 return
+            self._count_rounds(result, rounds, part)
             if 200 <= response.status < 300:
                 self._apply_outcome(endpoint.parse(response, [i.payload for i in part]), part, result)
             elif len(part) == 1:
@@ -500,3 +631,7 @@ class ItemContext:
 
     def done(self, step: str) -> bool:
         return bool(self.progress.get(step))
+
+    def count_resend(self) -> None:
+        """The step about to run sends again what an unknown outcome may have stored: count it."""
+        self.result.count_resends([self.item.idem_key])

@@ -18,6 +18,7 @@ import datetime as dt
 import fcntl
 import hashlib
 import os
+import socket
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -196,14 +197,17 @@ class Ledger:
 
     # -- items: the set-based hot path -------------------------------------------------------------------
     def snapshot(self, destination: str, sync: str, out: Path) -> Path | None:
-        """Write ``(idem_key, state, payload_hash)`` of every item of ``sync`` at ``destination`` to a
+        """Write ``(idem_key, state, payload_hash)`` (state ``refused`` for a vendor's refusal) of every item of ``sync`` at ``destination`` to a
         Parquet file (None when there are none): DuckDB anti-joins it from disk, no Python per row."""
         where = "destination = ? AND sync = ?"
         params = (destination, sync)
         (row,) = self._query(f"SELECT count(*) FROM (SELECT 1 FROM syncline_items WHERE {where} LIMIT {SMALL_SNAPSHOT}) AS s", params)
         if not row[0]:
             return None
-        statement = f"SELECT idem_key, state, payload_hash FROM syncline_items WHERE {where}"
+        # A vendor's refusal (recorded from an answer, so with its request's chunk) reads as ``refused``: the
+        # planner does not send that payload again. A local reject (no chunk) is checked again every run.
+        statement = ("SELECT idem_key, CASE WHEN state = 'rejected' AND chunk_id IS NOT NULL THEN 'refused' "
+                     f"ELSE state END AS state, payload_hash FROM syncline_items WHERE {where}")
         if row[0] < SMALL_SNAPSHOT:
             # Small: cheaper through this connection than through a bulk reader's start-up.
             rows = self._query(statement, params)
@@ -343,14 +347,15 @@ class Ledger:
             rows = self._latest(
                 f"SELECT j.destination, {at('e', 0)} AS k, j.sync, j.endpoint, {at('e', 1)} AS s, {at('e', 2)} AS h, "
                 f"{at('e', 3)} AS st, {at('e', 4)} AS r, {at('e', 5)} AS v, j.run_id, j.claim_id, {at('e', 6)} AS x, "
-                f"{at('e', 7)} AS c, j.at, j.seq, j.over_delivered "
+                f"{at('e', 7)} AS c, coalesce(CAST({at('e', 8)} AS INTEGER), 0) AS n, j.at, j.seq, j.over_delivered "
                 f"FROM syncline_journal AS j, {self._elements()} WHERE j.kind = 'rows' AND j.seq <= ?"
             )
             cur.execute(self._sql(
                 "INSERT INTO syncline_items (destination, idem_key, sync, endpoint, source_key, payload_hash, state, "
-                "reason, vendor_id, run_id, chunk_id, excerpt, cursor, updated_at) "
-                f"SELECT destination, k, sync, endpoint, s, h, st, r, v, run_id, claim_id, x, c, at FROM ({rows}) AS y "
+                "reason, vendor_id, run_id, chunk_id, excerpt, cursor, resent_unknown, updated_at) "
+                f"SELECT destination, k, sync, endpoint, s, h, st, r, v, run_id, claim_id, x, c, n, at FROM ({rows}) AS y "
                 "WHERE true ON CONFLICT (destination, idem_key) DO UPDATE SET state = excluded.state, "
+                "resent_unknown = syncline_items.resent_unknown + excluded.resent_unknown, "
                 "reason = excluded.reason, vendor_id = coalesce(excluded.vendor_id, syncline_items.vendor_id), "
                 "run_id = excluded.run_id, chunk_id = excluded.chunk_id, excerpt = excluded.excerpt, "
                 "updated_at = excluded.updated_at "
@@ -496,7 +501,26 @@ class Ledger:
                 (*run_values(run)[2:], now_text(), run.run_id, run.sync),
             )
 
+    def reap_dead_runs(self) -> list[str]:
+        """Runs of this host still ``running`` whose process is gone (SIGKILL, a crash, a power cut) become
+        ``crashed``; returns their staging folders for the caller to remove (they hold raw source rows).
+        Runs of other hosts (a shared Postgres ledger) are left alone: their liveness is not knowable here."""
+        rows = self._query("SELECT run_id, sync, pid, staging FROM syncline_runs WHERE status = 'running' AND host = ?",
+                           [socket.gethostname()])
+        dead = [(run_id, sync, staging) for run_id, sync, pid, staging in rows if pid and not process_alive(int(pid))]
+        if not dead:
+            return []
+        with self._write() as cur:
+            for run_id, sync, _ in dead:
+                cur.execute(self._sql(
+                    "UPDATE syncline_runs SET status = 'crashed', finished_at = ?, error = coalesce(error, "
+                    "'the process died before the run finished (killed or crashed); items it had claimed are "
+                    "in_doubt and the next run settles them') WHERE run_id = ? AND sync = ? AND status = 'running'"),
+                    (now_text(), run_id, sync))
+        return [staging for *_, staging in dead if staging]
+
     def runs(self, sync: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        self.reap_dead_runs()
         cols = RUN_COLUMNS + ["started_at", "finished_at"]
         where, params = ("WHERE sync = ?", [sync]) if sync else ("", [])
         rows = self._query(
@@ -722,6 +746,21 @@ class PostgresLedger(Ledger):
 
     def _sql(self, statement: str) -> str:
         return statement.replace("?", "%s")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def _item_update(column: str) -> str:

@@ -177,7 +177,7 @@ class OutcomeWriter:
                 ledger.mark_delivered(outcome.destination, outcome.run_id, outcome.chunk_id, outcome.delivered_keys_json)
         if outcome.rows and outcome.journaled:
             doc = json.dumps([[r.idem_key, r.source_key, r.payload_hash, r.state, r.reason, r.vendor_id, r.excerpt,
-                               r.cursor] for r in outcome.rows])
+                               r.cursor, r.resent_unknown] for r in outcome.rows])
             ledger.journal("rows", outcome.destination, outcome.sync, outcome.endpoint, outcome.run_id,
                            outcome.chunk_id, doc, len(outcome.rows))
         elif outcome.rows:

@@ -51,11 +51,16 @@ Choices where the document is silent (``destination.options`` in brackets):
   and the run's notes name the batch tag. No bisection: events of a partial answer may be stored, and
   resending stored events duplicates them.
 - **Refusals**: a 4xx refuses the whole batch; the engine bisects to isolate the bad event and the error
-  code becomes a readable reason (``missing_name`` -> "name is required", ...). A 5xx is retried and ends
-  ``in_doubt`` (the bulk insert is atomic, but the server does more work after it, so a 500 may follow a
-  stored batch).
-- **No dedup**: an ``in_doubt`` batch resent under the default at-least-once policy may land twice;
-  ``reconcile`` reports such extra copies. Use ``delivery.in_doubt: hold`` to keep them for a person.
+  code becomes a readable reason (``missing_name`` -> "name is required", ...).
+- **Unknown outcomes are read back, never resent blindly** (``dedup="read_back"``; Flux has no dedup): after
+  a 5xx, a dropped answer or a timeout (the bulk insert is atomic, but the server does more work after it,
+  so a 500 may follow a stored batch) the request's events are read back by their ``syncline_batch`` tag;
+  those found are delivered and only the missing ones are sent again (at most three rounds). A run that
+  died mid-request leaves its items ``in_doubt``; the next run reads them back by
+  ``tags.syncline_claim = <claim group>`` (the ledger's ``chunk_id``, a tag on every event) before planning.
+  If a read-back fails the items stay ``in_doubt``. Assumption (the document is silent): an event is
+  listed by ``GET /events`` as soon as its POST is answered (or lost); a Flux that indexes later could
+  make a read-back miss an event that landed, so a resend could duplicate it.
 - **Reconcile** counts ``tags.syncline_sync`` per window: ``from`` = window start, ``to`` = window end
   minus 1 microsecond (the document's example treats ``to`` as inclusive; the ledger's windows are
   half-open). It assumes the model sends the source cursor as ``timestamp`` (as the sample sync does);
@@ -90,6 +95,7 @@ from connectors.engine.endpoint import (
     Vendor,
 )
 from connectors.engine.ratelimit import RateLimiter, credential_scope
+from connectors.engine.sender import CLAIM_PREFIX, current_claim
 from connectors.errors import SynclineError
 
 EVENTS_PATH = "/api/v1/events"
@@ -105,8 +111,9 @@ QUERY_RATE = Rate(60, 60.0)
 
 SYNC_TAG = "syncline_sync"
 BATCH_TAG = "syncline_batch"
+CLAIM_TAG = "syncline_claim"
 KEY_FIELD = "syncline_key"  # engine-filled (idempotency_field), moved into properties by encode
-MARKER_BYTES_PER_EVENT = 200  # upper bound of what encode adds to one event (see _mark)
+MARKER_BYTES_PER_EVENT = 260  # upper bound of what encode adds to one event (see _mark)
 BATCH_ENVELOPE = b'{"events":[]}'
 
 ERROR_CODES = {
@@ -154,8 +161,61 @@ class FluxEventEndpoint(Endpoint):
 
     def encode(self, items: Sequence[bytes], credentials: Mapping[str, str]) -> bytes:
         (item,) = items
-        event = _mark(json.loads(item), self.run.sync if self.run else None, None)
+        event = _mark(json.loads(item), self.run.sync if self.run else None, self.batch_id(items), current_claim())
         return _dumps(event)
+
+    def batch_id(self, items: Sequence[bytes]) -> str:
+        """Deterministic per request and run: ``parse`` recomputes it from the same items; another run
+        sending the same events gets another id, so a read-back never mixes up two sends."""
+        digest = hashlib.sha256((self.run.run_id if self.run else "").encode() + b"\x1f")
+        for item in items:
+            digest.update(item)
+            digest.update(b"\n")
+        return digest.hexdigest()[:16]
+
+    def resolve_unknown(self, items: Sequence[bytes]) -> BatchOutcome | None:
+        """The events of one request whose answer was lost, read back by its batch tag: found ones are
+        accepted (with Flux's ids), the rest surely not stored. None when no run is bound to read with."""
+        if self.run is None:
+            return None
+        found = read_back_batch(self.run.sender, self.batch_id(items), sync=self.run.sync,
+                                limit=max(2 * len(items), 1))
+        index_of = {key: i for i, item in enumerate(items) if (key := _item_key(item)) is not None}
+        if len(index_of) != len(items):
+            return None  # an event without its key cannot be told apart
+        accepted: dict[int, str | None] = {}
+        for event in found:
+            props = event.get("properties")
+            index = index_of.get(str(props.get(KEY_FIELD))) if isinstance(props, dict) else None
+            if index is not None and index not in accepted:
+                accepted[index] = str(event["id"]) if event.get("id") is not None else None
+        return BatchOutcome(accepted=accepted)
+
+    def resolve_in_doubt(
+        self, ctx: Any, items: Sequence[Mapping[str, Any]]
+    ) -> tuple[dict[str, str | None], set[str]] | None:
+        """Items earlier runs left in doubt, read back claim group by claim group (``tags.syncline_claim``).
+        Only claim groups tagged so are settled (the engine names them ``r...``); others stay in doubt."""
+        sync = self.run.sync if self.run else None
+        groups: dict[str, list[str]] = {}
+        for item in items:
+            claim = item.get("chunk_id")
+            if isinstance(claim, str) and claim.startswith(CLAIM_PREFIX):
+                groups.setdefault(claim, []).append(str(item["idem_key"]))
+        if not groups:
+            return None
+        stored: dict[str, str | None] = {}
+        checked: set[str] = set()
+        for claim, keys in groups.items():
+            tags = {CLAIM_TAG: claim, **({SYNC_TAG: sync} if sync else {})}
+            found = {
+                str(e["properties"][KEY_FIELD]): (str(e["id"]) if e.get("id") is not None else None)
+                for e in iter_events(ctx, tags=tags)
+                if isinstance(e.get("properties"), dict) and e["properties"].get(KEY_FIELD) is not None
+            }
+            checked.update(keys)
+            stored.update({key: found[key] for key in keys if key in found})
+        return stored, checked
 
     def envelope_bytes(self) -> int:
         return MARKER_BYTES_PER_EVENT
@@ -241,19 +301,11 @@ class FluxBatchEndpoint(FluxEventEndpoint):
     def encode(self, items: Sequence[bytes], credentials: Mapping[str, str]) -> bytes:
         sync = self.run.sync if self.run else None
         batch = self.batch_id(items)
-        return _dumps({"events": [_mark(json.loads(item), sync, batch) for item in items]})
+        claim = current_claim()
+        return _dumps({"events": [_mark(json.loads(item), sync, batch, claim) for item in items]})
 
     def envelope_bytes(self) -> int:
         return len(BATCH_ENVELOPE) + MARKER_BYTES_PER_EVENT * self.max_items
-
-    def batch_id(self, items: Sequence[bytes]) -> str:
-        """Deterministic per request and run: ``parse`` recomputes it from the same items; another run
-        sending the same events gets another id, so a read-back never mixes up two sends."""
-        digest = hashlib.sha256((self.run.run_id if self.run else "").encode() + b"\x1f")
-        for item in items:
-            digest.update(item)
-            digest.update(b"\n")
-        return digest.hexdigest()[:16]
 
     def parse(self, response: HttpResponse, items: Sequence[bytes]) -> BatchOutcome:
         n = len(items)
@@ -342,7 +394,7 @@ def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _mark(event: dict[str, Any], sync: str | None, batch: str | None) -> dict[str, Any]:
+def _mark(event: dict[str, Any], sync: str | None, batch: str | None, claim: str | None = None) -> dict[str, Any]:
     """Add syncline's markers to one event (see the module docstring); at most MARKER_BYTES_PER_EVENT more."""
     key = event.pop(KEY_FIELD, None)
     if key is not None:
@@ -350,13 +402,15 @@ def _mark(event: dict[str, Any], sync: str | None, batch: str | None) -> dict[st
         properties = dict(properties) if isinstance(properties, dict) else {}
         properties[KEY_FIELD] = key
         event["properties"] = properties
-    if sync or batch:
+    if sync or batch or claim:
         tags = event.get("tags")
         tags = dict(tags) if isinstance(tags, dict) else {}
         if sync:
             tags[SYNC_TAG] = sync
         if batch:
             tags[BATCH_TAG] = batch
+        if claim:
+            tags[CLAIM_TAG] = claim
         event["tags"] = tags
     return event
 
@@ -602,6 +656,7 @@ EVENTS = FluxEventEndpoint(
     max_items=1,
     rate=Rate(int(DEFAULT_SINGLE_PER_MINUTE), 60.0),
     idempotency_field=KEY_FIELD,
+    dedup="read_back",
 )
 
 EVENTS_BATCH = FluxBatchEndpoint(
@@ -614,6 +669,7 @@ EVENTS_BATCH = FluxBatchEndpoint(
     max_items=MAX_BATCH,
     rate=BATCH_RATE,
     idempotency_field=KEY_FIELD,
+    dedup="read_back",
     single=EVENTS,
     single_below=tail_threshold(BATCH_RATE, Rate(int(DEFAULT_SINGLE_PER_MINUTE), 60.0)),
 )

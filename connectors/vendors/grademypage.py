@@ -190,6 +190,7 @@ TRACK = TrackEndpoint(
     max_items=TRACK_MAX_ITEMS,
     max_body_bytes=MAX_BODY_BYTES,
     credential="public_key",
+    dedup="native",  # deduped server-side on (visitorId, timestamp, eventType, pathname), documented
 )
 
 
@@ -333,6 +334,7 @@ SERVER_EVENTS = ServerEventsEndpoint(
     max_body_bytes=MAX_BODY_BYTES,
     credential="secret_key",
     idempotency_field="idempotencyKey",
+    dedup="native",  # resent under the same idempotencyKey: GradeMyPage keeps one
 )
 
 VENDOR = Vendor(

@@ -41,9 +41,15 @@ Choices where the document is silent (options under ``destination.options`` are 
 - A 400 on any step is a permanent refusal (the item is rejected with the vendor's message); when the
   feedback already exists the reason says so and names its id. A 404/405 on the feedback POST means a wrong
   base URL and stops the sync. A 2xx without an ``id`` leaves the item ``in_doubt``.
-- A feedback POST whose outcome is unknown (a timeout or dropped connection after sending, or a 5xx) is
-  not resent within the run (``idempotent=False``): the item is ``in_doubt`` at once, and the next run submits it again under the default ``delivery.in_doubt: resend`` (at-least-once; there is no
-  idempotency key to dedup with); ``hold`` keeps it for a person to check with the status/history API.
+- A feedback POST whose outcome is unknown (a timeout or dropped connection after sending, or a 5xx, or a
+  crash between the POST and saving its id) is never resent blindly. The time of every POST is saved to
+  the item's progress before it leaves; before POSTing again, the end user's history
+  (``GET /v1/sdk/user/history`` by ``user.id``/``user.email``) is read: one feedback of the same ``type``
+  created since that time (less ``lookup_skew`` seconds, default 300, for clock differences) is taken as
+  ours and its id saved; none means it was not stored, and it is sent again; several leave the item
+  ``in_doubt`` for a person (``syncline resolve``). A row without a user cannot be looked up: the sync's
+  ``delivery.in_doubt`` decides (``resend`` counts the resend as a possible duplicate; ``hold`` keeps it).
+  Assumption (the document is silent): ``recentFeedback`` lists the user's latest feedback, ours included.
 - No rate limit is documented: none is applied; 429 and ``Retry-After`` are honoured on every step.
 - ``mirror`` mode cannot update a feedback (there is no update API): an item whose progress holds a
   feedback id is never sent again.
@@ -106,6 +112,7 @@ class FeedbackEndpoint(Endpoint):
     files_root: str | None = None  # None: $SYNCLINE_HOME, read at send time
     finalize: Literal["screenshot", "always"] = "screenshot"
     verify: bool = True
+    lookup_skew: float = 300.0  # seconds: how much earlier than our POST a matching feedback may be dated
 
     # --- engine hooks ---------------------------------------------------------------------------------
     def headers(self, credentials: Mapping[str, str]) -> dict[str, str]:
@@ -126,8 +133,12 @@ class FeedbackEndpoint(Endpoint):
                 if not isinstance(value, bool):
                     raise ValueError("verify: must be true or false")
                 changes[name] = value
+            elif name == "lookup_skew":
+                if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                    raise ValueError("lookup_skew: a number of seconds (0 or more)")
+                changes[name] = float(value)
             else:
-                raise ValueError(f"{name}: unknown option (known: files_root, finalize, verify)")
+                raise ValueError(f"{name}: unknown option (known: files_root, finalize, verify, lookup_skew)")
         return dataclasses.replace(self, **changes) if changes else self
 
     def error_reason(self, response: HttpResponse) -> str:
@@ -153,8 +164,57 @@ class FeedbackEndpoint(Endpoint):
 
     # --- steps -----------------------------------------------------------------------------------------
     def _submit(self, ctx: ItemContext, body: dict[str, Any]) -> str:
-        # No idempotency key: never resend a feedback POST that may have landed (in_doubt instead).
-        response = ctx.call("POST", FEEDBACK_PATH, step="feedback", json_body=body, idempotent=False)
+        # No idempotency key: a POST that may have landed is never resent before the user's history says
+        # it did not (see the module docstring).
+        for _round in range(2):
+            if ctx.progress.get("submitted_at"):
+                found = self._look_up(ctx, body)
+                if found is not None:
+                    return found
+            ctx.progress["submitted_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+            ctx.save()
+            try:
+                response = ctx.call("POST", FEEDBACK_PATH, step="feedback", json_body=body, idempotent=False)
+            except GiveUp as give_up:
+                if not give_up.maybe_sent or not _user_of(body):
+                    raise
+                continue  # look the user's history up, then send again only if it is not there
+            return self._accepted(ctx, response)
+        raise GiveUp("StreamBack's answer to the feedback POST was lost twice, and the user's history does not "
+                     "show it", maybe_sent=True)
+
+    def _look_up(self, ctx: ItemContext, body: Mapping[str, Any]) -> str | None:
+        """The id of our earlier POST of this item in the user's history, or None when it is not there
+        (then the caller POSTs). Raises GiveUp (in doubt) when it cannot tell."""
+        user = _user_of(body)
+        if not user:
+            if ctx.sender.in_doubt == "hold":
+                raise GiveUp("an earlier POST of this feedback may have landed; the row has no user to look up, "
+                             "and delivery.in_doubt is hold", maybe_sent=True)
+            ctx.count_resend()
+            return None
+        history = get_user_history(ctx.sender, end_user_id=user.get("id"), end_user_email=user.get("email"))
+        since = _parse_time(ctx.progress["submitted_at"])
+        assert since is not None
+        earliest = since - dt.timedelta(seconds=self.lookup_skew)
+        candidates = [
+            f for f in (history or {}).get("recentFeedback") or []
+            if isinstance(f, dict) and f.get("type") == body.get("type") and isinstance(f.get("id"), str)
+            and (created := _safe_time(f.get("createdAt"))) is not None and created >= earliest
+        ]
+        if len(candidates) > 1:
+            raise GiveUp(f"an earlier POST of this feedback may have landed and the user's history holds "
+                         f"{len(candidates)} candidates ({', '.join(c['id'] for c in candidates[:5])}): resolve by hand",
+                         maybe_sent=True)
+        if not candidates:
+            return None
+        feedback_id = str(candidates[0]["id"])
+        ctx.progress["feedback_id"] = feedback_id
+        ctx.progress["found_by_lookup"] = True
+        ctx.save(vendor_id=feedback_id)
+        return feedback_id
+
+    def _accepted(self, ctx: ItemContext, response: HttpResponse) -> str:
         if response.status in (404, 405):
             raise SyncStopped(
                 f"{self.qualified_name} answered HTTP {response.status} on POST {FEEDBACK_PATH}: "
@@ -374,6 +434,14 @@ def verify_feedback(sender: Sender, ids: Iterable[str]) -> dict[str, dict[str, A
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
+def _user_of(body: Mapping[str, Any]) -> dict[str, str]:
+    """The end user's id and email (what the history lookup takes), when the row has them."""
+    user = body.get("user")
+    if not isinstance(user, dict):
+        return {}
+    return {k: str(user[k]) for k in ("id", "email") if isinstance(user.get(k), str | int) and str(user[k])}
+
+
 def _checked_file(field: str, given: str, root: Path) -> _File:
     raw = Path(os.path.expanduser(given))
     path = (raw if raw.is_absolute() else root / raw).resolve()
@@ -446,6 +514,14 @@ def _parse_time(value: str | None) -> dt.datetime | None:
     return at if at.tzinfo else at.replace(tzinfo=dt.UTC)
 
 
+def _safe_time(value: Any) -> dt.datetime | None:
+    """A vendor's timestamp, or None when it is missing or not ISO 8601 (never an exception)."""
+    try:
+        return _parse_time(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
 def _cursor_in(cursor: str | None, start: dt.datetime | None, end: dt.datetime | None) -> bool:
     if start is None and end is None:
         return True
@@ -480,6 +556,7 @@ FEEDBACK = FeedbackEndpoint(
     ),
     max_items=1,
     steps=True,
+    dedup="read_back",
 )
 
 VENDOR = Vendor(
