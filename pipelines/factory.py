@@ -53,6 +53,8 @@ def run_metadata(run: RunRow) -> dict[str, Any]:
         "items_skipped": dg.MetadataValue.int(run.skipped),
         "items_in_doubt": dg.MetadataValue.int(run.in_doubt),
         "items_failed": dg.MetadataValue.int(run.failed),
+        # Sent again after an unknown outcome where the vendor can neither dedup nor be read back.
+        "resent_after_unknown_outcome": dg.MetadataValue.int(run.resent_unknown),
         "source_rows": dg.MetadataValue.int(run.source_rows),
         "requests": dg.MetadataValue.int(run.requests),
         "retries": dg.MetadataValue.int(run.retries),
@@ -154,7 +156,7 @@ def build_sync(spec: SyncSpec) -> SyncDefinitions:
                 ledger.close()
         if run.notes:
             context.log.warning(f"{name}: {run.notes}")
-        if run.status == "stopped":
+        if run.status in ("stopped", "interrupted"):
             raise dg.Failure(description=run.error or "sync stopped", metadata=metadata)
         yield dg.MaterializeResult(asset_key=delivered_key, metadata=metadata)
 
@@ -219,7 +221,24 @@ def _checks(spec: SyncSpec, delivered_key: dg.AssetKey) -> list[dg.AssetChecksDe
             "rejection_reasons": reasons,
         })
 
-    checks = [settled, rejected_share]
+    @dg.asset_check(asset=delivered_key, name="no_possible_duplicates", required_resource_keys={"syncline"},
+                    description="No item was sent again after an unknown outcome (timeout, lost answer, 5xx) to an "
+                    "endpoint that can neither dedup nor be read back; each such resend may be a duplicate.")
+    def possible_duplicates(context: AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        ledger = context.resources.syncline.open_ledger()
+        try:
+            items, resends = ledger.resent_unknown(name)
+        finally:
+            ledger.close()
+        return dg.AssetCheckResult(
+            passed=resends == 0, severity=dg.AssetCheckSeverity.WARN,
+            description=None if not resends else
+            f"resent after an unknown outcome: {resends} — the vendor may hold up to {resends} duplicates",
+            metadata={"items_resent_after_unknown_outcome": dg.MetadataValue.int(items),
+                      "possible_duplicates": dg.MetadataValue.int(resends)},
+        )
+
+    checks = [settled, rejected_share, possible_duplicates]
     if type(spec.endpoint).reconcile is not Endpoint.reconcile:
         checks.append(_reconcile_check(spec, delivered_key))
     return checks

@@ -438,6 +438,15 @@ class Ledger:
             counts[state] = int(n)
         return counts
 
+    def resent_unknown(self, sync: str, destination: str | None = None) -> tuple[int, int]:
+        """(items sent again after an unknown outcome, total such resends) of ``sync``: the most extra copies
+        the vendor may hold."""
+        where, params = self._scope(sync, destination)
+        (row,) = self._query(
+            f"SELECT count(*), coalesce(sum(resent_unknown), 0) FROM syncline_items WHERE {where} AND resent_unknown > 0",
+            params)
+        return int(row[0]), int(row[1])
+
     def delivered_in_window(
         self, sync: str, start: dt.datetime | None, end: dt.datetime | None, destination: str | None = None
     ) -> int:
