@@ -34,6 +34,7 @@ from connectors.engine.retry import Backoff
 from connectors.engine.sender import Sender, SendPolicy, redact
 from connectors.errors import Interrupted, SynclineError
 from connectors.ledger import ItemRow, Ledger, RunRow, open_ledger
+from connectors.progress import NoProgress, Progress
 from connectors.spec import SyncSpec
 from connectors.stage import Window, extract, staging_path, transform, transform_pending
 
@@ -188,7 +189,7 @@ class StopSignals:
 def _remove_dead_staging(ledger: Ledger, say: Callable[[str], None]) -> None:
     """Staging of runs whose process died holds raw source rows: remove it (only under SYNCLINE_HOME)."""
     root = settings.home().resolve()
-    for folder in ledger.reap_dead_runs():
+    for folder in ledger.take_dead_staging():
         path = Path(folder).resolve()
         if path.is_relative_to(root) and path.exists():
             shutil.rmtree(path, ignore_errors=True)
@@ -244,6 +245,7 @@ def deliver_file(
     render: Render | None = None,
     work_dir: Path | None = None,
     signals: StopSignals | None = None,
+    progress: Progress | None = None,
 ) -> RunRow:
     """Deliver a rendered payload file (or what ``render`` makes, given the ledger's snapshot of this
     destination) and record the run in the ledger.
@@ -278,6 +280,9 @@ def deliver_file(
         path, state = plan()
         return Delivery(None, ledger, run, options, on_progress).run_file(path, folder, state=state, state_taken=True)
     sender = make_sender(spec, creds, base, run_id, destination=dest.id)
+    shown = progress or NoProgress()
+    for limiter in {id(s.limiter): s.limiter for s in (sender, sender.single) if s is not None}.values():
+        limiter.on_wait = lambda seconds: shown.waiting(seconds, spec.vendor.name)
     days = (window or Window()).day_labels() if spec.partitioned else None
     with ledger.window_lock(spec.name, days, on_wait):
         ledger.register_destination(dest)
@@ -287,7 +292,7 @@ def deliver_file(
         if moved:
             say(f"{spec.name}: {moved} items recorded before this destination had its identity now belong to it")
         ledger.start_run(run)
-        delivery = Delivery(sender, ledger, run, options, on_progress)
+        delivery = Delivery(sender, ledger, run, options, on_progress, progress)
         if signals is not None:
             signals.delivery = delivery
         try:
@@ -381,6 +386,7 @@ class SyncPipeline:
         on_wait: Callable[[], None] | None = None,
         announce: Callable[[str], None] | None = None,
         signals: StopSignals | None = None,
+        progress: Progress | None = None,
     ) -> RunRow:
         # Rendered already (Dagster shows the payloads asset first): deliver that file. Otherwise render
         # inside the delivery, after the ledger snapshot, leaving out what the destination has.
@@ -389,7 +395,7 @@ class SyncPipeline:
             credentials=credentials, base_url=base_url, dry_run=dry_run, on_progress=on_progress,
             window=self.window, on_wait=on_wait, announce=announce,
             render=None if self.payload_path is not None else self._render_pending, work_dir=self.out_dir,
-            signals=signals,
+            signals=signals, progress=progress,
         )
 
 
@@ -410,6 +416,7 @@ def run_sync(
     on_progress: Callable[[RunRow], None] | None = None,
     announce: Callable[[str], None] | None = None,
     handle_signals: bool = False,
+    progress: Progress | None = None,
 ) -> RunRow:
     """Extract, transform and deliver one window of one sync. ``handle_signals`` (the CLI): SIGINT and
     SIGTERM stop the run cleanly (see :class:`StopSignals`); the run ends ``interrupted``."""
@@ -425,7 +432,7 @@ def run_sync(
                 ledger=ledger, credentials=credentials, base_url=base_url, dry_run=dry_run,
                 on_progress=on_progress, announce=announce,
                 on_wait=lambda: _stderr(f"{spec.name}: waiting for another run delivering an overlapping window"),
-                signals=signals if handle_signals else None,
+                signals=signals if handle_signals else None, progress=progress,
             )
     except Interrupted as stop:  # while extracting or rendering: nothing was claimed or sent
         return RunRow(pipeline_run_id(run_id), spec.name, spec.endpoint.name, (window or Window()).label,

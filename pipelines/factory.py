@@ -18,6 +18,7 @@ from dagster import AssetCheckExecutionContext, AssetExecutionContext, ScheduleE
 from connectors import runner, stage
 from connectors.engine.endpoint import Endpoint
 from connectors.ledger import Ledger, RunRow
+from connectors.progress import PlainProgress
 from connectors.spec import SyncSpec
 from pipelines.resources import SynclineResource, resource_key
 from pipelines.sensors import FILES_TAG, build_parquet_sensor
@@ -146,7 +147,7 @@ def build_sync(spec: SyncSpec) -> SyncDefinitions:
             try:
                 run = pipeline.deliver(
                     ledger=ledger, credentials=vendor_res.credentials(), base_url=vendor_res.base_url,
-                    on_progress=_progress_logger(context),
+                    progress=PlainProgress(context.log.info, every=30),
                     on_wait=lambda: context.log.info(f"{name}: waiting for a run delivering an overlapping window"),
                     announce=context.log.info,
                 )
@@ -172,18 +173,6 @@ def build_sync(spec: SyncSpec) -> SyncDefinitions:
 
 def _preview(pipeline: runner.SyncPipeline) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if v is not None} for r in pipeline.preview(PREVIEW_ROWS)]
-
-
-def _progress_logger(context: dg.AssetExecutionContext) -> Any:
-    last = {"logged": 0}
-
-    def log(run: RunRow) -> None:
-        done = run.delivered + run.rejected + run.in_doubt + run.failed
-        if done - last["logged"] >= 10_000:
-            last["logged"] = done
-            context.log.info(f"{run.sync}: {run.delivered} delivered, {run.rejected} rejected so far")
-
-    return log
 
 
 def _checks(spec: SyncSpec, delivered_key: dg.AssetKey) -> list[dg.AssetChecksDefinition]:

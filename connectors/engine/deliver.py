@@ -34,6 +34,7 @@ from connectors.engine.sender import CLAIM_PREFIX, Chunk, ChunkResult, Item, Sen
 from connectors.errors import Interrupted, SyncStopped
 from connectors.ledger import ItemRow, Ledger, OutcomeWriter, RunRow
 from connectors.ledger.writer import Outcome
+from connectors.progress import NoProgress, Progress
 
 LATENCY_SAMPLE = 10_000  # latencies kept for the p95 (a uniform sample beyond that)
 MAX_WARNINGS = 50
@@ -115,8 +116,13 @@ class Delivery:
         run: RunRow,
         options: DeliveryOptions,
         on_progress: Callable[[RunRow], None] | None = None,
+        progress: Progress | None = None,
     ) -> None:
         self.sender = sender
+        self.progress: Progress = progress or NoProgress()
+        self._progress_base = (0, 0, 0)
+        self._to_send = 0
+        self._in_flight_now = 0
         self.ledger = ledger
         self.run = run
         self.options = options
@@ -172,6 +178,7 @@ class Delivery:
             self._stopped(stop)
             return self._finish(stop)
         finally:
+            self.progress.finish()
             if timer is not None:
                 timer.cancel()
             planner.close()
@@ -301,6 +308,10 @@ class Delivery:
         stop: SyncStopped | None = None
         in_flight: set[Future[ChunkResult]] = set()
         pending_chunks: list[Chunk] = []
+        run = self.run
+        self._progress_base = (run.delivered, run.rejected, run.in_doubt + run.failed)
+        self._to_send = to_send
+        self.progress.start(run.sync, run.endpoint, to_send)
 
         def claim_next() -> tuple[pa.RecordBatch, str, Future[list[str]]] | None:
             batch = next(batches, None)
@@ -336,6 +347,7 @@ class Delivery:
                     if stop is not None:
                         break
                     in_flight.add(pool.submit(sender.send_chunk, pending_chunks.pop(0)))
+                    self._in_flight_now = len(in_flight)
                     self.in_flight_peak = max(self.in_flight_peak, len(in_flight))
             done, _ = wait(in_flight)
             stop = self._collect(done) or stop
@@ -420,6 +432,10 @@ class Delivery:
             self._writer.record(outcome)
         if self.on_progress is not None:
             self.on_progress(run)
+        base = self._progress_base
+        done = run.delivered + run.rejected + run.in_doubt + run.failed - sum(base)
+        self.progress.update(done, self._in_flight_now, delivered=run.delivered - base[0],
+                             rejected=run.rejected - base[1], pending=max(0, self._to_send - done))
         self._chunks_recorded += 1
         if self._crash_after and self._chunks_recorded >= self._crash_after and self._writer is not None:
             self._writer.flush()

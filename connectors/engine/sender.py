@@ -326,6 +326,8 @@ class Sender:
                     # A 429 pauses the whole credential (every thread and process), not just this request.
                     self.limiter.pause_until(time.time() + wait)
                     if not limited:
+                        if self.limiter.on_wait is not None and wait >= 1:
+                            self.limiter.on_wait(wait)
                         self._pause(wait)
                 else:
                     self._pause(wait)

@@ -510,23 +510,34 @@ class Ledger:
                 (*run_values(run)[2:], now_text(), run.run_id, run.sync),
             )
 
-    def reap_dead_runs(self) -> list[str]:
+    def reap_dead_runs(self) -> int:
         """Runs of this host still ``running`` whose process is gone (SIGKILL, a crash, a power cut) become
-        ``crashed``; returns their staging folders for the caller to remove (they hold raw source rows).
-        Runs of other hosts (a shared Postgres ledger) are left alone: their liveness is not knowable here."""
-        rows = self._query("SELECT run_id, sync, pid, staging FROM syncline_runs WHERE status = 'running' AND host = ?",
+        ``crashed``; returns how many. Runs of other hosts (a shared Postgres ledger) are left alone: their
+        liveness is not knowable from here."""
+        rows = self._query("SELECT run_id, sync, pid FROM syncline_runs WHERE status = 'running' AND host = ?",
                            [socket.gethostname()])
-        dead = [(run_id, sync, staging) for run_id, sync, pid, staging in rows if pid and not process_alive(int(pid))]
+        dead = [(run_id, sync) for run_id, sync, pid in rows if pid and not process_alive(int(pid))]
         if not dead:
-            return []
+            return 0
         with self._write() as cur:
-            for run_id, sync, _ in dead:
+            for run_id, sync in dead:
                 cur.execute(self._sql(
                     "UPDATE syncline_runs SET status = 'crashed', finished_at = ?, error = coalesce(error, "
                     "'the process died before the run finished (killed or crashed); items it had claimed are "
                     "in_doubt and the next run settles them') WHERE run_id = ? AND sync = ? AND status = 'running'"),
                     (now_text(), run_id, sync))
-        return [staging for *_, staging in dead if staging]
+        return len(dead)
+
+    def take_dead_staging(self) -> list[str]:
+        """Staging folders of crashed runs of this host (raw source rows), forgotten as they are handed to
+        the caller, which removes them."""
+        self.reap_dead_runs()
+        where = "status = 'crashed' AND host = ? AND staging <> ''"
+        rows = self._query(f"SELECT staging FROM syncline_runs WHERE {where}", [socket.gethostname()])
+        if rows:
+            with self._write() as cur:
+                cur.execute(self._sql(f"UPDATE syncline_runs SET staging = '' WHERE {where}"), (socket.gethostname(),))
+        return [r[0] for r in rows]
 
     def runs(self, sync: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         self.reap_dead_runs()

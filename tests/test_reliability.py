@@ -1,0 +1,139 @@
+"""Reliability rules of the engine over real HTTP: refused items stay refused, dead runs show as crashed and
+lose their staging, a Flux run that died mid-request is settled by a read-back before anything is resent,
+and a vendor that stays down or slow stops the sync within its bounds."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from connectors.ledger import open_ledger
+from connectors.runner import run_sync
+from connectors.sandbox import Fault
+
+REPO = Path(__file__).resolve().parent.parent
+EVENTS = """
+    CREATE OR REPLACE TABLE analytics.events AS
+    SELECT 'e' || lpad(i::VARCHAR, 5, '0') AS event_id, 'u' || i AS user_id, 'Signed up' AS event_name,
+           TIMESTAMPTZ '2026-06-01 00:00:00+00' + i * INTERVAL 1 MINUTE AS occurred_at, '{pad}' AS padding
+    FROM range({n}) t(i)
+"""
+TRUBRICS = """
+    source: {{table: analytics.events, key: event_id, cursor: occurred_at}}
+    destination: {{vendor: trubrics, endpoint: publish_events}}
+    delivery: {{backoff_base: 0.01, backoff_cap: 0.05{extra}}}
+"""
+TRUBRICS_SQL = "SELECT _key, user_id, event_name AS event, occurred_at AS timestamp, {'pad': padding} AS properties FROM source"
+FLUX = """
+    source: {table: analytics.events, key: event_id, cursor: occurred_at}
+    destination: {vendor: flux, endpoint: events_batch}
+    delivery: {backoff_base: 0.01, backoff_cap: 0.05, max_attempts: 2}
+"""
+FLUX_SQL = "SELECT _key, _cursor, event_name AS name, occurred_at AS timestamp, user_id FROM source"
+RUN_SCRIPT = """
+import sys
+from connectors.spec import load_sync_file
+from connectors.runner import run_sync
+run_sync(load_sync_file(__import__('pathlib').Path(sys.argv[1])))
+"""
+
+
+def test_items_the_vendor_refused_are_not_resent_until_their_payload_changes(sandbox, warehouse, write_sync):
+    warehouse(EVENTS.format(n=10, pad="a"))
+    spec = write_sync("ev", TRUBRICS.format(extra=""), TRUBRICS_SQL)
+    sandbox.set_fault("trubrics", "publish_events", Fault("reject_matching", count=1000, match='"u3"'))
+
+    first = run_sync(spec)
+    assert (first.delivered, first.rejected) == (9, 1)
+    (refused,) = open_ledger().items("ev", state="rejected")
+    assert refused["source_key"] == "e00003" and "server-side rule" in refused["reason"]
+    sent = sandbox.stats()["trubrics"]["publish_events"]["requests"]
+
+    sandbox.clear_faults()
+    second = run_sync(spec)
+    assert (second.delivered, second.rejected, second.skipped, second.requests) == (0, 1, 9, 0)
+    assert "refused before were not sent again" in (second.notes or "")
+    assert sandbox.stats()["trubrics"]["publish_events"]["requests"] == sent  # nothing went out
+
+    warehouse("UPDATE analytics.events SET padding = 'b' WHERE event_id = 'e00003'")  # the row was fixed
+    third = run_sync(spec)
+    assert (third.delivered, third.rejected) == (1, 0)
+    assert [r["user_id"] for r in sandbox.records("trubrics", "publish_events")].count("u3") == 1
+
+
+def test_a_run_whose_process_died_shows_crashed_and_the_next_run_removes_its_staging(
+    sandbox, warehouse, write_sync, syncline_home
+):
+    warehouse(EVENTS.format(n=300, pad="a"))
+    spec = write_sync("ev", TRUBRICS.format(extra=", concurrency: 1"), TRUBRICS_SQL)
+    env = {**os.environ, "SYNCLINE_CRASH_AFTER_CHUNKS": "1"}
+    died = subprocess.run([sys.executable, "-c", RUN_SCRIPT, str(spec.file)], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert died.returncode == 70, died.stderr
+    staging = list((syncline_home / "staging" / "ev").iterdir())
+    assert len(staging) == 1 and any(staging[0].iterdir())  # raw source rows left behind
+
+    (run,) = open_ledger().runs("ev")
+    assert run["status"] == "crashed" and "process died" in run["error"]
+    assert run["host"] == socket.gethostname()
+
+    rerun = run_sync(spec)
+    assert rerun.status == "success" and rerun.delivered + rerun.skipped == 300
+    assert not staging[0].exists()
+    received = [r["user_id"] for r in sandbox.records("trubrics", "publish_events")]
+    assert len(received) == len(set(received)) == 300
+
+
+def test_a_flux_batch_left_in_doubt_is_read_back_by_its_claim_tag_before_anything_is_resent(
+    sandbox, warehouse, write_sync
+):
+    warehouse(EVENTS.format(n=40, pad="a"))
+    spec = write_sync("usage", FLUX, FLUX_SQL)
+    # Stored, then the answer is lost; and the read-back fails too, so the run cannot tell.
+    sandbox.set_fault("flux", "events_batch", Fault("drop_after", count=1))
+    sandbox.set_fault("flux", "query", Fault("500", count=1000))
+
+    first = run_sync(spec)
+    assert (first.delivered, first.in_doubt) == (0, 40)
+    stored = sandbox.records("flux", "events_batch")
+    assert len(stored) == 40 and all(e["tags"]["syncline_claim"].startswith("r") for e in stored)
+
+    sandbox.clear_faults()
+    second = run_sync(spec)
+    assert (second.delivered, second.skipped, second.resent_unknown) == (0, 40, 0)
+    assert len(sandbox.records("flux", "events_batch")) == 40  # nothing sent twice
+    assert open_ledger().counts("usage")["delivered"] == 40
+
+
+def test_a_vendor_that_is_down_stops_the_sync_after_the_breaker_and_nothing_is_lost(
+    sandbox, warehouse, write_sync, monkeypatch
+):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("TRUBRICS_BASE_URL", f"http://127.0.0.1:{port}")
+    warehouse(EVENTS.format(n=2000, pad="a"))
+    spec = write_sync("ev", TRUBRICS.format(extra=", concurrency: 2, adaptive: false, breaker_failures: 3"),
+                      TRUBRICS_SQL)
+
+    run = run_sync(spec)
+
+    assert run.status == "stopped" and "requests in a row got no answer" in (run.error or "")
+    assert run.delivered == 0 and run.failed == 2000  # every row accounted for, all safe to send later
+    assert run.requests < 2000 // 100 * 6  # it did not try every request to exhaustion
+
+
+def test_a_deadline_stops_a_slow_run_and_leaves_the_rest_pending(sandbox, warehouse, write_sync):
+    warehouse(EVENTS.format(n=500, pad="a"))
+    spec = write_sync("ev", TRUBRICS.format(extra=", concurrency: 1, adaptive: false, deadline: 1"), TRUBRICS_SQL)
+    sandbox.set_fault("trubrics", "publish_events", Fault("slow", count=1000, delay=0.4))
+
+    run = run_sync(spec)
+
+    assert run.status == "stopped" and "deadline" in (run.error or "")
+    assert 0 < run.delivered < 500 and run.delivered + run.failed + run.in_doubt == 500
+    received = [r["user_id"] for r in sandbox.records("trubrics", "publish_events")]
+    assert len(received) == len(set(received)) == run.delivered  # each sent at most once
