@@ -261,6 +261,8 @@ def deliver_file(
                  ledger=ledger.description, host=socket.gethostname(), pid=os.getpid())
     say(f"{spec.name}: destination {dest.describe()} [{dest.id}]; ledger {ledger.description}")
     options = delivery_options(spec, dry_run)
+    # Removals need the whole source: a window shows only part of it, so what is missing there is not gone.
+    options.removals = spec.mode == "mirror" and (window is None or window.start is None)
     folder = work_dir or (payload_path.parent if payload_path is not None else staging_path(spec, window or Window(), run_id))
     run.staging = str(folder) if work_dir is not None else ""
 

@@ -40,6 +40,7 @@ LATENCY_SAMPLE = 10_000  # latencies kept for the p95 (a uniform sample beyond t
 MAX_WARNINGS = 50
 CRASH_ENV = "SYNCLINE_CRASH_AFTER_CHUNKS"  # test-only fault hook: hard exit after N committed chunk outcomes
 CLAIM_GROUP_ITEMS = 2_000  # items per claim statement (rounded to whole requests)
+MAX_REMOVED_SHARE = 0.5  # more of the delivered items gone at once looks like a broken extract: undo none
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class DeliveryOptions:
     dry_run: bool = False
     memory_limit: str = "256MB"
     threads: int | None = None
+    removals: bool = False  # mirror mode over the whole source: undo what is gone (Endpoint.removal)
     breaker_failures: int = 5  # requests in a row ending without an answer that stop the sync
     deadline: float | None = None  # seconds the run may deliver for; then it stops, the rest left pending
 
@@ -139,6 +141,7 @@ class Delivery:
         self._journaled = sender is not None and not sender.endpoint.steps
         self._crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
         self._halt: SyncStopped | None = None  # set by request_stop, the deadline or the circuit breaker
+        self._planner: Planner | None = None
         self._failures_in_a_row = 0
         # Items an earlier run left in doubt are counted when sent again, where the vendor cannot dedup and
         # a read-back did not settle them (multi-step endpoints count their own).
@@ -219,6 +222,7 @@ class Delivery:
             self.sender.single.progress_store = progress
         self._write_rejects(planner)
         checker = self.sender.endpoint.item_checker(self.sender)
+        self._planner = planner
         try:
             return self._send_all(planner.to_send(group_rows), checker, counts.to_send)
         finally:
@@ -367,7 +371,53 @@ class Delivery:
             # here (claiming millions of rows only to mark them failed would delay a Ctrl-C by minutes).
             self.run.failed += sum(batch.num_rows for batch in batches)
             self._stopped(stop)
+        elif self.options.removals and self._planner is not None:
+            stop = self._send_removals(self._planner)
+            if stop is not None:
+                self._stopped(stop)
         return self._finish(stop)
+
+    def _send_removals(self, planner: Planner) -> SyncStopped | None:
+        """Mirror mode: undo at the vendor what is gone from the source (``Endpoint.removal``), recorded
+        ``removed``. Few items, so one request at a time; a failed removal is simply tried again next run
+        (the item stays delivered). Not claimed first: an undo sent twice changes nothing."""
+        assert self.sender is not None and self._writer is not None
+        run, sender = self.run, self.sender
+        keys, delivered = planner.removed()
+        if not keys:
+            return None
+        if len(keys) > 10 and len(keys) > MAX_REMOVED_SHARE * delivered:
+            self.warnings.append(f"{len(keys)} of {delivered} delivered items are gone from the source: more than "
+                                 f"{MAX_REMOVED_SHARE:.0%}, so no removal was sent (an empty or broken extract?)")
+            return None
+        stored = self._writer.call(lambda ledger: ledger.payloads(run.destination, keys))
+        items = []
+        for key in keys:
+            payload, source = stored.get(key, (None, None))
+            undo = sender.endpoint.removal(json.loads(payload)) if payload else None
+            if undo is not None:
+                items.append(Item(key, source, "removed", json.dumps(undo, separators=(",", ":")).encode()))
+        for n, part in enumerate(chunk_items(iter(items), self.options.limits)):
+            result = sender.send_chunk(Chunk(f"removal.{n}", part, claim_id="removal"))
+            done = {i.idem_key: None for i in part} if result.all_delivered else result.delivered
+            rows = [ItemRow(run.destination, item.idem_key, run.sync, run.endpoint, item.source_key, None, "removed",
+                            "gone from the source; its removal was delivered", done[item.idem_key], run.run_id,
+                            "removal") for item in part if item.idem_key in done]
+            def write(ledger: Ledger, rows: list[ItemRow] = rows, attempts: Any = result.attempts) -> None:
+                ledger.write_items(rows)
+                ledger.write_attempts(attempts)
+
+            self._writer.call(write)
+            run.removed += len(rows)
+            run.requests += result.requests
+            run.bytes_sent += sum(a.bytes for a in result.attempts)
+            for reason in {**result.rejected, **result.failed, **result.in_doubt}.values():
+                if len(self.warnings) < MAX_WARNINGS:
+                    self.warnings.append(f"a removal was not delivered (tried again next run): {reason}")
+                break
+            if result.stop is not None:
+                return result.stop
+        return None
 
     def _collect(self, done: set[Future[ChunkResult]]) -> SyncStopped | None:
         stop = None

@@ -204,6 +204,11 @@ class Endpoint:
         surely not stored; keys not checked stay in doubt. ``None``: cannot tell. ``ctx``: the run's Sender."""
         return None
 
+    def removal(self, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """Mirror mode: the item that undoes ``payload`` (delivered before, now gone from the source), e.g.
+        Screeb's ``group.unassign`` for a ``group.assign``. None (default): nothing to undo at the vendor."""
+        return None
+
     def item_checker(self, ctx: Any) -> Callable[[dict[str, Any]], str | None] | None:
         """Optional per-run check of each item (parsed JSON) before sending; may read from the vendor
         once through ``ctx.call`` (``ctx`` is the run's Sender). Returns a reason to reject, or None."""

@@ -62,6 +62,8 @@ class Planner:
     def __init__(self, payload_path: Path, ledger_state: Path | None, *, mode: str, hold_in_doubt: bool,
                  work_dir: Path, memory_limit: str, threads: int | None) -> None:
         self.repeats = 0  # rows dropped as repeats of a key already in this run (ties on the newest cursor)
+        self.mode = mode
+        self.payload_path = payload_path
         self.con = duckdb.connect(str(work_dir / "plan.duckdb"))
         self.con.execute(f"SET memory_limit = {quote_literal(memory_limit)}")
         self.con.execute(f"SET temp_directory = {quote_literal(str(work_dir / 'plan_tmp'))}")
@@ -106,6 +108,16 @@ class Planner:
             "FROM classified WHERE action = 'reject'"
         ).fetchall()
 
+    def removed(self) -> tuple[list[str], int]:
+        """Mirror mode: keys delivered before and gone from the source now, and how many are delivered."""
+        delivered = "SELECT idem_key FROM ledger_state WHERE state = 'delivered'"
+        (total,) = self.con.execute(f"SELECT count(*) FROM ({delivered})").fetchone() or (0,)
+        gone = self.con.execute(
+            f"SELECT idem_key FROM ({delivered}) AS l WHERE NOT EXISTS (SELECT 1 FROM "
+            f"read_parquet({quote_literal(str(self.payload_path))}) AS p WHERE p.idem_key = l.idem_key) ORDER BY 1"
+        ).fetchall()
+        return [row[0] for row in gone], int(total)
+
     def to_send(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
         """Rows to send in batches of ``batch_rows`` (a multiple of the request size), each sorted by key.
 
@@ -116,7 +128,7 @@ class Planner:
         reader = self.con.sql(
             "SELECT idem_key, _key AS source_key, payload_hash, cursor_text, _maybe_tie, prior_in_doubt, "
             "payload || ',' AS body_part, to_json(idem_key) || ',' AS key_part, "
-            "to_json([idem_key, _key, payload_hash, cursor_text]) || ',' AS claim_part "
+            f"to_json([idem_key, _key, payload_hash, cursor_text{', payload' if self.mode == 'mirror' else ''}]) || ',' AS claim_part "
             "FROM classified WHERE action = 'send'"
         ).to_arrow_reader(batch_rows)
         tied: set[str] = set()

@@ -75,6 +75,7 @@ class RunRow:
     # Items sent again after an unknown outcome (timeout, drop, 5xx after sending) on an endpoint that can
     # neither dedup nor be read back: the vendor may hold up to this many duplicates.
     resent_unknown: int = 0
+    removed: int = 0  # mirror mode: items gone from the source whose removal (e.g. group.unassign) was delivered
     host: str = ""  # where the run's process runs, with ``pid``: a dead process shows the run as crashed
     pid: int = 0
     staging: str = ""  # the run's staging folder (raw source rows), removed by the next run if this one died

@@ -97,7 +97,10 @@ V3 = [
     "ALTER TABLE syncline_items ADD COLUMN resent_unknown INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE syncline_items ADD COLUMN resolved_by TEXT",
     "ALTER TABLE syncline_items ADD COLUMN resolved_at TEXT",
+    # Mirror mode keeps what it delivered, so a row gone from the source can be undone (group.unassign).
+    "ALTER TABLE syncline_items ADD COLUMN payload TEXT",
     "ALTER TABLE syncline_runs ADD COLUMN resent_unknown INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE syncline_runs ADD COLUMN removed INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE syncline_runs ADD COLUMN host TEXT NOT NULL DEFAULT ''",
     "ALTER TABLE syncline_runs ADD COLUMN pid INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE syncline_runs ADD COLUMN staging TEXT NOT NULL DEFAULT ''",

@@ -322,16 +322,17 @@ class Ledger:
                     f"SELECT j.destination, {at('e', 0)} AS k, j.sync, j.endpoint, {at('e', 1)} AS s, {at('e', 2)} AS h, "
                     "CASE WHEN d.dk IS NULL THEN j.state ELSE 'delivered' END AS state, "
                     "CASE WHEN d.dk IS NULL THEN j.reason END AS reason, coalesce(d.dr, j.run_id) AS run_id, "
-                    f"j.claim_id, {at('e', 3)} AS c, coalesce(d.da, j.at) AS at, j.seq "
+                    f"j.claim_id, {at('e', 3)} AS c, {at('e', 4)} AS p, coalesce(d.da, j.at) AS at, j.seq "
                     f"FROM syncline_journal AS j CROSS JOIN {self._elements()} LEFT JOIN ({done}) AS d "
                     f"ON d.dd = j.destination AND d.dc = j.claim_id AND d.dk = {at('e', 0)} "
                     f"WHERE j.kind = 'claim' AND j.seq <= ? AND j.over_delivered = {'TRUE' if forced else 'FALSE'}"
                 )
                 cur.execute(self._sql(
                     "INSERT INTO syncline_items (destination, idem_key, sync, endpoint, source_key, payload_hash, state, "
-                    "reason, run_id, chunk_id, cursor, updated_at) "
-                    f"SELECT destination, k, sync, endpoint, s, h, state, reason, run_id, claim_id, c, at FROM ({claims}) AS x "
+                    "reason, run_id, chunk_id, cursor, payload, updated_at) "
+                    f"SELECT destination, k, sync, endpoint, s, h, state, reason, run_id, claim_id, c, p, at FROM ({claims}) AS x "
                     "WHERE true ON CONFLICT (destination, idem_key) DO UPDATE SET sync = excluded.sync, "
+                    "payload = coalesce(excluded.payload, syncline_items.payload), "
                     "endpoint = excluded.endpoint, source_key = excluded.source_key, payload_hash = excluded.payload_hash, "
                     "state = excluded.state, reason = excluded.reason, run_id = excluded.run_id, "
                     f"chunk_id = excluded.chunk_id, cursor = excluded.cursor, updated_at = excluded.updated_at{guard}"
@@ -437,6 +438,19 @@ class Ledger:
         for state, n in self._query(f"SELECT state, count(*) FROM syncline_items WHERE {where} GROUP BY state", params):
             counts[state] = int(n)
         return counts
+
+    def payloads(self, destination: str, idem_keys: Sequence[str]) -> dict[str, tuple[str | None, str | None]]:
+        """(payload, source key) of delivered mirror-mode items (only mirror mode keeps payloads)."""
+        found: dict[str, tuple[str | None, str | None]] = {}
+        for i in range(0, len(idem_keys), 500):
+            part = list(idem_keys[i : i + 500])
+            marks = ",".join(["?"] * len(part))
+            for key, payload, source in self._query(
+                f"SELECT idem_key, payload, source_key FROM syncline_items WHERE destination = ? AND idem_key IN ({marks})",
+                [destination, *part],
+            ):
+                found[key] = (payload, source)
+        return found
 
     def resent_unknown(self, sync: str, destination: str | None = None) -> tuple[int, int]:
         """(items sent again after an unknown outcome, total such resends) of ``sync``: the most extra copies

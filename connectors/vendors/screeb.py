@@ -248,6 +248,14 @@ class ScreebEventEndpoint(ScreebEndpoint):
         anonymous = bool(options.get("anonymous_users", self.anonymous_users))
         return dataclasses.replace(self, anonymous_users=anonymous, fields=_event_fields(anonymous))
 
+    def removal(self, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """A membership gone from a mirrored source: ``group.assign`` is undone by ``group.unassign`` of the
+        same user and group (no properties). Other types have no undo (Screeb deletes no users or events)."""
+        if payload.get("type") != "group.assign":
+            return None
+        kept = {k: payload[k] for k in ("user_alias", "group_type", "group_name") if payload.get(k) is not None}
+        return {**kept, "type": "group.unassign"}
+
     def parse(self, response: HttpResponse, items: Sequence[bytes]) -> BatchOutcome:
         """All items are accepted on a 200; a ``count`` that disagrees with what was sent becomes a warning."""
         outcome = BatchOutcome(accepted=dict.fromkeys(range(len(items))))
