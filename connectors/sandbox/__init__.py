@@ -1,4 +1,4 @@
-"""Local emulators of the vendors' ingestion APIs, strict to ``../shared/vendor-docs``, for demo and tests."""
+"""Local emulators of the vendors' ingestion APIs, strict to ``docs/vendor-api/``, for demo and tests."""
 
 from connectors.sandbox.server import Fault, Sandbox
 

@@ -1,4 +1,4 @@
-"""Brainzlab Flux events API (``../shared/vendor-docs/flux.md``): batch and single event ingestion, read API.
+"""Brainzlab Flux events API (``docs/vendor-api/flux.md``): batch and single event ingestion, read API.
 
 ``POST /api/v1/events/batch``: ``{"events": [...]}`` with at most 500 events, 10 requests/minute per key.
 ``POST /api/v1/events``: one event object per request, "standard" rate limit. Both authenticate with
@@ -8,7 +8,7 @@
 ``/events/stats`` (aggregates of ``value``), 60 requests/minute. Documented error codes: ``missing_name``,
 ``invalid_timestamp``, ``batch_too_large``, ``invalid_tags``.
 
-Facts beyond the document (DESIGN.md, and the open-source server): a batch is one bulk INSERT, so one bad
+Facts beyond the document (the original design notes, and the open-source server): a batch is one bulk INSERT, so one bad
 row fails the whole batch (possibly as a 500); the server accepts a bare JSON array too and may answer
 ``201 {"ingested": N}`` instead of the documented ``{"data": {"accepted", "rejected"}}``; unknown top-level
 keys are dropped; every stored row gets a random id, so a batch sent twice is stored twice (no dedup).
@@ -79,7 +79,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlencode
 
 from connectors import settings
@@ -152,6 +152,9 @@ class FluxEventEndpoint(Endpoint):
     """``POST /api/v1/events``: one event per request (also the batch endpoint's tail path)."""
 
     run: RunContext | None = dataclasses.field(default=None, compare=False, hash=False, repr=False)
+    OPTIONS: ClassVar[Mapping[str, str]] = {
+        "rate_per_minute": "requests per minute this endpoint may send (the document names no number; default 60)",
+    }
 
     def headers(self, credentials: Mapping[str, str]) -> dict[str, str]:
         return {"Authorization": f"Bearer {credentials['api_key']}"}
@@ -293,6 +296,11 @@ class FluxBatchEndpoint(FluxEventEndpoint):
     """``POST /api/v1/events/batch``: up to 500 events per request; small chunks go through ``single``."""
 
     read_back: bool = True
+    OPTIONS: ClassVar[Mapping[str, str]] = {
+        "single_rate_per_minute": "the single-event endpoint's rate for small tails (default 60/min, assumed)",
+        "single_below": "chunks smaller than this go event by event through the single endpoint",
+        "read_back": "read a partly accepted batch back by its tag to learn which events landed (default true)",
+    }
 
     def bind(self, run: RunContext) -> FluxEventEndpoint:
         single = self.single.bind(run) if isinstance(self.single, FluxEventEndpoint) else self.single

@@ -1,4 +1,4 @@
-"""GradeMyPage analytics API (``../shared/vendor-docs/grademypage.md``).
+"""GradeMyPage analytics API (``docs/vendor-api/grademypage.md``).
 
 Two keys per project, and they must never cross:
 
@@ -55,7 +55,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 from connectors.engine.endpoint import Credential, Endpoint, Field, HttpResponse, Rule, Vendor
@@ -204,6 +204,9 @@ class ServerEventsEndpoint(Endpoint):
     """``/server-events``: one JSON object per request, secret key in ``Authorization``."""
 
     authorization: str = "bearer"  # destination.options.authorization: bearer | raw
+    OPTIONS: ClassVar[Mapping[str, str]] = {
+        "authorization": "how the secret key is sent: bearer (default, 'Authorization: Bearer <key>') or raw",
+    }
 
     def headers(self, credentials: Mapping[str, str]) -> dict[str, str]:
         return {"Authorization": AUTH_SCHEMES[self.authorization] + credentials["secret_key"]}

@@ -1,4 +1,4 @@
-"""Screeb API (``../shared/vendor-docs/screeb.md``): events and releases.
+"""Screeb API (``docs/vendor-api/screeb.md``): events and releases.
 
 ``POST /1.0/event``: a JSON array of 1-100 typed items (identify, track, group.assign, group.unassign,
 page, screen, copilot), ``Authorization: Bearer <api token>``, 50 requests/s per token (429 beyond),
@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from connectors.engine.endpoint import (
     BatchOutcome,
@@ -238,6 +238,9 @@ class ScreebEventEndpoint(ScreebEndpoint):
     """``/1.0/event``. ``anonymous_users`` comes from ``destination.options`` (see the module notes)."""
 
     anonymous_users: bool = False
+    OPTIONS: ClassVar[Mapping[str, str]] = {
+        "anonymous_users": "true: send rows without user_alias (Screeb then creates anonymous users); default false",
+    }
 
     def configure(self, options: Mapping[str, Any]) -> Endpoint:
         for name, value in options.items():

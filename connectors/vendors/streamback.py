@@ -1,4 +1,4 @@
-"""StreamBack SDK API (``../shared/vendor-docs/streamback.md``): one feedback per request, plus files.
+"""StreamBack SDK API (``docs/vendor-api/streamback.md``): one feedback per request, plus files.
 
 ``POST /v1/sdk/feedback`` answers 201 ``{"id": "fb_..."}``; a screenshot is ``POST /v1/sdk/upload-url`` ->
 ``PUT`` the bytes to the presigned ``uploadUrl`` -> ``POST /v1/sdk/feedback/:id/finalize``; an attachment
@@ -67,7 +67,7 @@ import mimetypes
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import quote, urlencode, urlsplit
 
 from connectors import settings
@@ -110,6 +110,12 @@ class FeedbackEndpoint(Endpoint):
     """``POST /v1/sdk/feedback`` and the screenshot/attachment steps around it."""
 
     files_root: str | None = None  # None: $SYNCLINE_HOME, read at send time
+    OPTIONS: ClassVar[Mapping[str, str]] = {
+        "files_root": "the folder uploaded files must be in (default $SYNCLINE_HOME); paths outside are refused",
+        "finalize": "screenshot (default: finalize feedback that has one) or always",
+        "verify": "check the feedback's status after finalize (default true)",
+        "lookup_skew": "seconds of clock difference allowed when the user's history is searched for a lost POST (default 300)",
+    }
     finalize: Literal["screenshot", "always"] = "screenshot"
     verify: bool = True
     lookup_skew: float = 300.0  # seconds: how much earlier than our POST a matching feedback may be dated

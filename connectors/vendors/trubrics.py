@@ -1,4 +1,4 @@
-"""Trubrics ingestion API (``../shared/vendor-docs/trubrics.md``).
+"""Trubrics ingestion API (``docs/vendor-api/trubrics.md``).
 
 ``POST /publish_events`` and ``POST /publish_llm_events``: a JSON array of 1-100 items, ``x-api-key``
 header, 200 ``{"status": "success"}``, 401 on a bad key, 422 on a validation error (the whole batch is

@@ -1,4 +1,4 @@
-"""Screeb emulator: ``POST /1.0/event`` and ``POST /1.0/release``, strict to ``vendor-docs/screeb.md``.
+"""Screeb emulator: ``POST /1.0/event`` and ``POST /1.0/release``, strict to ``docs/vendor-api/screeb.md``.
 
 - Auth: ``Authorization: Bearer`` must carry the right token *for the endpoint*: the event token is refused
   on ``/release`` and the release token on ``/event`` (401 ``{"error": "Unauthorized"}``).
