@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from connectors.ledger import open_ledger
 from connectors.runner import run_sync
 from connectors.sandbox import Fault
@@ -33,6 +35,16 @@ FLUX = """
     delivery: {backoff_base: 0.01, backoff_cap: 0.05, max_attempts: 2}
 """
 FLUX_SQL = "SELECT _key, _cursor, event_name AS name, occurred_at AS timestamp, user_id FROM source"
+
+
+@pytest.fixture(autouse=True, params=["sqlite", "postgres"])
+def ledger_backend(request, monkeypatch):
+    """Every rule holds on both ledgers: the default SQLite file and a real Postgres server."""
+    if request.param == "postgres":
+        monkeypatch.setenv("SYNCLINE_LEDGER_URL", request.getfixturevalue("postgres_ledger_url"))
+    return request.param
+
+
 RUN_SCRIPT = """
 import sys
 from connectors.spec import load_sync_file
