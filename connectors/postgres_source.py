@@ -28,7 +28,9 @@ def _table_ref(table: str) -> str:
     return ".".join(_ident(part) for part in table.split("."))
 
 
-def extract_postgres(spec: SyncSpec, window: Window, out: Path) -> Path:
+def extract_postgres(spec: SyncSpec, window: Window, out: Path) -> tuple[Path, int | None]:
+    """Stage the window's rows as Parquet; returns the path and, on a windowed run, the rows whose cursor
+    is NULL (included in the window under ``null_cursor: include``, else left out and counted)."""
     import adbc_driver_postgresql.dbapi as adbc
 
     url = settings.warehouse_url()
@@ -51,7 +53,10 @@ def extract_postgres(spec: SyncSpec, window: Window, out: Path) -> Path:
         clauses.append(f"{_ident(src.cursor)} < ${len(params) + 1}")
         params.append(window.end)
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    if clauses and src.cursor and getattr(src, "null_cursor", "exclude") == "include":
+        where = f" WHERE ({' AND '.join(clauses)}) OR {_ident(src.cursor)} IS NULL"
     sql = f"SELECT s.*, {keys} AS _key, {cursor_col} FROM ({base}) AS s{where}"
+    null_rows: int | None = None
     try:
         with adbc.connect(url) as conn, conn.cursor() as cur:
             cur.execute(sql, params or None)
@@ -59,6 +64,10 @@ def extract_postgres(spec: SyncSpec, window: Window, out: Path) -> Path:
             with pq.ParquetWriter(out, reader.schema) as writer:
                 for batch in reader:
                     writer.write_batch(batch)
+            if clauses and src.cursor:
+                cur.execute(f"SELECT count(*) FROM ({base}) AS s WHERE {_ident(src.cursor)} IS NULL")
+                row = cur.fetchone()
+                null_rows = int(row[0]) if row else 0
     except adbc.Error as exc:
         raise ConfigError(str(spec.file), "source", f"reading from Postgres failed: {exc}") from None
-    return out
+    return out, null_rows

@@ -36,7 +36,7 @@ from connectors.errors import Interrupted, SynclineError
 from connectors.ledger import ItemRow, Ledger, RunRow, open_ledger
 from connectors.progress import NoProgress, Progress
 from connectors.spec import SyncSpec
-from connectors.stage import Window, extract, staging_path, transform, transform_pending
+from connectors.stage import Window, extract_window, staging_path, transform, transform_pending
 
 RATE_LIMITED_CONCURRENCY = 4  # documented limits pace requests; a few in flight cover the round trip
 DEFAULT_CONCURRENCY = 64  # the most in flight where no rate is documented (adaptive below it)
@@ -246,6 +246,7 @@ def deliver_file(
     work_dir: Path | None = None,
     signals: StopSignals | None = None,
     progress: Progress | None = None,
+    notes: Callable[[], str | None] | None = None,
 ) -> RunRow:
     """Deliver a rendered payload file (or what ``render`` makes, given the ledger's snapshot of this
     destination) and record the run in the ledger.
@@ -278,14 +279,21 @@ def deliver_file(
         run.skipped += left_out
         return path, state
 
+    def with_notes(result: RunRow) -> RunRow:
+        extra = notes() if notes else None
+        if extra:
+            result.notes = f"{extra}; {result.notes}" if result.notes else extra
+        return result
+
     if dry_run:
         path, state = plan()
-        return Delivery(None, ledger, run, options, on_progress).run_file(path, folder, state=state, state_taken=True)
+        return with_notes(Delivery(None, ledger, run, options, on_progress).run_file(path, folder, state=state,
+                                                                                      state_taken=True))
     sender = make_sender(spec, creds, base, run_id, destination=dest.id)
     shown = progress or NoProgress()
     for limiter in {id(s.limiter): s.limiter for s in (sender, sender.single) if s is not None}.values():
         limiter.on_wait = lambda seconds: shown.waiting(seconds, spec.vendor.name)
-    days = (window or Window()).day_labels() if spec.partitioned else None
+    days = (window or Window()).lock_labels(spec) if spec.partitioned else None
     with ledger.window_lock(spec.name, days, on_wait):
         ledger.register_destination(dest)
         ledger.fold()  # a crashed run's journal counts before this run plans
@@ -317,7 +325,7 @@ def deliver_file(
             if signals is not None:
                 signals.delivery = None
             sender.client.close()
-        ledger.finish_run(result)
+        ledger.finish_run(with_notes(result))
     return result
 
 
@@ -344,6 +352,7 @@ class SyncPipeline:
         self.counts = StageCounts()
         self.extract_path: Path | None = None
         self.payload_path: Path | None = None
+        self.null_cursor_note: str | None = None  # "N rows have no <cursor>: ..." on a windowed run
 
     def __enter__(self) -> SyncPipeline:
         return self
@@ -354,7 +363,9 @@ class SyncPipeline:
 
     def extract(self) -> Path:
         if self.extract_path is None:
-            self.extract_path, self.counts.extracted = extract(self.spec, self.window, self.out_dir, self.files)
+            staged = extract_window(self.spec, self.window, self.out_dir, self.files)
+            self.extract_path, self.counts.extracted = staged.path, staged.rows
+            self.null_cursor_note = staged.note(self.spec)
         return self.extract_path
 
     def render(self) -> Path:
@@ -397,7 +408,7 @@ class SyncPipeline:
             credentials=credentials, base_url=base_url, dry_run=dry_run, on_progress=on_progress,
             window=self.window, on_wait=on_wait, announce=announce,
             render=None if self.payload_path is not None else self._render_pending, work_dir=self.out_dir,
-            signals=signals, progress=progress,
+            signals=signals, progress=progress, notes=lambda: self.null_cursor_note,
         )
 
 

@@ -1,20 +1,40 @@
 """Sync files: a small YAML file plus a DuckDB SQL model. Loading validates every field up front.
 
-A broken sync file yields a :class:`ConfigError` naming the file and the field; it never stops the other
-syncs from loading (:func:`load_syncs` returns the good ones and the errors side by side).
+The schema is a set of pydantic models (:class:`SyncFileModel` and its sections); what loading produces is
+the frozen :class:`SyncSpec` dataclass the rest of syncline uses. A broken sync file yields one
+:class:`SyncFileError` (a :class:`ConfigError`) listing **every** problem in the file, one line each,
+naming the file and the field path (``delivery.concurrency``); it never stops the other syncs from
+loading (:func:`load_syncs` returns the good ones and the errors side by side).
+
+Relative paths in a sync file (a Parquet glob in ``source.parquet``, folder options such as StreamBack's
+``destination.options.files_root``) are taken from the sync file's folder, never the current directory;
+``${SYNCLINE_HOME}`` in them names the state folder. See docs/sync-files.md.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from connectors.engine.endpoint import Endpoint, Vendor
 from connectors.errors import ConfigError
@@ -25,8 +45,13 @@ DESTINATION_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 MAX_CONCURRENCY = 256
 Mode = Literal["append", "mirror"]
 InDoubtPolicy = Literal["resend", "hold"]
+NullCursor = Literal["exclude", "include"]
+HOME_PLACEHOLDERS = ("${SYNCLINE_HOME}", "$SYNCLINE_HOME")
+# destination.options holding a file or folder: relative values are taken from the sync file's folder.
+PATH_OPTION_SUFFIXES = ("_root", "_dir", "_folder", "_path")
 
 
+# --- the product of loading --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SourceSpec:
     """Where rows come from. Exactly one of ``table``, ``query`` or ``parquet``."""
@@ -37,6 +62,8 @@ class SourceSpec:
     query: str | None = None
     parquet: str | None = None
     warehouse: Literal["duckdb", "postgres"] = "duckdb"
+    # Rows whose cursor is NULL: left out of windowed runs and counted (exclude), or put in every window.
+    null_cursor: NullCursor = "exclude"
 
 
 @dataclass(frozen=True)
@@ -83,197 +110,491 @@ class SyncSpec:
     def partitioned(self) -> bool:
         return self.partition_start is not None
 
+    @property
+    def folder(self) -> Path:
+        """The sync file's folder: relative paths in the file are taken from here."""
+        return self.file.resolve().parent
 
-def _expect(value: object, kind: type | tuple[type, ...], file: str, path: str, what: str) -> Any:
-    if not isinstance(value, kind):
-        raise ConfigError(file, path, f"expected {what}, got {type(value).__name__} {value!r}")
+
+class SyncFileError(ConfigError):
+    """Every problem of one sync file. ``field``/``message`` are the first problem's (so code written for
+    one problem keeps working); ``problems`` has them all; ``str()`` is one line per problem."""
+
+    def __init__(self, file: str, problems: Sequence[ConfigError]) -> None:
+        assert problems
+        super().__init__(file, problems[0].field, problems[0].message)
+        self.problems = list(problems)
+        self.args = ("\n".join(str(p) for p in self.problems),)
+
+    def __str__(self) -> str:
+        return "\n".join(str(p) for p in self.problems)
+
+
+# --- the schema ------------------------------------------------------------------------------------------
+def _date(value: object) -> object:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(f"not a date like 2026-01-01: {value!r}") from None
     return value
 
 
-def _only_keys(section: Mapping[str, Any], allowed: Iterable[str], file: str, path: str) -> None:
-    unknown = sorted(set(section) - set(allowed))
-    if unknown:
-        where = f"{path}.{unknown[0]}" if path else unknown[0]
-        raise ConfigError(file, where, f"unknown field (allowed: {', '.join(sorted(allowed))})")
+def _key_list(value: object) -> object:
+    return [value] if isinstance(value, str) else value
 
 
-def _parse_source(raw: object, file: str) -> SourceSpec:
-    section = _expect(raw, dict, file, "source", "a mapping with table/query/parquet, key and cursor")
-    _only_keys(section, {"table", "query", "parquet", "key", "cursor", "warehouse"}, file, "source")
-    given = [k for k in ("table", "query", "parquet") if section.get(k)]
-    if len(given) != 1:
-        raise ConfigError(file, "source", "give exactly one of table, query or parquet")
-    key = section.get("key")
-    if isinstance(key, str):
-        key = [key]
-    if not key or not all(isinstance(k, str) and k for k in key):
-        raise ConfigError(file, "source.key", "the primary key column (or a list of columns) is required")
-    cursor = section.get("cursor")
-    if cursor is not None:
-        _expect(cursor, str, file, "source.cursor", "a column name")
-    warehouse = section.get("warehouse", "duckdb")
-    if warehouse not in ("duckdb", "postgres"):
-        raise ConfigError(file, "source.warehouse", f"must be duckdb or postgres, got {warehouse!r}")
-    if warehouse == "postgres" and section.get("parquet"):
-        raise ConfigError(file, "source.warehouse", "a parquet source is read by DuckDB; drop warehouse")
-    for k in given:
-        _expect(section[k], str, file, f"source.{k}", "a string")
-    return SourceSpec(
-        key=tuple(key),
-        cursor=cursor,
-        table=section.get("table"),
-        query=section.get("query"),
-        parquet=section.get("parquet"),
-        warehouse=warehouse,
+ColumnName = Annotated[StrictStr, Field(min_length=1)]
+Positive = Annotated[StrictInt, Field(ge=1)]
+PositiveNumber = Annotated[float, Field(gt=0)]  # strict: a whole number is a number, true is not
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SourceModel(_Section):
+    table: StrictStr | None = Field(None, description="a warehouse table, e.g. analytics.events")
+    query: StrictStr | None = Field(None, description="a SQL query over the warehouse")
+    parquet: StrictStr | None = Field(None, description="a Parquet glob, relative to the sync file's folder")
+    key: Annotated[list[ColumnName], BeforeValidator(_key_list), Field(min_length=1)] = Field(
+        description="the primary key column, or a list of columns"
     )
+    cursor: ColumnName | None = Field(None, description="the column daily windows select rows by (UTC days)")
+    warehouse: Literal["duckdb", "postgres"] = "duckdb"
+    null_cursor: NullCursor = "exclude"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SourceModel:
+        given = [k for k in ("table", "query", "parquet") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of table, query or parquet")
+        if self.warehouse == "postgres" and self.parquet:
+            raise ValueError("a parquet source is read by DuckDB; drop warehouse: postgres")
+        return self
 
 
-def _parse_delivery(raw: object, file: str, endpoint: Endpoint) -> DeliverySpec:
-    if raw is None:
-        return DeliverySpec()
-    section = _expect(raw, dict, file, "delivery", "a mapping")
-    fields = DeliverySpec.__dataclass_fields__
-    _only_keys(section, fields, file, "delivery")
-    values: dict[str, Any] = {}
-    for name, value in section.items():
-        if name == "in_doubt":
-            if value not in ("resend", "hold"):
-                raise ConfigError(file, "delivery.in_doubt", "must be resend (at-least-once) or hold")
-        elif name == "adaptive":
-            if not isinstance(value, bool):
-                raise ConfigError(file, "delivery.adaptive", f"must be true or false, got {value!r}")
-        elif name in ("concurrency", "max_attempts", "max_items", "max_body_bytes", "breaker_failures"):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(file, f"delivery.{name}", f"must be a positive whole number, got {value!r}")
-        elif not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(file, f"delivery.{name}", f"must be a positive number, got {value!r}")
-        values[name] = value
-    if values.get("max_items", 0) > endpoint.max_items:
-        raise ConfigError(
-            file,
-            "delivery.max_items",
-            f"{endpoint.qualified_name} accepts at most {endpoint.max_items} items per request",
-        )
-    if values.get("concurrency", 0) > MAX_CONCURRENCY:
-        raise ConfigError(file, "delivery.concurrency", f"at most {MAX_CONCURRENCY} requests in flight")
-    if values.get("rate_safety", 0) > 1:
-        raise ConfigError(file, "delivery.rate_safety", "must be at most 1 (a share of the documented rate)")
-    return DeliverySpec(**values)
+class DestinationModel(_Section):
+    vendor: StrictStr
+    endpoint: StrictStr
+    options: dict[str, Any] = Field(default_factory=dict)
+    name: Annotated[StrictStr, Field(pattern=DESTINATION_NAME_RE.pattern)] | None = None
 
 
-def _parse_partitions(raw: object, file: str) -> dt.date | None:
-    if raw is None:
+class DeliveryModel(_Section):
+    concurrency: Annotated[Positive, Field(le=MAX_CONCURRENCY)] | None = None
+    adaptive: StrictBool = True
+    max_attempts: Positive = 6
+    backoff_base: PositiveNumber = 0.5
+    backoff_cap: PositiveNumber = 30.0
+    max_retry_after: PositiveNumber = 300.0
+    timeout: PositiveNumber = 30.0
+    max_items: Positive | None = None
+    max_body_bytes: Positive | None = None
+    in_doubt: InDoubtPolicy = "resend"
+    rate_safety: Annotated[PositiveNumber, Field(le=1)] | None = None
+    breaker_failures: Positive = 5
+    deadline: PositiveNumber = 21600.0
+
+
+class DailyModel(_Section):
+    start: Annotated[dt.date, BeforeValidator(_date)]
+
+
+class PartitionsModel(_Section):
+    daily: DailyModel
+
+
+class ChecksModel(_Section):
+    max_rejected_share: Annotated[float, Field(ge=0, le=1)] = 0.01
+
+
+class SyncFileModel(_Section):
+    """One sync file. Every section is checked; see docs/sync-files.md for each field."""
+
+    name: Annotated[StrictStr, Field(pattern=NAME_RE.pattern)]
+    description: StrictStr = ""
+    source: SourceModel
+    destination: DestinationModel
+    model: Annotated[StrictStr, Field(pattern=r"\.sql$")]
+    mode: Mode = "append"
+    keep_nulls: StrictBool = False
+    partitions: PartitionsModel | None = None
+    schedule: StrictStr | None = None
+    delivery: DeliveryModel | None = None
+    checks: ChecksModel | None = None
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            cron_problem = check_cron(value)
+            if cron_problem:
+                raise ValueError(cron_problem)
+        return value
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "source": SourceModel,
+    "destination": DestinationModel,
+    "delivery": DeliveryModel,
+    "partitions": PartitionsModel,
+    "checks": ChecksModel,
+}
+TOP_FIELDS = list(SyncFileModel.model_fields)
+
+# What to say when a field is missing or of the wrong shape (beyond pydantic's own words).
+HINTS = {
+    "name": "a lower_snake_case name (letters, digits, _) is required",
+    "source": "a mapping with table/query/parquet, key and cursor",
+    "source.key": "the primary key column (or a list of columns) is required",
+    "destination": "a mapping with vendor and endpoint",
+    "destination.name": "a short name like prod or staging-eu",
+    "model": "the name of a .sql file next to the sync file is required",
+    "partitions": "a mapping like {daily: {start: 2026-01-01}}",
+    "partitions.daily": "a mapping with start",
+    "partitions.daily.start": "a date like 2026-01-01 is required",
+    "schedule": "a cron string like '15 * * * *'",
+    "checks.max_rejected_share": "a share between 0 and 1 (0.01 = 1%)",
+    "delivery.concurrency": f"at most {MAX_CONCURRENCY} requests in flight",
+    "delivery.rate_safety": "must be at most 1 (a share of the documented rate)",
+    "delivery.in_doubt": "must be resend (at-least-once) or hold",
+}
+
+
+def check_cron(value: str) -> str | None:
+    """None for a five-field cron string croniter accepts; else what is wrong."""
+    from croniter import croniter
+
+    if len(value.split()) != 5:
+        return f"a five-field cron string is required, got {value!r}"
+    try:
+        croniter(value)
+    except (ValueError, KeyError) as exc:
+        return f"not a valid cron string {value!r}: {exc}"
+    if not croniter.is_valid(value):
+        return f"not a valid cron string: {value!r}"
+    return None
+
+
+# --- pydantic errors -> lines a person can act on --------------------------------------------------------
+def _path(loc: Sequence[int | str]) -> str:
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            parts[-1:] = [f"{parts[-1]}[{part}]"] if parts else [f"[{part}]"]
+        elif part in ("function-after", "function-before") or "[" in part:
+            continue  # union / validator branches pydantic names in loc
+        else:
+            parts.append(part)
+    return ".".join(parts)
+
+
+def _allowed_fields(path: str) -> list[str]:
+    parent = path.rpartition(".")[0]
+    model: type[BaseModel] | None = SyncFileModel
+    for part in parent.split(".") if parent else []:
+        if model is None:
+            return []
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        model = _model_in(annotation)
+    return list(model.model_fields) if model is not None else []
+
+
+def _model_in(annotation: object) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _message(error: Mapping[str, Any], path: str) -> str:
+    kind = error["type"]
+    given = error.get("input")
+    ctx = error.get("ctx") or {}
+    hint = HINTS.get(path)
+    if kind == "extra_forbidden":
+        name = path.rpartition(".")[2]
+        allowed = _allowed_fields(path)
+        close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+        if close:
+            return f"unknown field (did you mean {close[0]}?)"
+        return f"unknown field (allowed: {', '.join(sorted(allowed))})"
+    if kind == "missing":
+        return hint or "is required"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"expected {hint or 'a mapping'}, got {type(given).__name__} {_shown(given)}"
+    if kind == "string_pattern_mismatch":
+        return f"{hint or 'does not match ' + str(ctx.get('pattern'))}, got {_shown(given)}"
+    if kind == "string_type":
+        return f"expected {'text' if hint is None else hint}, got {type(given).__name__} {_shown(given)}"
+    if kind == "bool_type":
+        return f"must be true or false, got {_shown(given)}"
+    if kind in ("int_type", "int_from_float"):
+        return f"must be a whole number, got {_shown(given)}"
+    if kind in ("float_type",):
+        return f"must be a number, got {_shown(given)}"
+    if kind == "greater_than_equal":
+        if ctx.get("ge") == 1:
+            return f"must be a positive whole number, got {_shown(given)}"
+        return hint or f"must be at least {ctx.get('ge')}, got {_shown(given)}"
+    if kind == "greater_than":
+        return f"must be a positive number, got {_shown(given)}"
+    if kind == "less_than_equal":
+        return f"{hint or 'must be at most ' + str(ctx.get('le'))}, got {_shown(given)}"
+    if kind == "literal_error":
+        return f"must be {ctx.get('expected')}, got {_shown(given)}"
+    if kind in ("too_short", "list_type") and path == "source.key":
+        return f"{HINTS['source.key']}, got {_shown(given)}"
+    if kind in ("value_error", "assertion_error"):
+        text = str(error["msg"])
+        return text.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if kind in ("date_type", "date_parsing", "date_from_datetime_inexact"):
+        return f"{hint or 'a date like 2026-01-01'}, got {_shown(given)}"
+    return f"{error['msg']}, got {_shown(given)}"
+
+
+def _collapse_unions(errors: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """``int | float`` and ``X | None`` fields report one error per branch: keep the first per path."""
+    seen: set[str] = set()
+    kept = []
+    for error in errors:
+        path = _path(error["loc"])
+        if path in seen:
+            continue
+        seen.add(path)
+        kept.append(error)
+    return kept
+
+
+# --- YAML positions --------------------------------------------------------------------------------------
+def _positions(node: yaml.Node | None, prefix: str, out: dict[str, int], dupes: list[tuple[str, int]]) -> None:
+    """Line numbers (1-based) of every mapping key, by field path; repeated keys go to ``dupes``."""
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: set[str] = set()
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            continue
+        path = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+        line = key_node.start_mark.line + 1
+        if key_node.value in seen:
+            dupes.append((path, line))
+        seen.add(key_node.value)
+        out.setdefault(path, line)
+        _positions(value_node, path, out, dupes)
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML, except that a date-like value that is not a real date (2026-13-01) stays text, so the
+    schema reports it with the field's name instead of YAML failing the whole file."""
+
+
+def _timestamp_or_text(loader: yaml.SafeLoader, node: yaml.Node) -> object:
+    try:
+        return yaml.SafeLoader.construct_yaml_timestamp(loader, node)  # type: ignore[arg-type]
+    except ValueError:
+        return loader.construct_scalar(node)  # type: ignore[arg-type]
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_or_text)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"not valid YAML{where}: {problem}" + (f" ({context})" if context else "")
+
+
+# --- loading ---------------------------------------------------------------------------------------------
+def _resolve(value: str, base: Path) -> str:
+    """``${SYNCLINE_HOME}``, ``$VAR`` and ``~`` expanded; a relative result is taken from ``base``."""
+    from connectors import settings
+
+    for placeholder in HOME_PLACEHOLDERS:
+        if placeholder in value:
+            value = value.replace(placeholder, str(settings.home()))
+    expanded = os.path.expanduser(os.path.expandvars(value))
+    return expanded if os.path.isabs(expanded) else str(base / expanded)
+
+
+def expand_path(pattern: str, base: Path) -> str:
+    """Expand ``${SYNCLINE_HOME}``/``${VAR}``/``~`` in a path or glob; relative ones are taken from ``base``
+    (the sync file's folder: :attr:`SyncSpec.folder`)."""
+    return _resolve(pattern, base)
+
+
+def _is_path_option(name: str) -> bool:
+    return name.endswith(PATH_OPTION_SUFFIXES)
+
+
+class _Problems:
+    def __init__(self, file: str, lines: Mapping[str, int]) -> None:
+        self.file = file
+        self.lines = lines
+        self.found: list[tuple[int, int, ConfigError]] = []
+
+    def add(self, path: str, message: str) -> None:
+        top = path.split(".")[0].split("[")[0]
+        order = TOP_FIELDS.index(top) if top in TOP_FIELDS else len(TOP_FIELDS)
+        line = self._line(path)
+        if line is not None and "line " not in message:
+            message = f"{message} (line {line})"
+        self.found.append((order, len(self.found), ConfigError(self.file, path or "(top level)", message)))
+
+    def _line(self, path: str) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path.rpartition(".")[0]
         return None
-    section = _expect(raw, dict, file, "partitions", "a mapping like {daily: {start: 2026-01-01}}")
-    _only_keys(section, {"daily"}, file, "partitions")
-    daily = _expect(section.get("daily"), dict, file, "partitions.daily", "a mapping with start")
-    _only_keys(daily, {"start"}, file, "partitions.daily")
-    start = daily.get("start")
-    if isinstance(start, str):
-        try:
-            start = dt.date.fromisoformat(start)
-        except ValueError:
-            raise ConfigError(file, "partitions.daily.start", f"not a date: {start!r}") from None
-    if not isinstance(start, dt.date):
-        raise ConfigError(file, "partitions.daily.start", "a date like 2026-01-01 is required")
-    return start
+
+    def raise_if_any(self) -> None:
+        if self.found:
+            raise SyncFileError(self.file, [p for _, _, p in sorted(self.found, key=lambda t: (t[0], t[1]))])
+
+
+def _section(model: type[_Section], raw: object) -> Any:
+    """The section validated on its own (None if it does not validate): problems were reported already."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError:
+        return None
 
 
 def load_sync_file(path: Path) -> SyncSpec:
-    """Parse and check one sync file. Raises :class:`ConfigError` naming the file and field."""
+    """Parse and check one sync file. Raises :class:`SyncFileError` (a ConfigError) listing every problem."""
     file = str(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(file, "(yaml)", f"not valid YAML: {exc}") from None
-    doc = _expect(raw, dict, file, "(top level)", "a mapping")
-    _only_keys(
-        doc,
-        {
-            "name", "description", "source", "destination", "model", "mode", "keep_nulls",
-            "partitions", "schedule", "delivery", "checks",
-        },
-        file,
-        "",
-    )
-    name = doc.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ConfigError(file, "name", "lower_snake_case name (letters, digits, _) is required")
-    source = _parse_source(doc.get("source"), file)
-
-    dest = _expect(doc.get("destination"), dict, file, "destination", "a mapping with vendor and endpoint")
-    _only_keys(dest, {"vendor", "endpoint", "options", "name"}, file, "destination")
-    destination_name = dest.get("name")
-    if destination_name is not None and (
-        not isinstance(destination_name, str) or not DESTINATION_NAME_RE.match(destination_name)
-    ):
-        raise ConfigError(file, "destination.name", f"a short name like prod or staging-eu, got {destination_name!r}")
-    known = vendors()
-    vendor = known.get(str(dest.get("vendor")))
-    if vendor is None:
-        raise ConfigError(
-            file, "destination.vendor", f"unknown vendor {dest.get('vendor')!r} (known: {', '.join(known)})"
-        )
-    endpoint = vendor.endpoints.get(str(dest.get("endpoint")))
-    if endpoint is None:
-        raise ConfigError(
-            file,
-            "destination.endpoint",
-            f"unknown endpoint {dest.get('endpoint')!r} for {vendor.name} (known: {', '.join(vendor.endpoints)})",
-        )
-    options = _expect(dest.get("options") or {}, dict, file, "destination.options", "a mapping")
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(file, "(file)", f"cannot be read: {exc}") from None
     try:
-        endpoint = endpoint.configure(options)
-    except ValueError as exc:
-        option, _, message = str(exc).partition(": ")
-        raise ConfigError(file, f"destination.options.{option}", message or str(exc)) from None
+        tree = yaml.compose(text, Loader=_Loader)
+        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(file, "(yaml)", _yaml_problem(exc)) from None
+    lines: dict[str, int] = {}
+    dupes: list[tuple[str, int]] = []
+    _positions(tree, "", lines, dupes)
+    problems = _Problems(file, lines)
+    if not isinstance(raw, dict):
+        problems.add("", f"expected a mapping of fields (name, source, destination, model...), got {_shown(raw)}")
+        problems.raise_if_any()
+    for dupe, line in dupes:
+        problems.add(dupe, f"given twice (again at line {line}); YAML keeps only the last")
 
-    model = doc.get("model")
-    if not isinstance(model, str) or not model.endswith(".sql"):
-        raise ConfigError(file, "model", "the name of a .sql file next to the sync file is required")
-    model_file = (path.parent / model).resolve()
-    if not model_file.is_file():
-        raise ConfigError(file, "model", f"model file not found: {model_file}")
-    model_sql = model_file.read_text().strip().rstrip(";")
-    if not model_sql:
-        raise ConfigError(file, "model", f"model file is empty: {model_file}")
+    doc: SyncFileModel | None = None
+    try:
+        doc = SyncFileModel.model_validate(raw)
+    except ValidationError as exc:
+        for error in _collapse_unions(exc.errors()):
+            where = _path(error["loc"])
+            problems.add(where, _message(error, where))
 
-    mode = doc.get("mode", "append")
-    if mode not in ("append", "mirror"):
-        raise ConfigError(file, "mode", f"must be append or mirror, got {mode!r}")
-    partition_start = _parse_partitions(doc.get("partitions"), file)
-    if partition_start is not None and not source.cursor:
-        raise ConfigError(file, "source.cursor", "daily partitions need a cursor column")
-    schedule = doc.get("schedule")
-    if schedule is not None:
-        _expect(schedule, str, file, "schedule", "a cron string like '15 * * * *'")
-        if len(schedule.split()) != 5:
-            raise ConfigError(file, "schedule", f"a five-field cron string is required, got {schedule!r}")
-    keep_nulls = doc.get("keep_nulls", False)
-    _expect(keep_nulls, bool, file, "keep_nulls", "true or false")
-    checks = _expect(doc.get("checks") or {}, dict, file, "checks", "a mapping")
-    _only_keys(checks, {"max_rejected_share"}, file, "checks")
-    share = checks.get("max_rejected_share", 0.01)
-    if not isinstance(share, int | float) or not 0 <= share <= 1:
-        raise ConfigError(file, "checks.max_rejected_share", "a share between 0 and 1 (0.01 = 1%)")
+    # Sections that validated on their own, for the checks that span sections or need the vendor.
+    def part(name: str) -> Any:
+        if doc is not None:
+            return getattr(doc, name)
+        value = raw.get(name)
+        return None if value is None else _section(SECTIONS[name], value)
 
+    dest: DestinationModel | None = part("destination")
+
+    vendor: Vendor | None = None
+    endpoint: Endpoint | None = None
+    options: dict[str, Any] = {}
+    raw_dest = raw.get("destination")
+    if isinstance(raw_dest, dict):
+        known = vendors()
+        given_vendor = raw_dest.get("vendor")
+        if isinstance(given_vendor, str):
+            vendor = known.get(given_vendor)
+            if vendor is None:
+                problems.add("destination.vendor", f"unknown vendor {given_vendor!r} (known: {', '.join(known)})")
+        given_endpoint = raw_dest.get("endpoint")
+        if vendor is not None and isinstance(given_endpoint, str):
+            endpoint = vendor.endpoints.get(given_endpoint)
+            if endpoint is None:
+                problems.add(
+                    "destination.endpoint",
+                    f"unknown endpoint {given_endpoint!r} for {vendor.name} (known: {', '.join(vendor.endpoints)})",
+                )
+        if endpoint is not None and dest is not None:
+            options = {
+                k: _resolve(v, path.resolve().parent) if _is_path_option(k) and isinstance(v, str) and v.strip() else v
+                for k, v in dest.options.items()
+            }
+            try:
+                endpoint = endpoint.configure(options)
+            except ValueError as exc:
+                option, _, message = str(exc).partition(": ")
+                problems.add(f"destination.options.{option}", message or str(exc))
+                endpoint = None
+
+    model_sql = ""
+    model_file = path
+    given_model = raw.get("model")
+    if isinstance(given_model, str) and given_model.endswith(".sql"):
+        model_file = (path.parent / given_model).resolve()
+        if not model_file.is_file():
+            problems.add("model", f"model file not found: {model_file}")
+        else:
+            model_sql = model_file.read_text().strip().rstrip(";").strip()
+            if not model_sql:
+                problems.add("model", f"model file is empty: {model_file}")
+
+    # Checks across sections read the raw values, so they are made even when a section has other problems.
+    raw_source, raw_delivery = raw.get("source"), raw.get("delivery")
+    if raw.get("partitions") is not None and isinstance(raw_source, dict) and raw_source.get("cursor") is None:
+        problems.add("source.cursor", "daily partitions need a cursor column")
+    max_items = raw_delivery.get("max_items") if isinstance(raw_delivery, dict) else None
+    if endpoint is not None and isinstance(max_items, int) and max_items > endpoint.max_items:
+        problems.add(
+            "delivery.max_items", f"{endpoint.qualified_name} accepts at most {endpoint.max_items} items per request"
+        )
+
+    problems.raise_if_any()
+    assert doc is not None and vendor is not None and endpoint is not None
+    source, dest, partitions = doc.source, doc.destination, doc.partitions
+    delivery_values = doc.delivery.model_dump(exclude_unset=True) if doc.delivery is not None else {}
     return SyncSpec(
-        name=name,
+        name=doc.name,
         file=path,
-        source=source,
+        source=SourceSpec(
+            key=tuple(source.key),
+            cursor=source.cursor,
+            table=source.table,
+            query=source.query,
+            parquet=source.parquet,
+            warehouse=source.warehouse,
+            null_cursor=source.null_cursor,
+        ),
         vendor=vendor,
         endpoint=endpoint,
         model_sql=model_sql,
         model_file=model_file,
-        mode=mode,
-        keep_nulls=keep_nulls,
-        partition_start=partition_start,
-        schedule=schedule,
-        description=str(doc.get("description", "")),
-        delivery=_parse_delivery(doc.get("delivery"), file, endpoint),
+        mode=doc.mode,
+        keep_nulls=doc.keep_nulls,
+        partition_start=partitions.daily.start if partitions is not None else None,
+        schedule=doc.schedule,
+        description=doc.description,
+        delivery=DeliverySpec(**delivery_values),
         options=options,
-        max_rejected_share=float(share),
-        destination_name=destination_name,
+        max_rejected_share=float(doc.checks.max_rejected_share) if doc.checks is not None else 0.01,
+        destination_name=dest.name,
     )
 
 
@@ -307,9 +628,3 @@ def load_syncs(dirs: Iterable[Path] | None = None) -> LoadedSyncs:
                 continue
             syncs[spec.name] = spec
     return LoadedSyncs(syncs, errors)
-
-
-def expand_path(pattern: str, base: Path) -> str:
-    """Expand ``${VAR}``/``~`` in a parquet glob; relative globs are taken from ``base`` (SYNCLINE_HOME)."""
-    expanded = os.path.expanduser(os.path.expandvars(pattern))
-    return expanded if os.path.isabs(expanded) else str(base / expanded)

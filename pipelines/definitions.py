@@ -1,6 +1,8 @@
 """The Dagster code location (``workspace.yaml`` -> ``pipelines.definitions``): every sync file's assets.
 
-A sync file that does not load is reported in the log and skipped; the other syncs still load.
+A sync file that does not load, or whose assets cannot be built, is reported in the log (a warning per
+problem, naming the file and the field) and skipped; the other syncs still load, so one broken file never
+takes the code location down.
 """
 
 from __future__ import annotations
@@ -20,8 +22,14 @@ log = logging.getLogger("syncline")
 def build_definitions() -> dg.Definitions:
     loaded = load_syncs()
     for error in loaded.errors:
-        log.warning("syncline: skipped a sync file: %s", error)
-    built = [build_sync(spec) for spec in loaded.syncs.values()]
+        for line in str(error).splitlines():
+            log.warning("syncline: skipped a sync file: %s", line)
+    built = []
+    for spec in loaded.syncs.values():
+        try:
+            built.append(build_sync(spec))
+        except Exception as exc:  # a sync Dagster refuses (a name, a cron) must not stop the others
+            log.warning("syncline: skipped a sync file: %s: %s: %s", spec.file, exc.__class__.__name__, exc)
     resources = {"syncline": SynclineResource(), **{resource_key(v): vendor_resource(v) for v in vendors().values()}}
     return dg.Definitions(
         assets=[b.assets for b in built],

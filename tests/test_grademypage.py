@@ -162,7 +162,7 @@ def test_track_rules_reject_exactly_the_bad_rows_with_clear_reasons(sandbox, war
         "c_fullurl": "pathname must start with /, got https://acme.example/x",
         "d_relurl": "fullUrl must be an absolute http(s) URL, got acme.example/x",
         "e_seconds": "timestamp looks like epoch seconds, GradeMyPage wants epoch milliseconds; got 1780272000",
-        "f_garbage": "timestamp is required; timestamp must be epoch milliseconds, got yesterday",
+        "f_garbage": "timestamp must be epoch milliseconds, got yesterday",
         "g_utm": "utm has unknown member(s) utm_source (allowed: source, medium, campaign, term, content)",
         "h_nosess": "sessionId is required",
         "i_data": "eventData must be a JSON object, got [25, 50]",

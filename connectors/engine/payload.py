@@ -6,6 +6,11 @@ they are bad: a row that breaks a rule gets a ``reject_reason`` a person can rea
 
 Conventions for a model (the ``SELECT`` over ``source`` in the sync's ``.sql`` file):
 - ``_key`` (required) is the source's primary key, already present on ``source``; ``_cursor`` likewise.
+  A model that does not select ``_cursor`` gets the source cursor of each row carried to it
+  (``connectors.stage``), so a key repeated within one run keeps its newest row by the sync's cursor
+  either way; the older rows are rejected as duplicates (docs/sync-files.md).
+- A row gets at most one reason per field (the first rule of that field it breaks), plus one per
+  row-level rule of the endpoint.
 - Every other column not starting with ``_`` is a top-level payload field and must be one the endpoint
   declares (a typo is a config error naming the SQL file, not a silently dropped field).
 - A NULL top-level field is omitted. NULLs inside objects are omitted too, unless the sync sets
@@ -48,7 +53,7 @@ def _is_json(dtype: DuckDBPyType) -> bool:
 def _iso_from_timestamp(expr: str, dtype_id: str) -> str:
     if dtype_id == "timestamp with time zone":
         return f"strftime(timezone('UTC', {expr}), '{UTC_ISO_FORMAT}')"
-    # Naive timestamps and dates are taken as UTC (documented in docs/syncs.md).
+    # Naive timestamps and dates are taken as UTC (documented in docs/sync-files.md).
     return f"strftime(CAST({expr} AS TIMESTAMP), '{UTC_ISO_FORMAT}')"
 
 
@@ -254,11 +259,13 @@ class PayloadBuilder:
                     f"'{f.name} must be one of {', '.join(f.choices)}; got ' || {shown}",
                 )
             )
+        # Last: a value that is there but unusable ("must be a number, got fast") also normalizes to NULL,
+        # and the row gets that reason, not "is required" as well (one reason per field: see sql()).
         if f.required and f.required_when is None:
-            reasons.insert(0, (f"{value} IS NULL", f"'{f.name} is required'"))
+            reasons.append((f"{value} IS NULL", f"'{f.name} is required'"))
         elif f.required_when:
             because = f" {f.required_because}" if f.required_because else ""
-            reasons.insert(0, (f"({f.required_when}) AND {value} IS NULL", quote_literal(f"{f.name} is required{because}")))
+            reasons.append((f"({f.required_when}) AND {value} IS NULL", quote_literal(f"{f.name} is required{because}")))
         return _FieldSql(value, out_type, reasons)
 
     def sql(self, relation: str, columns: dict[str, DuckDBPyType]) -> str:
@@ -280,7 +287,9 @@ class PayloadBuilder:
             selects.append(f"{fs.value} AS {alias}")
             label = quote_literal(_json_string(f.name) + ":")
             pieces.append(f"CASE WHEN {alias} IS NULL THEN NULL ELSE {label} || {json_of(alias, fs.dtype, self.keep_nulls)} END")
-            reasons += [f"CASE WHEN {cond} THEN {reason} END" for cond, reason in fs.reasons]
+            if fs.reasons:
+                # One reason per field: the first rule it breaks, in the order _field_sql lists them.
+                reasons.append("CASE " + " ".join(f"WHEN {cond} THEN {reason}" for cond, reason in fs.reasons) + " END")
         for rule in self.endpoint.rules:
             reasons.append(f"CASE WHEN {rule.when} THEN {rule.reason} END")
 
