@@ -451,6 +451,9 @@ class Delivery:
         if chunk.resends and result.requests:
             # Sent again after an earlier run's unknown outcome: the vendor may now hold two copies.
             result.count_resends([k for k in chunk.resends if k not in result.failed])
+        if result.resent_unknown and result.all_delivered:  # counted per item: recorded item by item
+            result.all_delivered = False
+            result.delivered.update(dict.fromkeys(i.idem_key for i in chunk.items))
         run.resent_unknown += sum(result.resent_unknown.values())
         outcome = Outcome(run.destination, run.run_id, chunk.claim_id,
                           attempts=result.attempts, keep_delivered=self.options.mode == "append",
