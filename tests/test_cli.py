@@ -43,6 +43,7 @@ def test_demo_delivers_every_vendor_then_nothing_new_on_the_second_run(syncline_
     for vendor in ("trubrics", "screeb", "streamback", "grademypage", "flux"):
         assert f"{vendor}." in first.stdout  # each vendor and endpoint appears in the summary
     assert "every source row accounted for: yes" in first.stdout
+    assert "syncline rejects product_events_to_trubrics" in first.stdout  # where to look at what was rejected
     second = subprocess.run(env_cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "0 new items delivered" in second.stdout
@@ -69,8 +70,11 @@ def test_preview_shows_payloads_and_validation(cli_sync, capsys):
     assert main(["preview", "cli_events", "--limit", "20"]) == 0
     out = capsys.readouterr().out
     assert "Nothing is sent" in out and "1 fail validation" in out
-    assert "REJECT: user_id is required" in out
+    assert "REJECT" not in out and "Showing 19 valid rows" in out  # valid rows by default
     assert '"event": "Signed up"' in out
+    assert main(["preview", "cli_events", "--rejected"]) == 0
+    out = capsys.readouterr().out
+    assert "[e3] REJECT: user_id is required" in out and "Showing 1 rejected rows" in out
 
 
 def test_log_lists_runs_attempts_and_reasons(cli_sync, capsys):
@@ -80,6 +84,7 @@ def test_log_lists_runs_attempts_and_reasons(cli_sync, capsys):
     out = capsys.readouterr().out
     assert "recent HTTP attempts" in out and "publish_events" in out
     assert "rejected     1  user_id is required" in out
+    assert "rejections by rule" in out
 
 
 def test_list_reports_a_broken_sync_file_with_file_and_field(cli_sync, write_sync, capsys):

@@ -279,6 +279,8 @@ class PayloadBuilder:
 
         selects: list[str] = []
         pieces: list[str] = []
+        strict: list[tuple[int, str]] = []  # (piece, field) of nested values: checked for non-JSON numbers
+        texts: list[tuple[str, str]] = []  # (column, field) of JSON given as text: checked for repeated keys
         reasons: list[str] = []
         for i, f in enumerate(declared):
             dtype = columns.get(f.name, duckdb.sqltype("VARCHAR"))
@@ -287,6 +289,10 @@ class PayloadBuilder:
             selects.append(f"{fs.value} AS {alias}")
             label = quote_literal(_json_string(f.name) + ":")
             pieces.append(f"CASE WHEN {alias} IS NULL THEN NULL ELSE {label} || {json_of(alias, fs.dtype, self.keep_nulls)} END")
+            if f.kind in ("object", "array", "any"):
+                strict.append((len(pieces) - 1, f.name))
+                if _is_json(fs.dtype) or fs.dtype.id == "varchar":
+                    texts.append((alias, f.name))
             if fs.reasons:
                 # One reason per field: the first rule it breaks, in the order _field_sql lists them.
                 reasons.append("CASE " + " ".join(f"WHEN {cond} THEN {reason}" for cond, reason in fs.reasons) + " END")
@@ -316,12 +322,24 @@ class PayloadBuilder:
                 f"CASE WHEN _key IS NULL OR _dup > 1 THEN NULL "
                 f"ELSE {label} || to_json(substr(sha256({scope} || _key), 1, 32)) END"
             )
-        payload = "'{' || concat_ws(','" + "".join(", " + p for p in pieces) + ") || '}'"
+        payload = "'{' || concat_ws(','" + "".join(f", _p{n}" for n in range(len(pieces))) + ") || '}'"
+        piece_columns = "".join(f", {p} AS _p{n}" for n, p in enumerate(pieces))
+        not_json = "".join(
+            f", CASE WHEN {non_json_number(f'_p{n}')} THEN "
+            f"{quote_literal(name + ' holds NaN, Infinity or a number out of range, which JSON cannot carry')} END"
+            for n, name in strict
+        ) + "".join(
+            f", CASE WHEN json_type({col}) = 'OBJECT' AND len(list_distinct(json_keys({col}))) < len(json_keys({col})) "
+            f"THEN {quote_literal(name + ' has the same key twice (JSON text); a vendor keeps either one')} END"
+            for col, name in texts
+        )
         overhead = self.endpoint.envelope_bytes()
         limit = self.max_body_bytes - overhead
         return f"""
             WITH shaped AS ({inner}),
-            rendered AS (SELECT _key, _cursor, _reason, _dup, _maybe_tie, {payload} AS payload FROM shaped)
+            pieced AS (SELECT *{piece_columns} FROM shaped),
+            rendered AS (SELECT _key, _cursor, concat_ws('; ', _reason{not_json}) AS _reason, _dup, _maybe_tie,
+                                {payload} AS payload FROM pieced)
             SELECT
                 _key,
                 _cursor,
@@ -337,12 +355,25 @@ class PayloadBuilder:
                 NULLIF(concat_ws('; ',
                     CASE WHEN _key IS NULL THEN 'the source key is NULL, so the row cannot be tracked' END,
                     CASE WHEN _dup > 1 THEN 'duplicate source key ' || _key || ': a newer row with this key is in the same run' END,
-                    _reason,
+                    NULLIF(_reason, ''),
                     CASE WHEN strlen(payload) > {limit}
                          THEN 'item is ' || strlen(payload) || ' bytes, over the {limit}-byte request limit' END
                 ), '') AS reject_reason
             FROM rendered
         """
+
+
+def non_json_number(text: str) -> str:
+    """SQL: ``text`` (a rendered JSON fragment) holds ``NaN``/``Infinity`` (DuckDB's ``to_json`` writes them
+    for DOUBLE values, and JSON text columns may carry them) or a number that overflows a double. A cheap
+    substring test first; only suspects have their string literals stripped and their tokens checked."""
+    stripped = f"regexp_replace({text}, '\"(?:[^\"\\\\]|\\\\.)*\"', '\"\"', 'g')"
+    tokens = f"regexp_replace({stripped}, '-?[0-9]+(\\.[0-9]+)?([eE][+-]?[0-9]+)?|true|false|null', '', 'g')"
+    return (
+        f"({text} IS NOT NULL AND regexp_matches({text}, 'NaN|Infinity|nan|inf|[eE]\\+?[0-9]{{3}}') AND "
+        f"(regexp_matches({tokens}, '[A-Za-z]') OR "
+        f"regexp_matches({stripped}, '[0-9][eE]\\+?(309|3[1-9][0-9]|[4-9][0-9][0-9]|[0-9]{{4,}})')))"
+    )
 
 
 CURSOR_TEXT_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # UTC, fixed width: the ledger compares these as text

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-LATEST = 3
+LATEST = 4
 
 V1 = [
     """CREATE TABLE IF NOT EXISTS syncline_items (
@@ -97,13 +97,17 @@ V3 = [
     "ALTER TABLE syncline_items ADD COLUMN resent_unknown INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE syncline_items ADD COLUMN resolved_by TEXT",
     "ALTER TABLE syncline_items ADD COLUMN resolved_at TEXT",
-    # Mirror mode keeps what it delivered, so a row gone from the source can be undone (group.unassign).
-    "ALTER TABLE syncline_items ADD COLUMN payload TEXT",
     "ALTER TABLE syncline_runs ADD COLUMN resent_unknown INTEGER NOT NULL DEFAULT 0",
-    "ALTER TABLE syncline_runs ADD COLUMN removed INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE syncline_runs ADD COLUMN host TEXT NOT NULL DEFAULT ''",
     "ALTER TABLE syncline_runs ADD COLUMN pid INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE syncline_runs ADD COLUMN staging TEXT NOT NULL DEFAULT ''",
+]
+
+# Version 4: mirror mode keeps what it delivered, so a row gone from the source can be undone (Screeb's
+# group.unassign), and runs count those removals.
+V4 = [
+    "ALTER TABLE syncline_items ADD COLUMN payload TEXT",
+    "ALTER TABLE syncline_runs ADD COLUMN removed INTEGER NOT NULL DEFAULT 0",
 ]
 
 
@@ -119,7 +123,7 @@ def migrate(cur: Any, dialect: str, table_exists: Callable[[str], bool], now: st
         if current:
             cur.execute(f"INSERT INTO syncline_schema_version VALUES (1, '{now}')")
     applied: list[int] = []
-    steps: dict[int, list[str]] = {1: V1, 2: V2[dialect], 3: V3}
+    steps: dict[int, list[str]] = {1: V1, 2: V2[dialect], 3: V3, 4: V4}
     for version in range(current + 1, LATEST + 1):
         for statement in steps[version]:
             cur.execute(statement)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
 import threading
 import time
@@ -28,9 +29,15 @@ class Request:
     headers: dict[str, str]  # lower-case names
     body: bytes
     params: dict[str, str] = field(default_factory=dict)  # named groups of the route pattern
+    invalid_json: str | None = None  # why the body did not parse, once :meth:`json` refused it
 
     def json(self) -> Any:
-        return json.loads(self.body.decode("utf-8"))
+        """The body parsed strictly, as a validating server would: see :func:`strict_json`."""
+        try:
+            return strict_json(self.body)
+        except ValueError as exc:
+            self.invalid_json = f"{exc.__class__.__name__}: {exc}"
+            raise
 
     def arg(self, name: str) -> str | None:
         values = self.query.get(name)
@@ -53,6 +60,56 @@ class Response:
         if isinstance(self.body, bytes):
             return self.body
         return json.dumps(self.body).encode()
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ValueError(f"duplicate object key {dup!r}")
+    return found
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _check_surrogates(value: Any) -> None:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            item.encode("utf-8")  # UnicodeEncodeError (a ValueError) on a lone surrogate
+        elif isinstance(item, dict):
+            for key, member in item.items():
+                key.encode("utf-8")
+                stack.append(member)
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def strict_json(body: bytes) -> Any:
+    """Parse a request body as a strict server does, raising ``ValueError`` on anything that is not JSON
+    (RFC 8259) in UTF-8: ``NaN``/``Infinity``/``-Infinity`` (Python's json accepts them), invalid UTF-8,
+    a lone surrogate escape such as ``"\\ud800"`` (a Postgres ``jsonb`` or Go service refuses it), a number
+    too large for a double such as ``1e400`` (Python would read Infinity; serde_json and Go refuse it), and
+    an object with the same key twice (which key wins differs between parsers, so a careful server refuses)."""
+    text = body.decode("utf-8")  # UnicodeDecodeError is a ValueError
+    value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite, object_pairs_hook=_unique_keys)
+    if _SURROGATE_ESCAPE.search(body):
+        _check_surrogates(value)
+    return value
 
 
 class Drop(Exception):
@@ -83,10 +140,25 @@ class Route:
 class Fault:
     """Misbehave on the next ``count`` requests of an endpoint (after letting ``after`` through).
 
-    modes: ``429`` (Retry-After seconds), ``429_date`` (Retry-After HTTP-date), ``429_bare`` (no header),
-    ``500``, ``503``, ``slow`` (sleep ``delay`` then answer normally), ``drop`` (close before handling),
-    ``drop_after`` (handle, record, then close without answering: the client cannot know it landed),
-    ``reject_matching`` (answer the endpoint's validation error if the body contains ``match``).
+    modes:
+
+    - ``429`` (Retry-After seconds), ``429_date`` (Retry-After HTTP-date), ``429_bare`` (no header);
+    - ``500``, ``503``: answer the error without handling (nothing stored);
+    - ``store_500``, ``store_503``: handle and store, then answer the error instead of the real answer
+      (the client sees a 5xx for a request that landed);
+    - ``slow``: sleep ``delay``, then handle and answer normally (stored *after* the sleep);
+    - ``timeout``: handle and store at once, then sleep ``delay`` before answering; with ``delay`` over the
+      client's timeout the client gives up on a request that landed (the answer goes nowhere);
+    - ``hang``: sleep ``delay``, then close without handling (a vendor that never answers, nothing stored);
+    - ``drop``: close the connection before handling (nothing stored);
+    - ``drop_after`` (alias ``store_drop``): handle and store, then close without answering;
+    - ``reject_matching``: answer the endpoint's validation error if the body contains ``match``;
+    - ``echo_500``, ``echo_400``: answer 500 / 400 with the request's headers, query and body echoed back
+      (a vendor whose error page quotes the request, credentials included: tests the client's redaction).
+
+    ``count`` requests are affected after letting ``after`` through (counted per endpoint from when the
+    fault is set); ``count=-1`` affects every request from then on. Sleeps are bounded by ``delay``
+    (at most :data:`MAX_DELAY` seconds) so a test can never hang on the sandbox.
     """
 
     mode: str
@@ -96,11 +168,23 @@ class Fault:
     delay: float = 0.0
     match: str = ""
 
-    MODES = ("429", "429_date", "429_bare", "500", "503", "slow", "drop", "drop_after", "reject_matching")
+    MODES = ("429", "429_date", "429_bare", "500", "503", "store_500", "store_503", "slow", "timeout", "hang",
+             "drop", "drop_after", "store_drop", "reject_matching", "echo_500", "echo_400")
+    MAX_DELAY = 120.0
 
     def __post_init__(self) -> None:
         if self.mode not in self.MODES:
             raise ValueError(f"unknown fault mode {self.mode!r} (known: {', '.join(self.MODES)})")
+        if self.count < -1 or self.after < 0:
+            raise ValueError("fault count must be >= -1 (-1: every request) and after >= 0")
+        if not 0 <= self.delay <= self.MAX_DELAY:
+            raise ValueError(f"fault delay must be between 0 and {self.MAX_DELAY:g} seconds")
+        if self.mode in ("timeout", "hang") and self.delay <= 0:
+            raise ValueError(f"fault mode {self.mode} needs a delay (seconds, over the client's timeout)")
+
+    def applies(self, seen: int) -> bool:
+        """Whether the request numbered ``seen`` (0-based, since the fault was set) misbehaves."""
+        return seen >= self.after and (self.count == -1 or seen < self.after + self.count)
 
 
 @dataclass
@@ -110,6 +194,8 @@ class EndpointStats:
     max_items_per_request: int = 0
     items_accepted: int = 0
     rate_limited: int = 0  # 429s the documented limit caused (not injected faults)
+    dropped: int = 0  # connections closed without an answer (drop faults)
+    invalid_json: int = 0  # request bodies that are not strict JSON (see strict_json): a client bug
     max_in_window: int = 0  # most requests one credential sent within any rate window
     first_at: float = 0.0
     last_at: float = 0.0
@@ -121,6 +207,8 @@ class EndpointStats:
             "max_items_per_request": self.max_items_per_request,
             "items_accepted": self.items_accepted,
             "rate_limited": self.rate_limited,
+            "dropped": self.dropped,
+            "invalid_json": self.invalid_json,
             "max_in_window": self.max_in_window,
             "first_at": self.first_at,
             "last_at": self.last_at,
@@ -142,6 +230,8 @@ class Emulator:
         self.stats: dict[str, EndpointStats] = defaultdict(EndpointStats)
         self.faults: dict[str, Fault] = {}
         self._fault_seen: dict[str, int] = defaultdict(int)
+        self.active = 0  # requests being handled right now (a test waits for 0 before counting what landed)
+        self.invalid_bodies: list[dict[str, Any]] = []  # the first bodies that were not strict JSON, and why
         self._windows: dict[tuple[str, str], deque[float]] = defaultdict(deque)
         self._routes = self.routes()
 
@@ -168,6 +258,7 @@ class Emulator:
             self.faults.clear()
             self._fault_seen.clear()
             self._windows.clear()
+            self.invalid_bodies.clear()
             self.reset_state()
 
     def reset_state(self) -> None:
@@ -206,16 +297,30 @@ class Emulator:
             if fault is not None:
                 seen = self._fault_seen[name]
                 self._fault_seen[name] = seen + 1
-                if fault.after <= seen < fault.after + fault.count:
+                if fault.applies(seen):
                     active = fault
-        response = self._apply_fault(active, route, request) if active else None
-        if response is None:
-            response = self._rate_check(route, request, now) or route.handler(request)
+            self.active += 1
+        try:
+            response = self._apply_fault(active, route, request, now) if active else None
+            if response is None:
+                response = self._rate_check(route, request, now) or route.handler(request)
+        except Drop:
+            with self.lock:
+                stats.dropped += 1
+            raise
+        finally:
+            with self.lock:
+                self.active -= 1
+                if request.invalid_json is not None:
+                    stats.invalid_json += 1
+                    if len(self.invalid_bodies) < 20:
+                        self.invalid_bodies.append(
+                            {"endpoint": name, "why": request.invalid_json, "body": request.body[:4000]})
         with self.lock:
             stats.by_status[response.status] += 1
         return response
 
-    def _apply_fault(self, fault: Fault, route: Route, request: Request) -> Response | None:
+    def _apply_fault(self, fault: Fault, route: Route, request: Request, now: float) -> Response | None:
         mode = fault.mode
         if mode == "429":
             return Response(429, {"error": "rate limited"}, {"Retry-After": f"{fault.retry_after:g}"})
@@ -227,14 +332,29 @@ class Emulator:
             return Response(429, {"error": "rate limited"})
         if mode in ("500", "503"):
             return Response(int(mode), {"error": "internal error"})
+        if mode in ("store_500", "store_503"):
+            self._rate_check(route, request, now) or route.handler(request)
+            return Response(int(mode[-3:]), {"error": "internal error"})
         if mode == "slow":
             time.sleep(fault.delay)
             return None
+        if mode == "timeout":
+            response = self._rate_check(route, request, now) or route.handler(request)
+            time.sleep(fault.delay)
+            return response
+        if mode == "hang":
+            time.sleep(fault.delay)
+            raise Drop()
         if mode == "drop":
             raise Drop()
-        if mode == "drop_after":
-            route.handler(request)
+        if mode in ("drop_after", "store_drop"):
+            self._rate_check(route, request, now) or route.handler(request)
             raise Drop()
+        if mode in ("echo_500", "echo_400"):
+            return Response(int(mode[-3:]), {
+                "error": "request refused", "headers": request.headers, "query": request.query,
+                "body": request.body.decode("utf-8", "replace")[:2000],
+            })
         if mode == "reject_matching" and fault.match and fault.match.encode() in request.body:
             return self.validation_error(route.endpoint, f"item refused by server-side rule ({fault.match!r})")
         return None
