@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import time_bound  # noqa: E402
+from benchmarks.common import run_cli, time_bound  # noqa: E402
 
 MODEL = """SELECT _key, user_id, event_name AS event, occurred_at AS timestamp,
        json_merge_patch(properties, json_object('$thread_id', thread_id, 'plan', plan)) AS properties
@@ -51,27 +51,6 @@ def _stats(port: int) -> dict[str, int]:
         return json.load(resp)  # type: ignore[no-any-return]
 
 
-def _run(env: dict[str, str], timeout: float) -> tuple[float, float, int, str]:
-    """(wall seconds, peak RSS MB, exit code, last stderr line) of one ``syncline run bench``."""
-    started = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", "bench"], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=err, text=True)
-        deadline = time.monotonic() + timeout
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise SystemExit("syncline run exceeded its time bound")
-            time.sleep(0.05)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        err.seek(0)
-        lines = err.read().strip().splitlines() or [""]
-    return time.perf_counter() - started, usage.ru_maxrss / 1024, proc.returncode, lines[-1]
-
-
 def measure(events: int, work: Path, port: int) -> dict[str, object]:
     data = work / f"events-{events}.parquet"
     if not data.exists():
@@ -90,9 +69,9 @@ def measure(events: int, work: Path, port: int) -> dict[str, object]:
     env.update(SYNCLINE_SYNCS_DIR=str(syncs), SYNCLINE_HOME=str(work / f"home-{events}"),
                TRUBRICS_BASE_URL=f"http://127.0.0.1:{port}", TRUBRICS_API_KEY="bench-key")
     urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/_reset", method="POST"), timeout=10)
-    first_wall, first_rss, first_rc, first_err = _run(env, 60 + events / 2000)
+    first_wall, first_rss, first_rc, first_err = run_cli(env, 60 + events / 2000)
     received = _stats(port)["items"]
-    second_wall, second_rss, second_rc, _ = _run(env, 60 + events / 20000)
+    second_wall, second_rss, second_rc, _ = run_cli(env, 60 + events / 20000)
     return {
         "events": events, "first_run_s": round(first_wall, 1), "first_run_exit": first_rc,
         "peak_rss_mb": round(first_rss), "received_at_sink": received, "rerun_s": round(second_wall, 1),

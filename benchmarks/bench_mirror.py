@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import time_bound  # noqa: E402
+from benchmarks.common import run_cli, time_bound  # noqa: E402
 
 MODEL = """SELECT _key, user_id, event_name AS event, occurred_at AS timestamp,
        {'$thread_id': thread_id, 'plan': plan, 'n': n} AS properties
@@ -75,24 +75,8 @@ def _build(rows: int, changed: float, out: Path) -> None:
 
 def _run(env: dict[str, str], timeout: float) -> dict[str, object]:
     """Wall seconds, peak RSS MB and exit code of one ``syncline run bench``."""
-    started = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", "bench"], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=err, text=True)
-        deadline = time.monotonic() + timeout
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise SystemExit("syncline run exceeded its time bound")
-            time.sleep(0.05)
-        err.seek(0)
-        lines = err.read().strip().splitlines() or [""]
-    code = os.waitstatus_to_exitcode(status)
-    return {"s": round(time.perf_counter() - started, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024),
-            "exit": code, "note": lines[-1][:200] if code else ""}
+    seconds, rss, code, last = run_cli(env, timeout)
+    return {"s": round(seconds, 2), "peak_rss_mb": round(rss), "exit": code, "note": last[:200] if code else ""}
 
 
 def diff_only() -> None:

@@ -392,18 +392,22 @@ class Ledger:
         with self._write() as cur:
             cur.executemany(self._sql(statement), values)
 
-    def lookup(self, destination: str, idem_keys: Sequence[str]) -> dict[str, tuple[str, str | None]]:
-        """State and payload hash of the given keys at ``destination`` (small lookups and tests)."""
-        found: dict[str, tuple[str, str | None]] = {}
+    def _by_keys(self, columns: str, destination: str, idem_keys: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+        """``columns`` of the given keys at ``destination``, 500 keys per query."""
+        found: dict[str, tuple[Any, ...]] = {}
         for i in range(0, len(idem_keys), 500):
             part = list(idem_keys[i : i + 500])
             marks = ",".join(["?"] * len(part))
-            for key, state, phash in self._query(
-                f"SELECT idem_key, state, payload_hash FROM syncline_items WHERE destination = ? AND idem_key IN ({marks})",
+            for key, *values in self._query(
+                f"SELECT idem_key, {columns} FROM syncline_items WHERE destination = ? AND idem_key IN ({marks})",
                 [destination, *part],
             ):
-                found[key] = (state, phash)
+                found[key] = tuple(values)
         return found
+
+    def lookup(self, destination: str, idem_keys: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+        """State and payload hash of the given keys at ``destination`` (small lookups and tests)."""
+        return {k: (v[0], v[1]) for k, v in self._by_keys("state, payload_hash", destination, idem_keys).items()}
 
     def set_progress(self, destination: str, idem_key: str, progress: str, vendor_id: str | None = None) -> None:
         """Persist a multi-step item's progress (JSON) at once, so a rerun resumes at the failed step."""
@@ -418,12 +422,7 @@ class Ledger:
 
     def progress(self, destination: str, idem_keys: Sequence[str]) -> dict[str, tuple[str | None, str | None]]:
         """(progress JSON, vendor id) of the given keys."""
-        marks = ",".join(["?"] * len(idem_keys))
-        rows = self._query(
-            f"SELECT idem_key, progress, vendor_id FROM syncline_items WHERE destination = ? AND idem_key IN ({marks})",
-            [destination, *idem_keys],
-        ) if idem_keys else []
-        return {key: (progress, vendor_id) for key, progress, vendor_id in rows}
+        return {k: (v[0], v[1]) for k, v in self._by_keys("progress, vendor_id", destination, idem_keys).items()}
 
     # -- reading for people and checks --------------------------------------------------------------------
     @staticmethod
@@ -441,16 +440,7 @@ class Ledger:
 
     def payloads(self, destination: str, idem_keys: Sequence[str]) -> dict[str, tuple[str | None, str | None]]:
         """(payload, source key) of delivered mirror-mode items (only mirror mode keeps payloads)."""
-        found: dict[str, tuple[str | None, str | None]] = {}
-        for i in range(0, len(idem_keys), 500):
-            part = list(idem_keys[i : i + 500])
-            marks = ",".join(["?"] * len(part))
-            for key, payload, source in self._query(
-                f"SELECT idem_key, payload, source_key FROM syncline_items WHERE destination = ? AND idem_key IN ({marks})",
-                [destination, *part],
-            ):
-                found[key] = (payload, source)
-        return found
+        return {k: (v[0], v[1]) for k, v in self._by_keys("payload, source_key", destination, idem_keys).items()}
 
     def resent_unknown(self, sync: str, destination: str | None = None) -> tuple[int, int]:
         """(items sent again after an unknown outcome, total such resends) of ``sync``: the most extra copies
