@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 from connectors import settings
 from connectors.destination import Destination, resolve_destination
 from connectors.engine.deliver import ChunkLimits, Delivery, DeliveryOptions
-from connectors.engine.endpoint import Endpoint, Vendor
+from connectors.engine.dryrun import DryRunOutput
+from connectors.engine.endpoint import Endpoint, RunContext, Vendor
 from connectors.engine.http import HttpClient, make_client
 from connectors.engine.ratelimit import RateLimiter, credential_scope
 from connectors.engine.retry import Backoff
@@ -247,6 +248,7 @@ def deliver_file(
     signals: StopSignals | None = None,
     progress: Progress | None = None,
     notes: Callable[[], str | None] | None = None,
+    dry_out: Path | None = None,
 ) -> RunRow:
     """Deliver a rendered payload file (or what ``render`` makes, given the ledger's snapshot of this
     destination) and record the run in the ledger.
@@ -287,8 +289,13 @@ def deliver_file(
 
     if dry_run:
         path, state = plan()
-        return with_notes(Delivery(None, ledger, run, options, on_progress).run_file(path, folder, state=state,
-                                                                                      state_taken=True))
+        dry = Delivery(None, ledger, run, options, on_progress)
+        if dry_out is not None:
+            endpoint = spec.endpoint.bind(RunContext(spec.name, run_id, None))
+            secret = [c.name for c in spec.vendor.credentials if c.secret]
+            dry.dry_output = DryRunOutput(dry_out, spec.name, endpoint, base, creds, secret,
+                                          {c.name: c.env for c in spec.vendor.credentials})
+        return with_notes(dry.run_file(path, folder, state=state, state_taken=True))
     sender = make_sender(spec, creds, base, run_id, destination=dest.id)
     shown = progress or NoProgress()
     for limiter in {id(s.limiter): s.limiter for s in (sender, sender.single) if s is not None}.values():
@@ -400,6 +407,7 @@ class SyncPipeline:
         announce: Callable[[str], None] | None = None,
         signals: StopSignals | None = None,
         progress: Progress | None = None,
+        dry_out: Path | None = None,
     ) -> RunRow:
         # Rendered already (Dagster shows the payloads asset first): deliver that file. Otherwise render
         # inside the delivery, after the ledger snapshot, leaving out what the destination has.
@@ -408,7 +416,7 @@ class SyncPipeline:
             credentials=credentials, base_url=base_url, dry_run=dry_run, on_progress=on_progress,
             window=self.window, on_wait=on_wait, announce=announce,
             render=None if self.payload_path is not None else self._render_pending, work_dir=self.out_dir,
-            signals=signals, progress=progress, notes=lambda: self.null_cursor_note,
+            signals=signals, progress=progress, notes=lambda: self.null_cursor_note, dry_out=dry_out,
         )
 
 
@@ -430,6 +438,7 @@ def run_sync(
     announce: Callable[[str], None] | None = None,
     handle_signals: bool = False,
     progress: Progress | None = None,
+    dry_out: Path | None = None,
 ) -> RunRow:
     """Extract, transform and deliver one window of one sync. ``handle_signals`` (the CLI): SIGINT and
     SIGTERM stop the run cleanly (see :class:`StopSignals`); the run ends ``interrupted``."""
@@ -445,7 +454,7 @@ def run_sync(
                 ledger=ledger, credentials=credentials, base_url=base_url, dry_run=dry_run,
                 on_progress=on_progress, announce=announce,
                 on_wait=lambda: _stderr(f"{spec.name}: waiting for another run delivering an overlapping window"),
-                signals=signals if handle_signals else None, progress=progress,
+                signals=signals if handle_signals else None, progress=progress, dry_out=dry_out,
             )
     except Interrupted as stop:  # while extracting or rendering: nothing was claimed or sent
         return RunRow(pipeline_run_id(run_id), spec.name, spec.endpoint.name, (window or Window()).label,

@@ -4,7 +4,7 @@
     syncline demo [--warehouse-only]      sample warehouse -> sandbox, every sync, with a summary
     syncline ui                           the Dagster UI on the sample warehouse, vendors in the sandbox
     syncline list                         the syncs found, whether each model binds, broken sync files
-    syncline run SYNC... | --all [--partition DAY | --from DAY --to DAY] [--dry-run]
+    syncline run SYNC... | --all [--partition DAY | --from DAY --to DAY] [--dry-run [--out DIR]]
     syncline preview SYNC [--rejected]    rendered payloads (or rejected rows and why); nothing is sent
     syncline log [SYNC]                   recent runs, HTTP attempts and rejection rules from the ledger
     syncline items SYNC                   every item: state, reason (rule, field, value), attempts
@@ -119,7 +119,8 @@ def _run_all(specs: Sequence[SyncSpec], args: argparse.Namespace, *, dry_run: bo
             continue
         try:
             run = run_sync(spec, window, dry_run=dry_run, announce=_note, handle_signals=True,
-                           progress=None if dry_run else for_stream(sys.stderr))
+                           progress=None if dry_run else for_stream(sys.stderr),
+                           dry_out=getattr(args, "out", None) if dry_run else None)
         except KeyboardInterrupt:
             runs.append(_failed_row(spec, window.label, "interrupted", "interrupted (SIGINT)"))
             print(f"{spec.name}: interrupted; the remaining syncs were not run", file=sys.stderr)
@@ -183,7 +184,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         broken = [Path(error.file).name for error in loaded.errors]
     else:
         specs, broken = _load(args.syncs, False), []
+    if args.out is not None and not args.dry_run:
+        raise SynclineError("--out writes a dry run's requests: use it with --dry-run")
     runs, code = _run_all(specs, args, dry_run=args.dry_run)
+    if args.out is not None:
+        print(f"dry run written to {args.out}: <sync>/requests.jsonl, rejected.jsonl, plan.json", file=sys.stderr)
     if broken and code in (0, EXIT_PENDING):
         code = EXIT_CONFIG
     _report_runs(runs, specs, code, dry_run=args.dry_run, broken_files=broken)
@@ -770,6 +775,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("syncs", nargs="*", metavar="SYNC", help="syncs to run (see `syncline list`)")
     p.add_argument("--all", action="store_true", help="every sync")
     p.add_argument("--dry-run", action="store_true", help="extract, render and plan; send nothing, write no ledger")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="with --dry-run: write <DIR>/<sync>/requests.jsonl (every request a real run would send: "
+                        "method, URL, redacted headers, body, keys), rejected.jsonl and plan.json")
     _add_window_args(p)
     p.set_defaults(func=cmd_run)
 

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from connectors.engine.concurrency import InFlightLimit
+from connectors.engine.dryrun import DryRunOutput
 from connectors.engine.plan import EXCERPT_CHARS, Column, Planner, boundaries, items_of
 from connectors.engine.sender import CLAIM_PREFIX, Chunk, ChunkResult, Item, Sender
 from connectors.errors import Interrupted, SyncStopped
@@ -122,6 +123,7 @@ class Delivery:
     ) -> None:
         self.sender = sender
         self.progress: Progress = progress or NoProgress()
+        self.dry_output: DryRunOutput | None = None  # an exact dry run writes its requests here
         self._progress_base = (0, 0, 0)
         self._to_send = 0
         self._in_flight_now = 0
@@ -208,6 +210,8 @@ class Delivery:
                 "`syncline retry --rejected` resends them)")
         limits = options.limits
         group_rows = max(limits.max_items, CLAIM_GROUP_ITEMS // limits.max_items * limits.max_items)
+        if options.dry_run and self.dry_output is not None:
+            return self._plan_requests(planner, group_rows, counts)
         if options.dry_run or self.sender is None:
             for batch in planner.to_send(group_rows):
                 body = Column(batch.column("body_part"))
@@ -227,6 +231,33 @@ class Delivery:
             return self._send_all(planner.to_send(group_rows), checker, counts.to_send)
         finally:
             self.run.skipped += planner.repeats
+
+    def _plan_requests(self, planner: Planner, group_rows: int, counts: Any) -> RunRow:
+        """An exact dry run: every request a real run would send, with the same groups and boundaries."""
+        out = self.dry_output
+        assert out is not None
+        run = self.run
+        out.rejects(planner.rejects())
+        for n, batch in enumerate(planner.to_send(group_rows)):
+            for chunk in self._chunks(batch, f"dry{n}"):
+                joined = chunk.joined or b""
+                out.request(chunk.keys_json or "[]", joined, [i.payload for i in chunk.items]
+                            if self._needs_items(out) else [], chunk.count)
+                run.requests += 1
+                run.bytes_sent += len(joined)
+        run.skipped += planner.repeats
+        out.finish({
+            "sync": run.sync, "destination": run.destination, "window": run.span,
+            "source_rows": counts.source_rows, "to_send": counts.to_send - planner.repeats,
+            "rejected": counts.rejected, "refused_before": counts.refused, "skipped": counts.skipped,
+            "held_in_doubt": counts.held, "repeats": planner.repeats,
+        }, self.options.concurrency)
+        return self._finish(None)
+
+    @staticmethod
+    def _needs_items(out: DryRunOutput) -> bool:
+        """Whether the endpoint builds bodies from separate items (it rewrites them) rather than the join."""
+        return out.endpoint.encode_joined(b"", 0, out.shown) is None
 
     def _write_rejects(self, planner: Planner) -> None:
         run = self.run
