@@ -105,6 +105,9 @@ class SyncSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     max_rejected_share: float = 0.01
     destination_name: str | None = None  # destination.name: the ledger's identity for where items go
+    # The endpoint's opt-in rules this sync checks (``strict: true`` -> {"*"}: all of them). Default: only
+    # what the vendor's document forbids is rejected (docs/vendors.md lists each rule and its basis).
+    strict: frozenset[str] = frozenset()
 
     @property
     def partitioned(self) -> bool:
@@ -221,6 +224,7 @@ class SyncFileModel(_Section):
     model: Annotated[StrictStr, Field(pattern=r"\.sql$")]
     mode: Mode = "append"
     keep_nulls: StrictBool = False
+    strict: StrictBool | list[StrictStr] = False
     partitions: PartitionsModel | None = None
     schedule: StrictStr | None = None
     delivery: DeliveryModel | None = None
@@ -261,6 +265,7 @@ HINTS = {
     "delivery.concurrency": f"at most {MAX_CONCURRENCY} requests in flight",
     "delivery.rate_safety": "must be at most 1 (a share of the documented rate)",
     "delivery.in_doubt": "must be resend (at-least-once) or hold",
+    "strict": "true (every opt-in rule of the endpoint) or a list of rule names (docs/vendors.md)",
 }
 
 
@@ -566,6 +571,17 @@ def load_sync_file(path: Path) -> SyncSpec:
             "delivery.max_items", f"{endpoint.qualified_name} accepts at most {endpoint.max_items} items per request"
         )
 
+    raw_strict = raw.get("strict")
+    if endpoint is not None and isinstance(raw_strict, list):
+        known_rules = [rule.name for rule in endpoint.opt_in_rules()]
+        for name in raw_strict:
+            if isinstance(name, str) and name not in known_rules:
+                problems.add(
+                    "strict",
+                    f"{name!r} is not an opt-in rule of {endpoint.qualified_name} "
+                    f"(its opt-in rules: {', '.join(known_rules) or 'none'})",
+                )
+
     problems.raise_if_any()
     assert doc is not None and vendor is not None and endpoint is not None
     source, dest, partitions = doc.source, doc.destination, doc.partitions
@@ -595,7 +611,17 @@ def load_sync_file(path: Path) -> SyncSpec:
         options=options,
         max_rejected_share=float(doc.checks.max_rejected_share) if doc.checks is not None else 0.01,
         destination_name=dest.name,
+        strict=strict_rules(doc.strict),
     )
+
+
+def strict_rules(value: bool | Sequence[str] | None) -> frozenset[str]:
+    """``strict:`` of a sync file (or an API call) as the set :meth:`Endpoint.active_rules` takes."""
+    if value is True:
+        return frozenset({"*"})
+    if not value:
+        return frozenset()
+    return frozenset(value)
 
 
 @dataclass

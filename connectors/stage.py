@@ -256,6 +256,7 @@ def builder_for(spec: SyncSpec) -> PayloadBuilder:
         model_file=str(spec.model_file),
         keep_nulls=spec.keep_nulls,
         max_body_bytes=spec.delivery.max_body_bytes,
+        strict=spec.strict,
     )
 
 

@@ -42,17 +42,46 @@ class Field:
     required_when: str | None = None
     required_because: str | None = None  # appended to the reason, e.g. "for copilot events"
     max_length: int | None = None
+    min_length: int | None = None  # only where the document says so ("non-empty"): a blank text is text
     choices: tuple[str, ...] | None = None
     min_value: float | None = None
     max_value: float | None = None
+    # Where the field's constraints come from: "doc: <section or quoted line of docs/vendor-api/<vendor>.md>".
+    # Every constraint declared on a Field must be documented; a check the document does not make is an
+    # opt-in :class:`Rule` instead (issue 10: reject exactly what the vendor forbids, send the rest).
+    basis: str = ""
 
 
 @dataclass(frozen=True)
 class Rule:
-    """A row-level check in SQL: rows where ``when`` is true are rejected with ``reason`` (a SQL string expr)."""
+    """A row-level check in SQL: rows where ``when`` is true are rejected with ``reason`` (a SQL string expr).
+
+    ``name`` is the rule's stable id (named in the reject reason, in ``strict: [name]`` and in
+    docs/vendors.md); ``field`` the payload field it is about; ``basis`` where it comes from ("doc: ..."
+    quoting the vendor document, or "choice: ..." saying why a careful integrator checks it). A rule with
+    no documentary basis is ``opt_in``: checked only when the sync sets ``strict: true`` or names it in
+    ``strict: [...]``, so a valid row is never rejected by default on a guess."""
 
     when: str
     reason: str
+    name: str = ""
+    field: str | None = None
+    basis: str = ""
+    opt_in: bool = False
+
+
+def not_blank(field: str, *, basis: str = "", opt_in: bool = True) -> Rule:
+    """A rule rejecting an empty or whitespace-only text in ``field``. Opt-in unless the document forbids
+    blank values (then pass ``opt_in=False`` and quote it in ``basis``): a blank string is a string."""
+    col = '"' + field.replace('"', '""') + '"'
+    return Rule(
+        when=f"{col} IS NOT NULL AND trim(CAST({col} AS VARCHAR)) = ''",
+        reason=f"'{field} is blank'",
+        name=f"{field}_not_blank",
+        field=field,
+        basis=basis or "choice: the document does not forbid an empty string; some teams treat one as missing data",
+        opt_in=opt_in,
+    )
 
 
 @dataclass(frozen=True)
@@ -234,6 +263,16 @@ class Endpoint:
     @property
     def qualified_name(self) -> str:
         return f"{self.vendor}.{self.name}"
+
+    def opt_in_rules(self) -> tuple[Rule, ...]:
+        """The rules a sync may turn on with ``strict`` (checks the vendor's document does not make)."""
+        return tuple(rule for rule in self.rules if rule.opt_in)
+
+    def active_rules(self, strict: frozenset[str] = frozenset()) -> tuple[Rule, ...]:
+        """The rules a sync with ``strict`` checks: every documented rule, plus the opt-in ones it names
+        (``"*"``: all of them, from ``strict: true``)."""
+        every = "*" in strict
+        return tuple(rule for rule in self.rules if not rule.opt_in or every or rule.name in strict)
 
 
 @dataclass(frozen=True)

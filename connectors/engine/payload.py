@@ -107,8 +107,10 @@ class PayloadBuilder:
         model_file: str,
         keep_nulls: bool = False,
         max_body_bytes: int | None = None,
+        strict: frozenset[str] = frozenset(),
     ) -> None:
         self.endpoint = endpoint
+        self.strict = strict
         self.sync_name = sync_name
         self.model_file = model_file
         self.keep_nulls = keep_nulls
@@ -150,8 +152,8 @@ class PayloadBuilder:
                 raise self._fail(f.name, f"must be text for {self.endpoint.qualified_name}, the column is {dtype}")
             if tid != "varchar":
                 value, out_type = f"CAST({col} AS VARCHAR)", varchar
-            if f.required or f.required_when:
-                value = f"NULLIF(trim({value}), '')"
+            # Text goes out as the model wrote it: never trimmed, and a blank text is text (the opt-in
+            # rule ``not_blank`` rejects it where a sync wants that; ``min_length`` where the document does).
         elif f.kind in ("number", "integer"):
             # NaN and ±Infinity are not JSON: they fail the row like any other non-number.
             if tid in INTEGER_IDS:
@@ -187,8 +189,8 @@ class PayloadBuilder:
                 value, out_type = _iso_from_timestamp(col, tid), varchar
             elif tid == "varchar":
                 value = (
-                    f"CASE WHEN regexp_full_match(trim({col}), '{ISO_8601_WITH_OFFSET}') "
-                    f"AND TRY_CAST(trim({col}) AS TIMESTAMPTZ) IS NOT NULL THEN trim({col}) END"
+                    f"CASE WHEN regexp_full_match({col}, '{ISO_8601_WITH_OFFSET}') "
+                    f"AND TRY_CAST({col} AS TIMESTAMPTZ) IS NOT NULL THEN {col} END"
                 )
                 reasons.append(
                     (
@@ -244,6 +246,11 @@ class PayloadBuilder:
             elif tid != "list":
                 raise self._fail(f.name, f"must be a list, the column is {dtype}")
 
+        if f.min_length is not None:
+            too_short = f"'{f.name} must not be empty'" if f.min_length == 1 else (
+                f"'{f.name} is ' || length(CAST({value} AS VARCHAR)) || ' characters, under the minimum of {f.min_length}'"
+            )
+            reasons.append((f"length(CAST({value} AS VARCHAR)) < {f.min_length}", too_short))
         if f.max_length is not None:
             reasons.append(
                 (
@@ -296,8 +303,10 @@ class PayloadBuilder:
             if fs.reasons:
                 # One reason per field: the first rule it breaks, in the order _field_sql lists them.
                 reasons.append("CASE " + " ".join(f"WHEN {cond} THEN {reason}" for cond, reason in fs.reasons) + " END")
-        for rule in self.endpoint.rules:
-            reasons.append(f"CASE WHEN {rule.when} THEN {rule.reason} END")
+        for rule in self.endpoint.active_rules(self.strict):
+            # A named rule says so in the reason: "... (rule trubrics.thread_id_string)".
+            said = f"{rule.reason} || {quote_literal(f' (rule {rule.name})')}" if rule.name else rule.reason
+            reasons.append(f"CASE WHEN {rule.when} THEN {said} END")
 
         reason_sql = "NULLIF(concat_ws('; '" + "".join(", " + r for r in reasons) + "), '')"
         # Duplicate keys: the newest row by cursor wins (NULL cursors lose). A narrow pass finds the keys
