@@ -54,8 +54,34 @@ the values that point everything at the local emulators ([sandbox.md](sandbox.md
 Every endpoint, whatever its declaration: a row that breaks a field or rule is rejected with the reason
 shown and never sent; 429 and `Retry-After` are honoured; a refused batch (400/413/422) is bisected so the
 bad items are rejected alone ([delivery.md](delivery.md)). SQL conditions below are the declared ones
-with identifier quotes and the engine's trim/cast wrappers left out (text is trimmed, and a blank text
-counts as NULL).
+with identifier quotes and cast wrappers left out.
+
+The principle: syncline rejects locally exactly what the vendor's document forbids, naming the rule and
+the field, and sends everything else as the model wrote it. Each endpoint below has a table of every check
+with its basis: `doc: …` quotes the vendor's document (copies in [vendor-api/](vendor-api/README.md)),
+`choice: …` says why a careful integrator might check it. A check the document does not make is
+*opt-in*: a sync turns it on with `strict: true` (all of them) or `strict: [rule names]`.
+
+## Checks on every endpoint
+
+| check | default | basis |
+|---|---|---|
+| a nested value (object, array, any) holding `NaN`, `±Infinity` or a number a double cannot hold (`1e400`), at any depth | on | doc: every body is JSON, and JSON (RFC 8259 §6) has no NaN or Infinity; a strict server refuses the whole request |
+| a JSON value DuckDB never validated (e.g. in a `MAP(VARCHAR, JSON)`) that is not JSON | on | doc: every body is JSON (RFC 8259) |
+| JSON text whose object has the same key twice | on | doc: RFC 8259 §4, names SHOULD be unique; which one a receiver keeps is unpredictable |
+| an item over the request's byte limit on its own | on | the endpoint's max body bytes (below) |
+| a NULL source key, or a key repeated in one run (the newest row by cursor wins) | on | syncline's ledger tracks each item by its key |
+
+A bad value rejects its row only, whatever the column type (a map or JSON column included); only a
+column *type* that no row could ever send (e.g. a `STRUCT` where the document wants text) is a
+configuration error, reported before anything is sent.
+
+## How values are sent
+
+A NULL top-level field is omitted. Otherwise each value goes out as the model wrote it; the only
+normalizations, by field kind:
+
+{normalizations}
 """
 
 FOOTER = """\
@@ -70,7 +96,9 @@ See [adding-a-vendor.md](adding-a-vendor.md); after changing a declaration, run 
 NOTES: dict[str, str] = {
     "trubrics": """\
 - Timestamps are sent as ISO 8601 with an explicit offset (`TIMESTAMPTZ` → `+00:00`), like the official
-  SDK; `$thread_id` goes inside `properties` and must be a string.
+  SDK; `$thread_id` goes inside `properties` (any JSON value; `strict: [thread_id_string]` wants a string).
+- Blank texts and a negative `latency` are sent (the document allows them); the opt-in rules
+  `<field>_not_blank` and `latency_not_negative` reject them. Any 422 body (JSON or not) gives a reason.
 - 422 refuses the whole batch: the engine bisects it, so one bad item is rejected with Trubrics' reason
   and the other 99 are delivered once. An empty array is never sent.
 - No rate or byte limit is documented: 1 MB requests, no limiter; 429/`Retry-After` honoured.
@@ -79,8 +107,11 @@ NOTES: dict[str, str] = {
 - All seven types with their required fields, including the copilot rules (`conversation_id` and
   `copilot_session_id` required except for `screeb_copilot_conversion`, ≤100 chars; `prompt`/`response`
   ≤10,000 chars; `rating` and `rating_scale` strings), checked before sending.
-- Rows without `user_alias` are rejected unless `options: {anonymous_users: true}` (a missing alias is
-  usually a broken join, and each would create a stray user).
+- Rows without `user_alias` are sent (Screeb creates an anonymous user, as documented); `strict:
+  [user_alias_required]` (or `options: {anonymous_users: false}`) rejects them, as a missing alias is
+  usually a broken join. Blank texts are sent as written (`<field>_not_blank` opt-in rules).
+- Releases need `name` and `version` (only `released_at` is documented optional); `description_required`
+  and `tags_required` are opt-in. Any 400 body (JSON of any shape, text, empty) gives a readable reason.
 - NULL traits are omitted; `keep_nulls: true` on an identify sync sends them as `null` (deletes them).
 - The 200 `count` is compared with the items sent; a mismatch is recorded in the run's notes.
 - Events have no timestamp field: a backfill lands at Screeb as of the day it is sent.
@@ -96,8 +127,11 @@ NOTES: dict[str, str] = {
   connection, 5xx) is not resent within the run; the item is `in_doubt` and the sync's `in_doubt` policy
   decides (`resend` by default, `hold` to check by hand with the status/history API).
 - Pseudo-fields `screenshot_path` and `attachments` (file paths, relative to `SYNCLINE_HOME` or
-  `options.files_root`; paths outside that root are refused) drive the uploads and are never sent.
-- Options: `files_root`, `finalize: screenshot|always`, `verify: true|false`.
+  `options.files_root`; paths outside that root are refused) drive the uploads and are never sent. An
+  empty `screenshot_path` means "no screenshot"; a 0-byte file is uploaded unless `empty_files: reject`.
+- Text is sent untrimmed; a blank `message` and a fractional `emotion` (1-5, "number") are sent unless the
+  sync opts in (`strict`). The document has no idempotency or dedup field.
+- Options: `files_root`, `finalize: screenshot|always`, `verify: true|false`, `empty_files: upload|reject`.
 - Read API wrappers: `get_config`, `get_user_history`, `get_feedback_status`, `verify_feedback`;
   `syncline reconcile` and the `reconciled_with_vendor` asset check verify each delivered feedback id.
 """,
@@ -108,18 +142,21 @@ NOTES: dict[str, str] = {
 - `/track` timestamps are epoch ms; rows of one run that share the vendor's dedup tuple
   (visitorId, timestamp, eventType, pathname) are rejected but one, with a reason (the vendor would
   collapse them silently).
-- `/server-events`: one event per request, ISO timestamps (required: a backfill must not be stamped with
-  the send time), `idempotencyKey` = the ledger's key, so a resend is deduplicated by the vendor.
-- Conversions naming an unknown experiment or a variant not in it are rejected; the active experiments are
-  read once per run.
+- `/server-events`: one event per request, any ISO 8601 timestamp (optional, as documented; opt-in rule
+  `timestamp_required`). `idempotencyKey` may come from the model (validated, sent as written, so a
+  replay under a second source key is stored once); where the model leaves it out, the ledger's key.
+- A conversion of an ended (or unlisted) experiment is delivered: the document has no rule against it.
+  `options.check_experiments: true` reads the running experiments once per run and rejects the others.
 """,
     "flux": """\
 - Batches of ≤500 at 10 requests/min per key (spaced at 95%: one every 6.32 s, shared by every run on the
   key). Chunks of fewer than 6 events go one by one through `POST /api/v1/events` (60/min assumed for its
   undocumented "standard" limit; `options.single_rate_per_minute`, `options.single_below`), which is
   faster than waiting for a batch slot and leaves the batch budget alone.
-- Validation before sending, because one bad row fails a whole batch at Flux: `name` required,
-  ISO timestamps with an offset, numeric `value`, `tags` of string values only.
+- Validation before sending, because one bad row fails a whole batch at Flux: exactly the document's
+  rules (`name` required; `timestamp` any ISO 8601 form, date-only and offset-less included, sent as
+  written; numeric `value`; `properties` an object; `tags` of string values only, a `null` tag rejecting
+  its row). Opt-in (`strict`): `name_not_blank`, `user_id_not_blank`, `timestamp_has_offset`.
 - Both success shapes are parsed (`{data: {accepted, rejected}}` and `201 {ingested: N}`). When a batch is
   partly rejected without per-event detail, syncline never guesses: it reads the batch back by its
   `syncline_batch` tag and marks exactly the events found; otherwise they stay `in_doubt`.
@@ -137,11 +174,39 @@ KIND_LABELS = {
     "integer": "integer",
     "boolean": "boolean",
     "timestamp": "ISO 8601 timestamp with offset",
+    "iso8601": "ISO 8601 date or date-time (offset optional)",
     "epoch_ms": "epoch milliseconds",
     "object": "object",
     "string_map": "object of strings",
     "array": "array",
     "any": "any JSON",
+}
+
+# What the engine does to a value of each field kind on its way out (connectors/engine/payload.py). Nothing
+# is trimmed or dropped: these are the conversions a column type needs to become the JSON the kind wants.
+NORMALIZATIONS: dict[str, str] = {
+    "string": "text as written (never trimmed; an empty or blank text is text); a number, boolean or date "
+              "column is cast to DuckDB's text for it (`1.5`, `true`, `2026-06-01`)",
+    "number": "integer and DECIMAL columns as written; DOUBLE as DuckDB prints it; numeric text parsed as a "
+              "double (`'1e3'` → `1000.0`)",
+    "integer": "integer columns as written; a whole-valued DECIMAL/DOUBLE (`3.0`) as an integer; numeric "
+               "text parsed as an integer",
+    "boolean": "BOOLEAN as written; text or numbers cast by DuckDB (`'true'`, `'t'`, `1` …)",
+    "timestamp": "TIMESTAMPTZ formatted in UTC as `2026-06-01T12:00:00.000+00:00` (milliseconds: "
+                 "sub-millisecond digits dropped); TIMESTAMP and DATE taken as UTC; text sent as written",
+    "iso8601": "TIMESTAMP columns as for `timestamp`; text sent as written",
+    "epoch_ms": "integers as written; DECIMAL/DOUBLE rounded to whole milliseconds; numeric text parsed; "
+                "TIMESTAMP columns and ISO 8601 text converted to milliseconds (sub-millisecond digits "
+                "dropped)",
+    "object": "JSON text and JSON columns byte for byte as written (whitespace, key order, `{}`); JSON "
+              "`null` is an absent object (omitted); a STRUCT is rendered member by member with NULL "
+              "members omitted (`keep_nulls: true` sends them as `null`) and an all-NULL STRUCT omitted; a "
+              "MAP, and STRUCTs inside lists or maps, as DuckDB's `to_json` renders them (a NULL value is "
+              "`null`)",
+    "string_map": "as `object`",
+    "array": "JSON text and JSON columns as written; JSON `null` is an absent array (omitted); a LIST as "
+             "DuckDB's `to_json` renders it (a NULL element is `null`)",
+    "any": "DuckDB's `to_json` of the column; a JSON column as written",
 }
 
 DEDUP_LABELS = {
@@ -348,6 +413,75 @@ def _field_row(field: Field) -> str:
     return "| " + " | ".join(_cell(c) for c in cells) + " |"
 
 
+def _field_checks(field: Field, endpoint: Endpoint) -> list[str]:
+    """Every check the engine makes on ``field``, as people name them ("required", "max_length 200")."""
+    checks: list[str] = []
+    if field.kind not in ("string", "any"):
+        checks.append(f"kind: {KIND_LABELS.get(field.kind, field.kind)}")
+    if field.required:
+        checks.append("required")
+    elif field.required_when is not None and " ".join(field.required_when.split()).upper() != "FALSE":
+        checks.append(f"required {describe_required(field).removeprefix('yes ').removeprefix('only ')}")
+    if field is endpoint.native_key_field:
+        checks.append("non-empty (the vendor's dedup key)")
+    if field.min_length is not None:
+        checks.append(f"min_length {field.min_length:,}")
+    if field.max_length is not None:
+        checks.append(f"max_length {field.max_length:,}")
+    if field.choices:
+        checks.append("one of " + ", ".join(_code(c) for c in field.choices))
+    if field.min_value is not None:
+        checks.append(f"min_value {_number(field.min_value)}")
+    if field.max_value is not None:
+        checks.append(f"max_value {_number(field.max_value)}")
+    kinds = field.allowed_member_kinds
+    if kinds:
+        checks.append("member values: " + " or ".join(kinds))
+    if field.kind == "epoch_ms" and field.plausible_ms is not None:
+        low, high = field.plausible_ms
+        checks.append(f"a number from {low:,} to {high:,} ms (under: seconds; over: micro/nanoseconds)")
+    return checks
+
+
+def checks_table(endpoint: Endpoint) -> list[str]:
+    """The table of every check of the endpoint: field, check, default on or opt-in, and its basis."""
+    lines = ["| field | check | default | basis |", "|---|---|---|---|"]
+    for field in endpoint.fields:
+        basis = field.basis or "**none given**"
+        for check in _field_checks(field, endpoint):
+            lines.append("| " + " | ".join(_cell(c) for c in (_code(field.name), check, "on", basis)) + " |")
+    for rule in endpoint.rules:
+        where = _code(rule.field) if rule.field else "(row)"
+        name = f"rule {_code(rule.name)}" if rule.name else "rule **unnamed**"
+        check = f"{name}: {readable_reason(rule.reason)}"
+        default = "opt-in (`strict`)" if rule.opt_in else "on"
+        lines.append("| " + " | ".join(_cell(c) for c in (where, check, default, rule.basis or "**none given**")) + " |")
+    return lines if len(lines) > 2 else []
+
+
+def values_sent(endpoint: Endpoint) -> list[str]:
+    """Per field kind the endpoint uses: its fields and what the engine does to their values."""
+    by_kind: dict[str, list[str]] = {}
+    for field in endpoint.fields:
+        by_kind.setdefault(field.kind, []).append(_code(field.name))
+    return [f"- {', '.join(names)} (`{kind}`): {NORMALIZATIONS.get(kind, 'as DuckDB renders it')}"
+            for kind, names in by_kind.items()]
+
+
+def describe_native_key(endpoint: Endpoint) -> str:
+    native = endpoint.native_key_field
+    if native is not None:
+        limit = f", at most {native.max_length:,} characters" if native.max_length is not None else ""
+        return (f"- idempotency field: {_code(native.name)} (the vendor's own dedup key): the model may set it "
+                f"from a column (non-empty{limit}; sent as given, so two source rows with one key are one "
+                "item at the vendor); where the model leaves it out or NULL, syncline sends the ledger's "
+                "idempotency key")
+    if endpoint.idempotency_field:
+        return (f"- idempotency field: {_code(endpoint.idempotency_field)} (filled with the ledger's idempotency "
+                "key; the model cannot set it)")
+    return "- idempotency field: none"
+
+
 def _rule_lines(rule: Rule) -> list[str]:
     return [f"- {readable_reason(rule.reason)}", f"  - when {_code(readable_sql(rule.when))}"]
 
@@ -422,11 +556,7 @@ def _endpoint_section(vendor: Vendor, endpoint: Endpoint, module_path: str) -> l
     lines.append(f"- max items per request: {endpoint.max_items:,}")
     lines.append(f"- max body bytes: {_bytes(endpoint.max_body_bytes)}")
     lines.append(f"- rate: {describe_rate(endpoint.rate)}")
-    if endpoint.idempotency_field:
-        lines.append(f"- idempotency field: {_code(endpoint.idempotency_field)} (filled with the ledger's "
-                     "idempotency key)")
-    else:
-        lines.append("- idempotency field: none")
+    lines.append(describe_native_key(endpoint))
     dedup = getattr(endpoint, "dedup", None)
     if isinstance(dedup, str):
         lines.append(f"- after an unknown outcome (dedup): {_code(dedup)} ({DEDUP_LABELS.get(dedup, 'see the engine')})")
@@ -456,6 +586,12 @@ def _endpoint_section(vendor: Vendor, endpoint: Endpoint, module_path: str) -> l
         ]
     else:
         lines += ["No fields declared.", ""]
+    checks = checks_table(endpoint)
+    if checks:
+        lines += ["Checks (a row that fails one is rejected with a reason naming the field and the check; "
+                  "opt-in rules only with `strict`):", "", *checks, ""]
+    if endpoint.fields:
+        lines += ["Values as sent ([how values are sent](#how-values-are-sent)):", "", *values_sent(endpoint), ""]
     if endpoint.rules:
         lines += ["Rules (a row matching the condition is rejected with the reason; `…` is computed from the row):",
                   ""]
@@ -486,7 +622,9 @@ def _vendor_section(vendor: Vendor, module: ModuleType | None) -> list[str]:
         used = ", ".join(_code(u) for u in users) if users else "no endpoint"
         lines.append(f"  - {_code(cred.env)} ({_code(cred.name)}, {kind}): authenticates {used}")
     lines.append("")
-    notes = NOTES.get(vendor.name)
+    # A vendor module may keep its own summary (``DOC_NOTES``), replacing the one here.
+    own = getattr(module, "DOC_NOTES", None) if module is not None else None
+    notes = own if isinstance(own, str) else NOTES.get(vendor.name)
     if notes:
         lines += ["Choices where the document is silent (in full in the module docstring):", "", notes.rstrip("\n"), ""]
     for endpoint in documented_endpoints(vendor):
@@ -502,7 +640,8 @@ def render(vendors: Mapping[str, Vendor] | None = None) -> str:
         vendors = registered()
     modules = vendor_modules()
     ordered = list(vendors.values())
-    lines = [HEADER.rstrip("\n"), "", *_summary_table(ordered), ""]
+    kinds = "\n".join(f"- {KIND_LABELS.get(kind, kind)} (`{kind}`): {text}" for kind, text in NORMALIZATIONS.items())
+    lines = [HEADER.replace("{normalizations}", kinds).rstrip("\n"), "", "## Endpoints", "", *_summary_table(ordered), ""]
     for vendor in ordered:
         lines += _vendor_section(vendor, modules.get(vendor.name))
     lines += [FOOTER.rstrip("\n")]

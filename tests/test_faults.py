@@ -111,7 +111,7 @@ CASES = [
          "FROM source",
          _records("screeb", "event", lambda r: r["properties"]["k"]), 120, 40, dedup=False),
     Case("screeb.release", "screeb", "release", "release",
-         "SELECT _key, 'release ' || _key AS name, ts AS released_at FROM source",
+         "SELECT _key, 'release ' || _key AS name, '1.0' AS version, ts AS released_at FROM source",
          _records("screeb", "release", lambda r: r["name"].removeprefix("release ")), 20, None, dedup=False),
     Case("streamback.feedback", "streamback", "feedback", "feedback",
          # one end user per row, with id and email: the engine can look the user's history up

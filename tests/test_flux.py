@@ -87,6 +87,10 @@ def reader(spec: Any) -> Any:
 
 # --- delivery -------------------------------------------------------------------------------------------------
 def test_batches_of_500_under_the_rate_limit_with_the_tail_through_the_single_endpoint(sandbox, warehouse, write_sync):
+    """Documented: at most 500 events a batch, 10 batch requests a minute. Choice: the tail of fewer
+    than 6 events goes one by one through the single endpoint instead of waiting for a batch slot, paced
+    at the assumed 60/min, which the sandbox is told to enforce here (the document gives no figure)."""
+    flux(sandbox).control("single_rate", {"per_minute": 60})  # assumption: syncline's own guess
     spec = usage_sync(warehouse, write_sync, 1503)
 
     run = run_sync(spec)
@@ -116,6 +120,8 @@ def test_batches_of_500_under_the_rate_limit_with_the_tail_through_the_single_en
 
 
 def test_rows_breaking_flux_rules_are_rejected_with_reasons_and_the_rest_delivered(sandbox, warehouse, write_sync):
+    """Only the document's rules reject by default: a blank name and a timestamp without an offset are
+    not forbidden by it, so they go out as written (tests/test_fidelity_flux.py covers every rule)."""
     warehouse(
         """CREATE TABLE analytics.raw AS SELECT * FROM (VALUES
             ('ok1', 'api.requests', '2026-06-01T10:00:00Z', '1.5', '{"plan": "team"}'),
@@ -124,10 +130,10 @@ def test_rows_breaking_flux_rules_are_rejected_with_reasons_and_the_rest_deliver
             ('ok4', 'seats.active', '2026-06-01T10:03:00Z', '-4', '{"plan": "free"}'),
             ('ok5', 'seats.active', NULL, '0', NULL),
             ('ok6', 'seats.active', '2026-06-01T10:05:00Z', '1e3', NULL),
-            ('no_name', NULL, '2026-06-01T10:06:00Z', '1', NULL),
             ('blank_name', '   ', '2026-06-01T10:07:00Z', '1', NULL),
-            ('bad_time', 'api.requests', 'yesterday', '1', NULL),
             ('no_offset', 'api.requests', '2026-06-01T10:08:00', '1', NULL),
+            ('no_name', NULL, '2026-06-01T10:06:00Z', '1', NULL),
+            ('bad_time', 'api.requests', 'yesterday', '1', NULL),
             ('bad_value', 'api.requests', '2026-06-01T10:09:00Z', 'lots', NULL),
             ('inf_value', 'api.requests', '2026-06-01T10:10:00Z', 'inf', NULL),
             ('int_tag', 'api.requests', '2026-06-01T10:11:00Z', '1', '{"plan": 3}')
@@ -144,28 +150,69 @@ def test_rows_breaking_flux_rules_are_rejected_with_reasons_and_the_rest_deliver
 
     run = run_sync(spec)
 
-    assert (run.delivered, run.rejected) == (6, 7)
+    assert (run.delivered, run.rejected) == (8, 5)
     reasons = {r["source_key"]: r["reason"] for r in open_ledger().items("raw", state="rejected")}
     assert reasons == {
         "no_name": "name is required",
-        "blank_name": "name is required",
-        "bad_time": "timestamp must be an ISO 8601 timestamp with an offset (e.g. 2026-06-20T12:00:00+00:00), "
-                    "got yesterday",
-        "no_offset": "timestamp must be an ISO 8601 timestamp with an offset (e.g. 2026-06-20T12:00:00+00:00), "
-                     "got 2026-06-01T10:08:00",
+        "bad_time": "timestamp must be an ISO 8601 date or date-time (e.g. 2026-06-20, 2026-06-20T12:00:00 or "
+                    "2026-06-20T12:00:00+02:00), got yesterday",
         "bad_value": "value must be a number, got lots",
         "inf_value": "value must be a number, got inf",
-        "int_tag": 'tags must be an object of string values, got {"plan": 3}',
+        "int_tag": reasons["int_tag"],
     }
-    assert stats(sandbox, "events_batch")["requests"] == 1  # the 6 good rows: one batch, nothing refused
-    by_name = {e["properties"][KEY_FIELD]: e for e in stored(sandbox)}
-    assert len(by_name) == 6
-    values = sorted(float(e["value"]) for e in by_name.values() if e.get("value") is not None)
-    assert values == [-4.0, 0.0, 1.5, 2.0, 1000.0]
-    assert all(isinstance(v, str) for e in by_name.values() for v in e["tags"].values())
+    assert reasons["int_tag"].startswith("tags ") and "string" in reasons["int_tag"]
+    assert stats(sandbox, "events_batch")["requests"] == 1  # the 8 good rows: one batch, nothing refused
+    by_key = {e["properties"][KEY_FIELD]: e for e in stored(sandbox)}
+    assert len(by_key) == 8
+    values = sorted(float(e["value"]) for e in by_key.values() if e.get("value") is not None)
+    assert values == [-4.0, 0.0, 1.0, 1.0, 1.5, 2.0, 1000.0]
+    assert all(isinstance(v, str) for e in by_key.values() for v in e["tags"].values())
+    assert {e["name"] for e in by_key.values()} >= {"   "}  # as written, not trimmed
+    assert "2026-06-01T10:08:00" in {e.get("timestamp") for e in by_key.values()}
+
+
+def test_choice_opt_in_rules_reject_blank_text_and_offsetless_times_only_with_strict(sandbox, warehouse, write_sync):
+    """Choice: ``strict: true`` turns on the checks the document does not make (name_not_blank,
+    user_id_not_blank, timestamp_has_offset); each reason names its rule."""
+    warehouse(
+        """CREATE TABLE analytics.loose AS SELECT * FROM (VALUES
+            ('ok', 'api.requests', 'acct_1', '2026-06-01T10:00:00Z'),
+            ('blank_name', '  ', 'acct_1', '2026-06-01T10:00:00Z'),
+            ('blank_user', 'api.requests', '', '2026-06-01T10:00:00Z'),
+            ('no_offset', 'api.requests', 'acct_1', '2026-06-01T10:08:00'),
+            ('date_only', 'api.requests', 'acct_1', '2026-06-01')
+        ) t(id, name, account, ts)"""
+    )
+    sql = "SELECT _key, name, account AS user_id, ts AS timestamp FROM source"
+    strict = write_sync("loose", """
+        source: {table: analytics.loose, key: id}
+        destination: {vendor: flux, endpoint: events_batch}
+        strict: true
+    """, sql)
+    assert {r.name for r in strict.endpoint.opt_in_rules()} == {"name_not_blank", "user_id_not_blank",
+                                                                "timestamp_has_offset"}
+
+    run = run_sync(strict)
+
+    assert (run.delivered, run.rejected) == (1, 4)
+    reasons = {r["source_key"]: r["reason"] for r in open_ledger().items("loose", state="rejected")}
+    assert reasons["blank_name"] == "name is blank (rule name_not_blank)"
+    assert reasons["blank_user"] == "user_id is blank (rule user_id_not_blank)"
+    assert reasons["no_offset"].endswith("got 2026-06-01T10:08:00 (rule timestamp_has_offset)")
+    assert reasons["date_only"].endswith("got 2026-06-01 (rule timestamp_has_offset)")
+
+    only = write_sync("loose_one", """
+        source: {table: analytics.loose, key: id}
+        destination: {vendor: flux, endpoint: events_batch}
+        strict: [timestamp_has_offset]
+    """, sql)
+    run = run_sync(only)
+    assert (run.delivered, run.rejected) == (3, 2)  # the blank texts go out: only the named rule is checked
+    assert {e["name"] for e in stored(sandbox) if e["tags"][SYNC_TAG] == "loose_one"} == {"api.requests", "  "}
 
 
 def test_options_are_checked_when_the_sync_loads_and_the_tail_threshold_follows_the_rates(warehouse, write_sync):
+    """Choice: the options and the tail threshold derived from both rates (the single rate is a guess)."""
     usage_sync(warehouse, write_sync, 3)
 
     def endpoint(options: str) -> Any:
@@ -183,6 +230,8 @@ def test_options_are_checked_when_the_sync_loads_and_the_tail_threshold_follows_
 
 
 def test_typed_tags_that_are_not_strings_are_a_config_error_naming_the_field(sandbox, warehouse, write_sync):
+    """Documented: tags are string values. Choice: a column type that can never be a string is a config
+    error before anything is sent, not a rejection of every row."""
     usage_sync(warehouse, write_sync, 3)
     bad = write_sync("bad_tags", SYNC.format(table="usage", options=""),
                      "SELECT _key, name, {'plan': plan, 'tier': 3} AS tags FROM source")
@@ -194,6 +243,8 @@ def test_typed_tags_that_are_not_strings_are_a_config_error_naming_the_field(san
 
 @pytest.mark.parametrize("shape", ["data", "ingested"])
 def test_both_success_answer_shapes_are_understood(sandbox, warehouse, write_sync, shape):
+    """Documented: ``{"data": {"accepted", "rejected"}}``. Choice: the open-source server's ``201
+    {"ingested": N}`` is read too."""
     flux(sandbox).control("answer_shape", {"shape": shape})
     spec = usage_sync(warehouse, write_sync, 10)
 
@@ -204,6 +255,8 @@ def test_both_success_answer_shapes_are_understood(sandbox, warehouse, write_syn
 
 
 def test_partial_answer_with_per_event_detail_rejects_exactly_those_events(sandbox, warehouse, write_sync):
+    """Choice: per-event detail (``data.errors``, not in the document) is used when it accounts for every
+    rejected event."""
     flux(sandbox).control("silently_reject", {"match": '"acct_3"', "detail": True})
     spec = usage_sync(warehouse, write_sync, 20)  # acct_3: rows 3, 10, 17
 
@@ -218,6 +271,7 @@ def test_partial_answer_with_per_event_detail_rejects_exactly_those_events(sandb
 
 @pytest.mark.parametrize("shape", ["data", "ingested"])
 def test_partial_answer_without_detail_is_resolved_by_reading_the_batch_back(sandbox, warehouse, write_sync, shape):
+    """Choice: a partly rejected batch without detail is read back by its ``syncline_batch`` tag."""
     flux(sandbox).control("answer_shape", {"shape": shape})
     flux(sandbox).control("silently_reject", {"match": '"acct_3"'})
     spec = usage_sync(warehouse, write_sync, 20)
@@ -236,6 +290,7 @@ def test_partial_answer_without_detail_is_resolved_by_reading_the_batch_back(san
 
 
 def test_partial_answer_is_never_guessed_without_a_read_back(sandbox, warehouse, write_sync):
+    """Choice: without a read-back, the events of a partial answer stay in_doubt (never guessed)."""
     flux(sandbox).control("silently_reject", {"match": '"acct_3"'})
     spec = usage_sync(warehouse, write_sync, 20, options="read_back: false")
 
@@ -248,6 +303,7 @@ def test_partial_answer_is_never_guessed_without_a_read_back(sandbox, warehouse,
 
 
 def test_the_single_endpoint_as_a_destination_and_its_refusals_become_reasons(sandbox, warehouse, write_sync):
+    """Choice: a refusal's code and message become the rejected item's reason."""
     flux(sandbox).control("silently_reject", {"match": '"acct_1"'})  # a server-side rule syncline cannot know
     warehouse(USAGE.format(n=4, step="1 MINUTE"))
     spec = write_sync("one", SYNC.format(table="usage", options="").replace("events_batch", "events"), SQL)
@@ -265,6 +321,7 @@ def test_the_single_endpoint_as_a_destination_and_its_refusals_become_reasons(sa
 
 @pytest.mark.parametrize("n, endpoint", [(40, "events_batch"), (3, "events")])
 def test_auth_failure_stops_the_sync_with_nothing_delivered(sandbox, warehouse, write_sync, monkeypatch, n, endpoint):
+    """Choice: a 401 stops the sync at once and is never retried."""
     spec = usage_sync(warehouse, write_sync, n)
     monkeypatch.setenv("FLUX_API_KEY", "sk_live_wrong_key")
 
@@ -280,6 +337,7 @@ def test_auth_failure_stops_the_sync_with_nothing_delivered(sandbox, warehouse, 
 
 # --- reads and reconciliation -----------------------------------------------------------------------------------
 def test_reconcile_counts_each_sync_apart_and_reports_dropped_events(sandbox, warehouse, write_sync):
+    """Choice: reconcile counts this sync's events by its ``tags.syncline_sync`` marker per window."""
     # 9 events 3 hours apart from 2026-06-01 00:00: eight on June 1, the ninth exactly at June 2 00:00.
     a = usage_sync(warehouse, write_sync, 9, name="usage_a", table="usage_a", step="3 HOUR")
     b = usage_sync(warehouse, write_sync, 3, name="usage_b", table="usage_b")  # 3 events: single endpoint
@@ -310,6 +368,7 @@ def test_reconcile_counts_each_sync_apart_and_reports_dropped_events(sandbox, wa
 
 @pytest.mark.parametrize("mode", ["drop_after", "drop", "500"])
 def test_a_lost_answer_is_read_back_and_only_missing_events_are_resent(sandbox, warehouse, write_sync, mode):
+    """Choice: an unknown outcome is settled by a read-back (Flux has no dedup), never a blind resend."""
     # drop_after: Flux stored the batch, then the connection dropped before the answer. drop / 500: it did
     # not store it. Either way the engine cannot know from the answer: it reads the batch back by its tag
     # and resends only what is missing, so Flux (no dedup) never holds a copy twice.
@@ -361,6 +420,7 @@ def test_emulator_is_strict_to_the_document(sandbox):
         ({"value": 1}, "missing_name"),
         ({"name": "x", "timestamp": "2026-06-31T25:00:00Z"}, "invalid_timestamp"),
         ({"name": "x", "tags": {"plan": 3}}, "invalid_tags"),
+        ({"name": "x", "tags": {"plan": None}}, "invalid_tags"),
         ({"name": "x", "value": "12"}, "invalid_value"),
     ]:
         status, body = raw_post(sandbox, "/api/v1/events/batch", {"events": [ok, ok, bad, ok]})
@@ -380,4 +440,64 @@ def test_emulator_is_strict_to_the_document(sandbox):
     status, body = raw_post(sandbox, "/api/v1/events", ok)
     assert status == 201 and body["data"]["id"].startswith("evt_")
     assert len({e["id"] for e in stored(sandbox)}) == 3
-    assert stats(sandbox, "events_batch")["rate_limited"] == 0  # 7 authorized batch requests: under 10/min
+    assert stats(sandbox, "events_batch")["rate_limited"] == 0  # 8 authorized batch requests: under 10/min
+
+
+def raw_request(sandbox: Sandbox, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    request = urllib.request.Request(sandbox.base_url("flux") + path, body, {"Content-Type": "application/json",
+                                                                             **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def test_emulator_accepts_what_the_document_leaves_open(sandbox):
+    """The emulator's assumptions (its docstring): where the document is silent it accepts every plausible
+    variant, so no test agrees with a connector guess by construction."""
+    event = json.dumps({"name": "x"}).encode()
+    for auth in ("Bearer sk_sandbox_flux", "bearer sk_sandbox_flux", "BEARER   sk_sandbox_flux"):
+        assert raw_request(sandbox, "/api/v1/events", event, {"Authorization": auth})[0] == 201, auth
+    for auth in ("sk_sandbox_flux", "Token sk_sandbox_flux", "Basic sk_sandbox_flux"):  # the document shows Bearer
+        assert raw_request(sandbox, "/api/v1/events", event, {"Authorization": auth})[0] == 401, auth
+    for edge in [{"name": ""}, {"name": "   ", "user_id": ""}, {"name": "x", "timestamp": "2026-06-01"},
+                 {"name": "x", "timestamp": "2026-06-01T10:00:00"}, {"name": "x", "timestamp": "20260601T1000"},
+                 {"name": "x", "timestamp": "2026-W23-1T10:00:00,5+0200"}, {"name": "x", "timestamp": "2026-152"},
+                 {"name": "x", "timestamp": "2026-06-01 10:00:00"}, {"name": "x", "properties": None, "tags": None},
+                 {"name": "x", "tags": {"": ""}}, {"name": "n" * 100_000}]:
+        assert raw_post(sandbox, "/api/v1/events", edge)[0] == 201, edge
+
+    # "Standard rate limit" has no figure: no limit unless a test sets one (naming it as its assumption).
+    for _ in range(70):
+        assert raw_post(sandbox, "/api/v1/events", {"name": "burst"})[0] == 201
+    assert stats(sandbox, "events")["rate_limited"] == 0
+    flux(sandbox).control("single_rate", {"per_minute": 2})
+    assert [raw_post(sandbox, "/api/v1/events", {"name": "y"})[0] for _ in range(3)] == [201, 201, 429]
+
+    # Not JSON as a strict server reads it: refused and counted, never stored.
+    for body in (b'{"name": "x", "value": NaN}', b'{"name": "x", "properties": {"a": Infinity}}',
+                 b'{"name": "x", "value": 1e400}', b'{"name": "x", "name": "y"}'):
+        assert raw_request(sandbox, "/api/v1/events/batch", b'{"events": [' + body + b"]}",
+                           {"Authorization": "Bearer sk_sandbox_flux"})[0] == 400
+    assert stats(sandbox, "events_batch")["invalid_json"] == 4
+
+
+@pytest.mark.parametrize("shape, status", [("nested", 422), ("flat", 400), ("message", 422), ("errors", 400),
+                                           ("rails", 422), ("text", 422), ("empty", 400)])
+def test_choice_every_plausible_error_body_becomes_a_readable_reason(sandbox, shape, status):
+    """Choice: the document gives error codes but no body or status; the connector reads each shape the
+    emulator can answer (its assumption list) into a reason naming what was wrong, or quotes the body."""
+    flux(sandbox).control("error_shape", {"shape": shape, "status": status})
+    code, body = raw_request(sandbox, "/api/v1/events", json.dumps({"name": "x", "tags": {"plan": None}}).encode(),
+                             {"Authorization": "Bearer sk_sandbox_flux"})
+    reason = flux_error_reason(HttpResponse(code, {}, body, 0.0))
+    assert code == status and f"HTTP {status}" in reason
+    if shape == "empty":
+        assert reason == f"Flux refused the request (HTTP {status}): "
+    elif shape == "rails":
+        assert reason == f"Flux refused the event: tags Tags must be string values (HTTP {status})"
+    elif shape == "text":
+        assert reason == f"Flux refused the request (HTTP {status}): invalid_tags: Tags must be string values"
+    else:
+        assert reason.startswith("Flux refused the event: tags must be an object of string values")

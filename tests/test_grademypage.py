@@ -70,6 +70,8 @@ CONV_SQL = """
            experiment_id AS experimentId, variant_id AS variantId
     FROM source
 """
+CONV_CHECKED_SYNC = CONV_SYNC.replace("endpoint: server_events}", "endpoint: server_events, "
+                                     "options: {check_experiments: true}}")
 FAST = "backoff_base: 0.01, backoff_cap: 0.05, max_retry_after: 5"
 
 
@@ -91,6 +93,7 @@ def _reasons(sync: str) -> dict[str, str]:
 
 
 def test_track_delivers_batches_once_with_epoch_ms_and_the_public_key_as_project_id(sandbox, warehouse, write_sync):
+    """Epoch ms and the public key as projectId are documented; batches of 100 are a choice (no size is documented)."""
     warehouse(VIEWS.format(n=250))
     spec = write_sync("views", VIEWS_SYNC, VIEWS_SQL)
 
@@ -117,6 +120,7 @@ def test_track_delivers_batches_once_with_epoch_ms_and_the_public_key_as_project
 
 
 def test_track_batch_size_follows_delivery_max_items_and_never_exceeds_100(sandbox, warehouse, write_sync):
+    """Choice: the document names no batch size; syncline's ceiling is 100 events per request."""
     warehouse(VIEWS.format(n=100))
     spec = write_sync("views", VIEWS_SYNC + f"    delivery: {{max_items: 40, {FAST}}}\n", VIEWS_SQL)
 
@@ -130,9 +134,7 @@ def test_track_batch_size_follows_delivery_max_items_and_never_exceeds_100(sandb
     assert "delivery.max_items" in str(error.value) and "at most 100" in str(error.value)
 
 
-def test_track_rules_reject_exactly_the_bad_rows_with_clear_reasons(sandbox, warehouse, write_sync):
-    warehouse(
-        """CREATE TABLE analytics.views AS SELECT * FROM (VALUES
+TRACK_RULE_ROWS = """CREATE TABLE analytics.views AS SELECT * FROM (VALUES
             ('a_ok',      'pageview', '/pricing', 'https://acme.example/pricing', 's1', 'v1', '1780272000000', MAP {'source': 'ads'}, NULL),
             ('b_nopath',  'pageview', NULL,       'https://acme.example/',        's1', 'v1', '1780272000001', NULL, NULL),
             ('c_fullurl', 'pageview', 'https://acme.example/x', 'https://acme.example/x', 's1', 'v1', '1780272000002', NULL, NULL),
@@ -146,39 +148,62 @@ def test_track_rules_reject_exactly_the_bad_rows_with_clear_reasons(sandbox, war
             ('k_again',   'pageview', '/dup',     'https://acme.example/dup?x',   's3', 'v2', '1780272009999', NULL, '{"depth": 2}'),
             ('l_other',   'scroll',   '/dup',     'https://acme.example/dup',     's2', 'v2', '1780272009999', NULL, NULL)
         ) t(id, event_type, pathname, full_url, session_id, visitor_id, ts, utm, event_data)"""
-    )
-    spec = write_sync(
-        "views",
-        "source: {table: analytics.views, key: id}\ndestination: {vendor: grademypage, endpoint: track}\n",
-        """SELECT _key, event_type AS eventType, pathname, full_url AS fullUrl, session_id AS sessionId,
-                  visitor_id AS visitorId, ts AS timestamp, utm, event_data AS eventData FROM source""",
-    )
+TRACK_RULE_SQL = """SELECT _key, event_type AS eventType, pathname, full_url AS fullUrl, session_id AS sessionId,
+                  visitor_id AS visitorId, ts AS timestamp, utm, event_data AS eventData FROM source"""
+TRACK_RULE_REASONS = {
+    "b_nopath": "pathname is required",
+    "e_seconds": "timestamp looks like seconds (under 100000000000, 1973-03-03 as milliseconds); the document "
+                 "wants milliseconds, got 1780272000",
+    "f_garbage": "timestamp must be epoch milliseconds, got yesterday",
+    "h_nosess": "sessionId is required",
+    "i_data": "eventData must be a JSON object, got [25, 50]",
+    "k_again": (
+        "same (visitorId, timestamp, eventType, pathname) as source row j_first: "
+        "GradeMyPage keeps one event per tuple and would drop this one silently (rule same_event_tuple)"
+    ),
+}
+
+
+def test_track_rules_reject_exactly_the_bad_rows_with_clear_reasons(sandbox, warehouse, write_sync):
+    """Only what the document forbids is rejected by default; a full URL as pathname, a relative fullUrl and
+    an undocumented utm member are sent as the model wrote them (the document says only `string`)."""
+    warehouse(TRACK_RULE_ROWS)
+    spec = write_sync("views", "source: {table: analytics.views, key: id}\n"
+                      "destination: {vendor: grademypage, endpoint: track}\n", TRACK_RULE_SQL)
 
     run = run_sync(spec)
 
-    reasons = _reasons("views")
-    assert reasons == {
-        "b_nopath": "pathname is required",
-        "c_fullurl": "pathname must start with /, got https://acme.example/x",
-        "d_relurl": "fullUrl must be an absolute http(s) URL, got acme.example/x",
-        "e_seconds": "timestamp looks like epoch seconds, GradeMyPage wants epoch milliseconds; got 1780272000",
-        "f_garbage": "timestamp must be epoch milliseconds, got yesterday",
-        "g_utm": "utm has unknown member(s) utm_source (allowed: source, medium, campaign, term, content)",
-        "h_nosess": "sessionId is required",
-        "i_data": "eventData must be a JSON object, got [25, 50]",
-        "k_again": (
-            "same (visitorId, timestamp, eventType, pathname) as source row j_first: "
-            "GradeMyPage keeps one event per tuple and would drop this one silently"
-        ),
-    }
-    assert run.delivered == 3 and run.rejected == 9
+    assert _reasons("views") == TRACK_RULE_REASONS
+    assert run.delivered == 6 and run.rejected == 6
     received = sandbox.records("grademypage", "track")
     assert sorted((e["pathname"], e["eventType"]) for e in received) == [
-        ("/dup", "pageview"), ("/dup", "scroll"), ("/pricing", "pageview")
+        ("/dup", "pageview"), ("/dup", "scroll"), ("/pricing", "pageview"), ("/x", "pageview"), ("/x", "pageview"),
+        ("https://acme.example/x", "pageview"),
     ]
     assert next(e for e in received if e["pathname"] == "/dup" and e["eventType"] == "pageview")["eventData"] == {"depth": 1}
+    assert {e["fullUrl"] for e in received if e["pathname"] == "/x"} == {"acme.example/x", "https://acme.example/x"}
+    assert next(e for e in received if e.get("utm") == {"utm_source": "ads"})["timestamp"] == 1780272000006
     counters, _ = _state(sandbox)
     assert counters.get("track_duplicates_dropped", 0) == 0  # nothing was counted delivered that GMP dropped
+
+
+def test_choice_strict_track_rules_are_opt_in(sandbox, warehouse, write_sync):
+    """Choice: `strict: true` adds the checks the document does not make (pathname starting with /,
+    an absolute http(s) fullUrl, only the documented utm members), each named in its reason."""
+    warehouse(TRACK_RULE_ROWS)
+    spec = write_sync("views", "source: {table: analytics.views, key: id}\n"
+                      "destination: {vendor: grademypage, endpoint: track}\nstrict: true\n", TRACK_RULE_SQL)
+
+    run = run_sync(spec)
+
+    assert _reasons("views") == {
+        **TRACK_RULE_REASONS,
+        "c_fullurl": "pathname must start with /, got https://acme.example/x (rule pathname_starts_with_slash)",
+        "d_relurl": "fullUrl must be an absolute http(s) URL, got acme.example/x (rule full_url_absolute_http)",
+        "g_utm": "utm has unknown member(s) utm_source (allowed: source, medium, campaign, term, content) "
+                 "(rule utm_known_members)",
+    }
+    assert run.delivered == 3 and run.rejected == 9
 
 
 # --- /server-events -----------------------------------------------------------------------------------------
@@ -227,7 +252,11 @@ def test_server_events_resends_are_deduplicated_by_idempotency_key(sandbox, ware
     assert counters["server_events_deduplicated"] == 1 + 6
 
 
-def test_unknown_experiments_and_variants_are_rejected_and_experiments_read_once_per_run(sandbox, warehouse, write_sync):
+def test_choice_check_experiments_rejects_unknown_experiments_and_variants_read_once_per_run(
+    sandbox, warehouse, write_sync
+):
+    """Choice (``check_experiments: true``, off by default): the document has no rule against a conversion
+    of an ended experiment; a sync may still ask for one. A blank variantId is a value (sent, then checked)."""
     warehouse(
         """CREATE TABLE analytics.conv AS SELECT * FROM (VALUES
             ('c1', 'exp_signup_cta', 'var_cta_large'),
@@ -244,7 +273,8 @@ def test_unknown_experiments_and_variants_are_rejected_and_experiments_read_once
                     TIMESTAMPTZ '2026-06-03 12:00:00+00' AS timestamp,
                     experiment_id AS experimentId, variant_id AS variantId FROM source"""
     spec = write_sync("conv", "source: {table: analytics.conv, key: conversion_id}\n"
-                      "destination: {vendor: grademypage, endpoint: server_events}\n", sql)
+                      "destination: {vendor: grademypage, endpoint: server_events, "
+                      "options: {check_experiments: true}}\n", sql)
 
     run = run_sync(spec)
 
@@ -255,7 +285,8 @@ def test_unknown_experiments_and_variants_are_rejected_and_experiments_read_once
               "(variants: var_cta_control, var_cta_green, var_cta_large)",
         "c5": "variantId is required when experimentId is set (give both or neither)",
         "c6": "experimentId is required when variantId is set (give both or neither)",
-        "c8": "variantId is required when experimentId is set (give both or neither)",
+        "c8": "variantId '  ' is not a variant of experiment 'exp_pricing_headline' "
+              "(variants: var_pricing_control, var_pricing_value)",
     }
     assert run.delivered == 3 and run.rejected == 5
     assert sorted(e.get("variantId", "-") for e in sandbox.records("grademypage", "server_events")) == [
@@ -274,9 +305,12 @@ def test_unknown_experiments_and_variants_are_rejected_and_experiments_read_once
     ] * 2
 
 
-def test_unreadable_experiments_reject_only_attributed_conversions_until_the_next_run(sandbox, warehouse, write_sync):
+def test_choice_unreadable_experiments_reject_only_attributed_conversions_until_the_next_run(
+    sandbox, warehouse, write_sync
+):
+    """Choice (``check_experiments: true``): when the lookup fails, only conversions naming an experiment wait."""
     warehouse(CONVERSIONS.format(n=9))  # c000, c003, c006 name an experiment
-    spec = write_sync("conv", CONV_SYNC, CONV_SQL)
+    spec = write_sync("conv", CONV_CHECKED_SYNC, CONV_SQL)
     sandbox.set_fault("grademypage", "experiments_active", Fault("503", count=1000))
 
     run = run_sync(spec)
@@ -300,7 +334,7 @@ def test_the_secret_never_reaches_public_endpoints_and_the_public_key_never_reac
 ):
     warehouse(VIEWS.format(n=120), CONVERSIONS.format(n=12))
     run_sync(write_sync("views", VIEWS_SYNC, VIEWS_SQL))
-    run_sync(write_sync("conv", CONV_SYNC, CONV_SQL))
+    run_sync(write_sync("conv", CONV_CHECKED_SYNC, CONV_SQL))  # the experiments lookup is public too
 
     counters, key_log = _state(sandbox)
     by_endpoint: dict[str, list[dict[str, Any]]] = {}
@@ -321,6 +355,7 @@ def test_the_secret_never_reaches_public_endpoints_and_the_public_key_never_reac
 
 
 def test_wrong_public_key_stops_track_with_nothing_delivered(sandbox, warehouse, write_sync, monkeypatch):
+    """Choice: a 401/403 stops the sync rather than failing each item (the document does not describe error answers)."""
     warehouse(VIEWS.format(n=50))  # one request: a second one could already be in flight when the first fails
     spec = write_sync("views", VIEWS_SYNC, VIEWS_SQL)
     monkeypatch.setenv("GRADEMYPAGE_PUBLIC_KEY", "00000000-0000-0000-0000-00000000dead")
@@ -336,6 +371,7 @@ def test_wrong_public_key_stops_track_with_nothing_delivered(sandbox, warehouse,
 
 
 def test_wrong_secret_key_stops_server_events_with_nothing_delivered(sandbox, warehouse, write_sync, monkeypatch):
+    """Choice: a 401/403 stops the sync rather than failing each item (the document does not describe error answers)."""
     warehouse(CONVERSIONS.format(n=10))
     spec = write_sync("conv", CONV_SYNC, CONV_SQL)
     monkeypatch.setenv("GRADEMYPAGE_SECRET_KEY", "gmp_sk_revoked_000")
@@ -348,9 +384,12 @@ def test_wrong_secret_key_stops_server_events_with_nothing_delivered(sandbox, wa
     assert open_ledger().counts("conv")["delivered"] == 0
 
 
-def test_wrong_public_key_on_server_events_stops_before_any_event_is_sent(sandbox, warehouse, write_sync, monkeypatch):
+def test_choice_wrong_public_key_with_check_experiments_stops_before_any_event_is_sent(
+    sandbox, warehouse, write_sync, monkeypatch
+):
+    """Choice (``check_experiments: true``): a wrong public key fails the lookup and stops the sync."""
     warehouse(CONVERSIONS.format(n=5))
-    spec = write_sync("conv", CONV_SYNC, CONV_SQL)
+    spec = write_sync("conv", CONV_CHECKED_SYNC, CONV_SQL)
     monkeypatch.setenv("GRADEMYPAGE_PUBLIC_KEY", "11111111-2222-3333-4444-555555555555")
 
     run = run_sync(spec)
@@ -364,23 +403,29 @@ def test_wrong_public_key_on_server_events_stops_before_any_event_is_sent(sandbo
 def test_missing_keys_are_named_before_anything_is_sent(sandbox, warehouse, write_sync, monkeypatch):
     warehouse(CONVERSIONS.format(n=3))
     spec = write_sync("conv", CONV_SYNC, CONV_SQL)
+    checked = write_sync("conv_checked", CONV_CHECKED_SYNC, CONV_SQL)
     monkeypatch.delenv("GRADEMYPAGE_SECRET_KEY")
     with pytest.raises(SynclineError, match="GRADEMYPAGE_SECRET_KEY"):
         run_sync(spec)
     monkeypatch.setenv("GRADEMYPAGE_SECRET_KEY", SECRET_KEY)
     monkeypatch.delenv("GRADEMYPAGE_PUBLIC_KEY")
     with pytest.raises(SynclineError, match="GRADEMYPAGE_PUBLIC_KEY"):
-        run_sync(spec)
+        run_sync(checked)  # the experiments lookup needs the public key
     assert sandbox.stats()["grademypage"] == {}
+    # Without check_experiments, server events need the secret key only.
+    assert run_sync(spec).delivered == 3
 
 
-def test_authorization_option_changes_the_header_form(sandbox, warehouse, write_sync):
+def test_choice_authorization_option_changes_the_header_form(sandbox, warehouse, write_sync):
+    """Choice: the document says only "with your project's secret key in the Authorization header"; syncline
+    sends `Bearer <key>` by default and the bare key with `authorization: raw`. The sandbox takes both."""
     warehouse(CONVERSIONS.format(n=3))
     raw = CONV_SYNC.replace("endpoint: server_events}", "endpoint: server_events, options: {authorization: raw}}")
     run = run_sync(write_sync("conv", raw, CONV_SQL))
-    # The sandbox, like the doc's most likely reading, wants "Bearer <key>": the bare key is refused.
-    assert run.status == "stopped" and "HTTP 401" in (run.error or "")
-    assert sandbox.emulator("grademypage").request_log["server_events"][0]["headers"] == {"authorization": SECRET_KEY}
+    assert run.status == "success" and run.delivered == 3
+    assert {r["headers"]["authorization"] for r in sandbox.emulator("grademypage").request_log["server_events"]} == {
+        SECRET_KEY
+    }
     bad = CONV_SYNC.replace("endpoint: server_events}", "endpoint: server_events, options: {authorization: basic}}")
     with pytest.raises(ConfigError, match=r"destination\.options\.authorization"):
         write_sync("conv_bad", bad, CONV_SQL)
@@ -399,7 +444,7 @@ def _call(url: str, method: str, body: Any = None, headers: dict[str, str] | Non
         return error.code, json.loads(error.read() or b"null")
 
 
-def test_sandbox_refuses_what_the_contract_forbids(sandbox):
+def test_sandbox_refuses_what_the_contract_forbids_and_accepts_what_it_leaves_open(sandbox):
     base = sandbox.base_url("grademypage") + "/api/analytics"
     event = {"eventType": "pageview", "pathname": "/", "fullUrl": "https://a.example/", "sessionId": "s",
              "visitorId": "v", "timestamp": JUNE_1_MS}
@@ -407,7 +452,9 @@ def test_sandbox_refuses_what_the_contract_forbids(sandbox):
     assert _call(track, "POST", {"projectId": PUBLIC_KEY, "events": [event]})[0] == 200
     assert _call(track, "POST", {"projectId": PUBLIC_KEY, "events": [event]})[1]["stored"] == 0  # tuple dedup
     assert _call(track, "POST", {"projectId": PUBLIC_KEY, "events": [{**event, "timestamp": "2026-06-01T00:00:00Z"}]})[0] == 400
-    assert _call(track, "POST", {"projectId": PUBLIC_KEY, "events": []})[0] == 400
+    assert _call(track, "POST", {"projectId": PUBLIC_KEY, "events": [{**event, "timestamp": JUNE_1_MS * 1000}]})[0] == 400
+    assert _call(track, "POST", {"projectId": PUBLIC_KEY, "events": [{**event, "timestamp": JUNE_1_MS // 1000}]})[0] == 400
+    assert _call(track, "POST", {"projectId": PUBLIC_KEY, "events": []})[0] == 200  # the document is silent
     assert _call(track, "POST", {"events": [event]})[0] == 401
     assert _call(track, "POST", {"projectId": PUBLIC_KEY, "events": [event]}, {"Authorization": f"Bearer {SECRET_KEY}"})[0] == 403
     server = f"{base}/server-events"
@@ -418,9 +465,15 @@ def test_sandbox_refuses_what_the_contract_forbids(sandbox):
     secret = {"Authorization": f"Bearer {SECRET_KEY}"}
     assert _call(server, "POST", [conversion], secret)[0] == 400
     assert _call(server, "POST", {**conversion, "timestamp": 1780272000000}, secret)[0] == 400
-    assert _call(server, "POST", {**conversion, "variantId": "var_x"}, secret)[0] == 400
+    assert _call(server, "POST", {**conversion, "variantId": None}, secret)[0] == 400  # "Pass experimentId + variantId"
     assert _call(server, "POST", conversion, secret)[0] == 200
     assert _call(server, "POST", conversion, secret)[1] == {"success": True, "deduplicated": True}
+    # Where the document is silent, every plausible variant is accepted: the bare key, an ended experiment,
+    # a date-only or offset-less ISO 8601 timestamp, no timestamp at all.
+    ended = {**conversion, "idempotencyKey": "k2", "experimentId": "exp_old", "variantId": "var_x",
+             "timestamp": "2026-06-01"}
+    assert _call(server, "POST", ended, {"Authorization": SECRET_KEY})[0] == 200
+    assert _call(server, "POST", {**ended, "idempotencyKey": "k3", "timestamp": "2026-06-01T10:00:00"}, secret)[0] == 200
     experiments = f"{base}/experiments/active"
     assert _call(experiments, "GET")[0] == 401
     assert _call(f"{experiments}?projectId={SECRET_KEY}", "GET")[0] == 403
@@ -429,7 +482,7 @@ def test_sandbox_refuses_what_the_contract_forbids(sandbox):
     counters, _ = _state(sandbox)
     assert counters == {"track_duplicates_dropped": 1, "secret_key_refused": 2, "public_key_refused": 1,
                         "server_events_deduplicated": 1}
-    assert len(sandbox.records("grademypage", "server_events")) == 1
+    assert len(sandbox.records("grademypage", "server_events")) == 3
 
 
 # --- the packaged sample syncs --------------------------------------------------------------------------------
@@ -449,10 +502,15 @@ def test_sample_syncs_deliver_everything_but_the_planted_bad_rows(sandbox, wareh
     v = run_sync(views)
     c = run_sync(conversions)
 
-    assert sorted(_reasons(views.name)) == ["pv_000077", "pv_000211", "pv_000388", "pv_000533"]
-    assert sorted(_reasons(conversions.name)) == ["cv_000045", "cv_000061", "cv_000093", "cv_000130", "cv_000146", "cv_000178"]
-    assert (v.delivered, c.delivered) == (sample.PAGE_VIEWS - 4, sample.CONVERSIONS - 6)
+    # Rejected: what the document forbids. Delivered as written: a full URL as pathname (pv_000388), a
+    # stopped experiment (cv_000061), a variant the experiment does not list (cv_000093) and an undocumented
+    # visitor member (cv_000178): the document has no rule against them (opt-in checks would catch them).
+    assert sorted(_reasons(views.name)) == ["pv_000077", "pv_000211", "pv_000533"]
+    assert sorted(_reasons(conversions.name)) == ["cv_000045", "cv_000130", "cv_000146"]
+    assert (v.delivered, c.delivered) == (sample.PAGE_VIEWS - 3, sample.CONVERSIONS - 3)
     assert v.rejected / v.source_rows <= views.max_rejected_share
     assert c.rejected / c.source_rows <= conversions.max_rejected_share
     counters, _ = _state(sandbox)
-    assert counters == {}  # no dedup drop, no key refused: the sandbox agreed with every item sent
+    # No dedup drop, no key refused: the sandbox agreed with every item sent (cv_000178's user_agent is a
+    # member the document does not list: accepted and counted).
+    assert counters == {"unknown_members": 1}

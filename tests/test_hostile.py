@@ -234,7 +234,7 @@ FIXED: dict[str, list[tuple[str, str, str, str]]] = {
     # case -> rows of SQL expressions for (u, e, ts, p): the user, the event name, the time, an object
     "nulls": [("NULL::VARCHAR", "NULL::VARCHAR", "NULL::TIMESTAMPTZ", "NULL::JSON")],
     "nulls_in_struct": [("'u'", "'e'", T0, "{'a': NULL::DOUBLE, 'b': {'c': NULL::VARCHAR}, 'l': [NULL::DOUBLE]}")],
-    "empty": [("''", "''", T0, "'{}'::JSON")],
+    "empty": [("''", "''", T0, "'{}'::JSON")],  # blank strings and {} go out as written (asserted below)
     "mb_string": [("repeat('x', 1000000)", "'e'", T0, "NULL::JSON")],
     "control_chars": [("chr(1) || chr(27) || chr(127) || chr(8232)", "'tab' || chr(9) || 'nl' || chr(10)", T0,
                        "{'c': chr(1) || chr(31)}")],
@@ -291,3 +291,11 @@ def test_each_hostile_class_is_delivered_or_rejected_with_a_reason(sandbox, ware
 
     if case == "duplicate_keys_in_one_run":
         assert run.delivered == 1 and run.rejected == 2  # the newest by cursor wins; older rows are rejected
+    if case == "empty":
+        # Empty strings and an empty object are values (issue 10): sent as written, not dropped or refused.
+        assert run.delivered == 1, run
+        stored = sandbox.records(vendor, endpoint)[-1]
+        text_field = {"trubrics": "user_id", "screeb": "user_alias", "flux": "name"}[vendor]
+        assert stored[text_field] == "", stored
+        # the model's {} (Flux's encode adds its own syncline_* markers to properties)
+        assert {k: v for k, v in stored["properties"].items() if not k.startswith("syncline_")} == {}, stored

@@ -92,13 +92,11 @@ GOOD_ROWS: list[tuple[object, ...]] = [
     ("ok_conversion", "u3", "copilot", "screeb_copilot_conversion", None, None, None, None, None, None, None, None, None, None, None, None),
     ("ok_satisfaction", "u3", "copilot", "screeb_copilot_satisfaction", None, None, None, None, C, S, None, None, 5, 10, None, None),
     ("ok_ids_at_limit", "u3", "copilot", "screeb_copilot_user_prompt", None, None, None, None, "c" * 100, "s" * 100, "hi", None, None, None, None, None),
+    # user_alias is optional ("If omitted, an anonymous user is created"), and a blank text is a string.
+    ("ok_anonymous", None, "track", "Signed up", None, None, None, None, None, None, None, None, None, None, None, None),
+    ("ok_blank_name", "u4", "track", " ", None, None, None, None, None, None, None, None, None, None, None, None),
 ]
 BAD_ROWS: dict[str, tuple[tuple[object, ...], str]] = {
-    "bad_no_alias": (
-        (None, "track", "Signed up", None, None, None, None, None, None, None, None, None, None, None, None),
-        "user_alias is required (without one Screeb would create an anonymous user; "
-        "set destination.options.anonymous_users: true to send such rows)",
-    ),
     "bad_no_type": (
         ("u1", None, "Signed up", None, None, None, None, None, None, None, None, None, None, None, None),
         "type is required",
@@ -108,7 +106,7 @@ BAD_ROWS: dict[str, tuple[tuple[object, ...], str]] = {
         "type must be one of identify, track, group.assign, group.unassign, page, screen, copilot; got alias",
     ),
     "bad_track": (
-        ("u1", "track", " ", None, None, None, None, None, None, None, None, None, None, None, None),
+        ("u1", "track", None, None, None, None, None, None, None, None, None, None, None, None, None),
         "event_name is required for track and copilot events",
     ),
     "bad_group": (
@@ -130,7 +128,8 @@ BAD_ROWS: dict[str, tuple[tuple[object, ...], str]] = {
     "bad_copilot_name": (
         ("u1", "copilot", "screeb_copilot_click", None, None, None, None, C, S, None, None, None, None, None, None),
         "event_name must be one of screeb_copilot_user_prompt, screeb_copilot_response, "
-        "screeb_copilot_conversion, screeb_copilot_satisfaction for copilot events; got screeb_copilot_click",
+        "screeb_copilot_conversion, screeb_copilot_satisfaction for copilot events; got screeb_copilot_click "
+        "(rule copilot_event_name)",
     ),
     "bad_prompt_no_conversation": (
         ("u1", "copilot", "screeb_copilot_user_prompt", None, None, None, None, None, S, "hi", None, None, None, None, None),
@@ -179,7 +178,7 @@ BAD_ROWS: dict[str, tuple[tuple[object, ...], str]] = {
     ),
     "bad_context_locale": (
         ("u1", "identify", None, None, None, None, None, None, None, None, None, None, None, '{"locale": 5}', None),
-        "context.locale must be a string, got 5",
+        "context.locale must be a string, got 5 (rule context_locale_string)",
     ),
     "bad_properties": (
         ("u1", "identify", None, None, None, None, None, None, None, None, None, None, None, None, "[1, 2]"),
@@ -221,6 +220,8 @@ def test_every_documented_rule_rejects_the_right_rows_and_the_rest_are_delivered
     for raw in received:
         item = json.loads(raw)
         by_type[item.get("event_name") or item["type"]] = item
+    assert by_type[" "] == {"user_alias": "u4", "type": "track", "event_name": " "}  # sent as written
+    assert by_type["Signed up"] == {"type": "track", "event_name": "Signed up"}  # no alias: none sent
     # rating and rating_scale are integers in the warehouse and strings at Screeb.
     assert by_type["screeb_copilot_satisfaction"]["rating"] == "5"
     assert by_type["screeb_copilot_satisfaction"]["rating_scale"] == "10"
@@ -233,28 +234,38 @@ def test_every_documented_rule_rejects_the_right_rows_and_the_rest_are_delivered
     assert by_type["group.assign"]["group_type"] == "company"
 
 
-def test_anonymous_users_are_opt_in(sandbox, warehouse, write_sync):
+def test_choice_rows_without_alias_are_rejected_only_when_the_sync_opts_in(sandbox, warehouse, write_sync):
+    """A choice: the document makes user_alias optional, so by default a NULL alias is omitted (Screeb
+    creates an anonymous user) and a blank one is sent as written. ``strict: [user_alias_required]`` or
+    ``options: {anonymous_users: false}`` reject the rows without one; ``user_alias_not_blank`` the blank."""
     warehouse(
         TRACK.format(n=30).replace("'user-' || (i % 37)", "CASE WHEN i % 10 = 0 THEN NULL WHEN i % 10 = 1 THEN '' ELSE 'user-' || i END")
     )
-    strict = write_sync("strict", TRACK_SYNC, TRACK_SQL)
-    run = run_sync(strict)
-    assert run.delivered == 24 and run.rejected == 6
-    assert all(reason.startswith("user_alias is required") for reason in _rejections("strict").values())
-    assert all("user_alias" in item for item in sandbox.records("screeb", "event"))
-
-    sandbox.reset()
-    anonymous = write_sync(
-        "anonymous",
-        TRACK_SYNC.replace("endpoint: event}", "endpoint: event, options: {anonymous_users: true}}"),
-        TRACK_SQL,
-    )
-    run = run_sync(anonymous)
+    default = write_sync("default", TRACK_SYNC, TRACK_SQL)
+    run = run_sync(default)
     assert run.delivered == 30 and run.rejected == 0
     received = sandbox.records("screeb", "event")
-    anonymous_items = [item for item in received if "user_alias" not in item]
-    assert len(anonymous_items) == 6  # NULL and blank aliases alike: omitted, never sent as ""
-    assert all(item.get("user_alias") != "" for item in received)
+    assert sum("user_alias" not in item for item in received) == 3  # NULL: omitted
+    assert sum(item.get("user_alias") == "" for item in received) == 3  # blank: sent as the model wrote it
+
+    missing = "user_alias is missing: Screeb would create an anonymous user (the sync asks for an alias on every row)"
+    for name, extra in [
+        ("by_rule", "    strict: [user_alias_required]\n"),
+        ("by_option", None),
+    ]:
+        sandbox.reset()
+        sync = TRACK_SYNC + extra if extra else TRACK_SYNC.replace(
+            "endpoint: event}", "endpoint: event, options: {anonymous_users: false}}")
+        run = run_sync(write_sync(name, sync, TRACK_SQL))
+        assert run.delivered == 27 and run.rejected == 3, name
+        assert set(_rejections(name).values()) == {f"{missing} (rule user_alias_required)"}
+        assert all("user_alias" in item for item in sandbox.records("screeb", "event"))
+
+    sandbox.reset()
+    run = run_sync(write_sync("strict", TRACK_SYNC + "    strict: true\n", TRACK_SQL))
+    assert run.delivered == 24 and run.rejected == 6
+    assert set(_rejections("strict").values()) == {
+        f"{missing} (rule user_alias_required)", "user_alias is blank (rule user_alias_not_blank)"}
 
 
 @pytest.mark.parametrize(
@@ -390,10 +401,11 @@ def test_releases_go_one_object_per_request_with_the_release_token(sandbox, ware
 
 
 def test_release_tags_must_be_strings(sandbox, warehouse, write_sync):
-    warehouse("CREATE TABLE analytics.rel AS SELECT 'r1' AS release_id, 'Beta' AS name, [1, 2] AS tags")
-    spec = write_sync("rel", RELEASES_SYNC, "SELECT _key, name, tags FROM source")
+    warehouse("CREATE TABLE analytics.rel AS SELECT 'r1' AS release_id, 'Beta' AS name, '1.0' AS version, [1, 2] AS tags")
+    spec = write_sync("rel", RELEASES_SYNC, "SELECT _key, name, version, tags FROM source")
     run = run_sync(spec)
-    assert run.rejected == 1 and _rejections("rel") == {"r1": "tags must be an array of strings, got [1, 2]"}
+    assert run.rejected == 1
+    assert _rejections("rel") == {"r1": "tags must be an array of strings, got [1, 2] (rule tags_strings)"}
 
 
 def test_the_event_token_is_refused_on_release(sandbox, warehouse, write_sync, monkeypatch):
@@ -412,7 +424,8 @@ def test_the_event_token_is_refused_on_release(sandbox, warehouse, write_sync, m
 
 
 def test_the_emulator_is_strict_to_the_document(sandbox):
-    """Delivered only means something if the sandbox refuses what Screeb would refuse."""
+    """Delivered only means something if the sandbox refuses what Screeb would refuse. Every refusal below
+    is a documented rule except the release checks' reading of the document (name and version required)."""
     base = sandbox.base_url("screeb")
     event_auth = {"Authorization": f"Bearer {ScreebEmulator.keys['api_token']}"}
     release_auth = {"Authorization": f"Bearer {ScreebEmulator.keys['release_token']}"}

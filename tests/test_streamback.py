@@ -105,15 +105,16 @@ def test_valid_feedback_is_delivered_once_with_the_vendor_id_in_the_ledger(sandb
         "a": {},
         "b": {"message": None, "emotion": 4},  # emotion alone is enough
         "c": {"message": None, "survey": 5, "kind": "praise"},  # a survey answer alone is enough
-        "d": {"message": "   ", "emotion": 2.0, "email": None},  # blank message omitted; 2.0 is a whole number
+        "d": {"message": "   ", "emotion": 2.0, "email": None},  # a blank message is sent as written
+        "e": {"message": " spaced  out ", "emotion": 4.5, "screenshot": ""},  # untrimmed; "" = no screenshot
     })
 
     run = run_sync(spec)
 
-    assert (run.delivered, run.rejected, run.status) == (4, 0, "success")
+    assert (run.delivered, run.rejected, run.status) == (5, 0, "success")
     stored = emulator(sandbox).feedback
     ledger_ids = {i["source_key"]: i["vendor_id"] for i in open_ledger().items("fb", state="delivered")}
-    assert set(ledger_ids) == {"a", "b", "c", "d"}
+    assert set(ledger_ids) == {"a", "b", "c", "d", "e"}
     assert set(ledger_ids.values()) == set(stored) and all(v.startswith("fb_") for v in ledger_ids.values())
     bodies = {key: stored[fid]["body"] for key, fid in ledger_ids.items()}
     assert bodies["a"] == {
@@ -123,35 +124,33 @@ def test_valid_feedback_is_delivered_once_with_the_vendor_id_in_the_ledger(sandb
     }
     assert "message" not in bodies["b"] and bodies["b"]["emotion"] == 4
     assert bodies["c"]["surveyResponse"] == {"surveyId": "checkout-ease", "answer": 5}
-    assert "message" not in bodies["d"] and bodies["d"]["emotion"] == 2 and bodies["d"]["user"] == {"id": "u1"}
+    assert bodies["d"]["message"] == "   " and bodies["d"]["emotion"] == 2 and bodies["d"]["user"] == {"id": "u1"}
+    assert bodies["e"]["message"] == " spaced  out " and bodies["e"]["emotion"] == 4.5  # "number", 1-5
     assert requests(sandbox, "upload_url") == requests(sandbox, "finalize") == 0  # nothing to upload
+    assert not emulator(sandbox).unknown_fields  # the pseudo-fields never reach the body
 
     again = run_sync(spec)
 
-    assert (again.delivered, again.skipped) == (0, 4)
-    assert requests(sandbox, "feedback") == 4 and len(stored) == 4
+    assert (again.delivered, again.skipped) == (0, 5)
+    assert requests(sandbox, "feedback") == 5 and len(stored) == 5
 
 
 def test_validation_rules_reject_the_right_rows_with_clear_reasons(sandbox, feedback_sync, syncline_home):
-    write_file(syncline_home, "shots/empty.png", b"")
     spec = feedback_sync({
         "ok": {},
         "bad_type": {"kind": "complaint"},
         "emotion_9": {"emotion": 9},
         "emotion_0": {"emotion": 0},
-        "emotion_half": {"emotion": 4.5},
         "nothing": {"message": None},
-        "blank": {"message": "  "},
         "no_file": {"screenshot": "shots/missing.png"},
         "outside": {"screenshot": "/etc/hostname"},
         "escape": {"screenshot": "../../etc/hostname"},
-        "empty_file": {"screenshot": "shots/empty.png"},
         "attachment_missing": {"files": ["logs/nope.txt"]},
     })
 
     run = run_sync(spec)
 
-    assert (run.delivered, run.rejected) == (1, 11)
+    assert (run.delivered, run.rejected) == (1, 8)
     reasons = {i["source_key"]: i["reason"] for i in open_ledger().items("fb", state="rejected")}
     required = "message is required when neither emotion nor surveyResponse is given"
     outside = f"is outside the files root {syncline_home.resolve()} (set destination.options.files_root to allow it)"
@@ -159,17 +158,45 @@ def test_validation_rules_reject_the_right_rows_with_clear_reasons(sandbox, feed
         "bad_type": "type must be one of bug, suggestion, praise, question, other; got complaint",
         "emotion_9": "emotion must be at most 5, got 9.0",
         "emotion_0": "emotion must be at least 1, got 0.0",
-        "emotion_half": "emotion must be a whole number, got 4.5",
         "nothing": required,
-        "blank": required,
         "no_file": "screenshot_path file not found: shots/missing.png",
         "outside": f"screenshot_path /etc/hostname {outside}",
         "escape": f"screenshot_path ../../etc/hostname {outside}",
-        "empty_file": "screenshot_path file is empty: shots/empty.png",
         "attachment_missing": "attachments file not found: logs/nope.txt",
     }
     assert len(emulator(sandbox).feedback) == 1  # no feedback was created for any rejected row
     assert requests(sandbox, "feedback") == 1 and requests(sandbox, "upload_url") == 0
+
+
+def test_choice_strict_rules_and_empty_files_reject_are_opt_in(sandbox, feedback_sync, syncline_home, write_sync):
+    """Choice: a blank message, a fractional emotion, a missing triggerSource and a 0-byte file are sent by
+    default (the document does not forbid them); `strict: true` and `empty_files: reject` refuse them."""
+    write_file(syncline_home, "shots/empty.png", b"")
+    rows = {
+        "ok": {},
+        "emotion_half": {"emotion": 4.5},
+        "blank": {"message": "  "},
+        "empty_file": {"screenshot": "shots/empty.png"},
+    }
+    default = feedback_sync(rows)
+    run = run_sync(default)
+    assert (run.delivered, run.rejected) == (4, 0)
+    ids = {i["source_key"]: i["vendor_id"] for i in open_ledger().items("fb", state="delivered")}
+    emu = emulator(sandbox)
+    assert emu.objects[emu.feedback[ids["empty_file"]]["objectKey"]] == b""  # uploaded as it is, finalized
+
+    sandbox.reset()
+    strict = write_sync("fb_strict", SYNC % (", options: {empty_files: reject}", FAST) + "    strict: true\n",
+                        SQL.replace("'manual' AS triggerSource", "CASE WHEN _key <> 'ok' THEN 'manual' END AS triggerSource"))
+    run = run_sync(strict)
+    assert (run.delivered, run.rejected) == (0, 4)
+    assert {i["source_key"]: i["reason"] for i in open_ledger().items("fb_strict", state="rejected")} == {
+        "ok": "triggerSource is missing (rule trigger_source_required)",
+        "emotion_half": "emotion must be a whole number, got 4.5 (rule emotion_whole_number)",
+        "blank": "message is blank (rule message_not_blank)",
+        "empty_file": "screenshot_path file is empty: shots/empty.png (destination.options.empty_files: reject)",
+    }
+    assert requests(sandbox, "feedback") == 0
 
 
 def test_a_server_side_validation_error_rejects_the_item_with_streambacks_message(sandbox, feedback_sync):
@@ -188,6 +215,7 @@ def test_a_server_side_validation_error_rejects_the_item_with_streambacks_messag
 
 
 def test_screenshot_is_uploaded_once_without_the_api_key_then_finalized(sandbox, feedback_sync, syncline_home):
+    """The three documented steps; choices: the upload-url body, the object key read from fileUrl, a PUT without the API key."""
     relative = write_file(syncline_home, "shots/a.png", sample.png(16, 8, 1))
     absolute = write_file(syncline_home, "shots/b.png", sample.png(16, 8, 2))
     spec = feedback_sync({
@@ -221,6 +249,7 @@ def test_screenshot_is_uploaded_once_without_the_api_key_then_finalized(sandbox,
 
 
 def test_attachments_are_presigned_and_uploaded_before_finalize(sandbox, feedback_sync, syncline_home):
+    """Choice: attachments go before finalize, MIME types are guessed from the name, `finalize: always` is an option."""
     shot = write_file(syncline_home, "shots/x.png", sample.png(8, 8, 3))
     video = write_file(syncline_home, "files/recording.webm", b"\x1aE\xdf\xa3" + bytes(range(200)))
     har = write_file(syncline_home, "files/network.json", b'{"log": {"entries": []}}')
@@ -254,6 +283,7 @@ def test_attachments_are_presigned_and_uploaded_before_finalize(sandbox, feedbac
 
 
 def test_auth_failure_stops_the_sync_with_nothing_delivered(sandbox, feedback_sync, monkeypatch):
+    """Choice: a 401 (documented UNAUTHORIZED) stops the sync rather than failing each item."""
     spec = feedback_sync({"a": {}, "b": {}, "c": {}}, delivery=f"concurrency: 1, {FAST}")
     monkeypatch.setenv("STREAMBACK_API_KEY", "env_wrong_key_123")
 
@@ -286,6 +316,7 @@ CRASH_RUN = (
 def test_a_crash_between_steps_then_a_rerun_leaves_one_finalized_feedback_with_files_uploaded_once(
     sandbox, feedback_sync, syncline_home, step, upload_urls, presigns, finalizes
 ):
+    """Choice: per-step progress in the ledger (the document has no idempotency key), so a rerun resumes."""
     shot = write_file(syncline_home, "shots/crash.png", sample.png(12, 12, 7))
     write_file(syncline_home, "files/trace.txt", b"trace\n" * 10)
     spec = feedback_sync({"a": {"screenshot": "shots/crash.png", "files": ["files/trace.txt"]}})
@@ -318,6 +349,7 @@ def test_a_crash_between_steps_then_a_rerun_leaves_one_finalized_feedback_with_f
 
 
 def test_5xx_and_429_on_every_step_are_retried(sandbox, feedback_sync, syncline_home):
+    """Choice: retry policy on every step (the document lists RATE_LIMITED 429 but no retry rules)."""
     write_file(syncline_home, "shots/r.png", sample.png(8, 8, 9))
     write_file(syncline_home, "files/r.txt", b"retry me\n")
     spec = feedback_sync({"a": {"screenshot": "shots/r.png", "files": ["files/r.txt"]}})
@@ -344,6 +376,7 @@ def test_5xx_and_429_on_every_step_are_retried(sandbox, feedback_sync, syncline_
 def test_a_feedback_post_with_unknown_outcome_is_looked_up_in_the_users_history_before_a_resend(
     sandbox, feedback_sync, fault
 ):
+    """Choice: the document has no idempotency key; a lost POST is looked up in the user's history before a resend."""
     spec = feedback_sync({"a": {}})
     sandbox.set_fault("streamback", "feedback", Fault(fault))
 
@@ -361,6 +394,7 @@ def test_a_feedback_post_with_unknown_outcome_is_looked_up_in_the_users_history_
 
 @pytest.mark.parametrize("policy", ["resend", "hold"])
 def test_feedback_without_a_user_cannot_be_looked_up_so_the_in_doubt_policy_decides(sandbox, feedback_sync, policy):
+    """Choice: without a user to look up, the sync's `delivery.in_doubt` policy decides."""
     spec = feedback_sync({"a": {"user_id": None, "email": None}}, delivery=f"{FAST}, in_doubt: {policy}")
     sandbox.set_fault("streamback", "feedback", Fault("drop_after"))
 
@@ -445,6 +479,7 @@ def test_read_api_wrappers_and_reconcile_by_feedback_status(sandbox, feedback_sy
 
 
 def test_options_are_checked_when_the_sync_loads(sandbox, feedback_sync):
+    """Choice: syncline's own destination.options for StreamBack."""
     with pytest.raises(ConfigError) as error:
         feedback_sync({"a": {}}, options="finalize: sometimes")
     assert "destination.options.finalize" in str(error.value)
@@ -454,6 +489,7 @@ def test_options_are_checked_when_the_sync_loads(sandbox, feedback_sync):
 
 
 def test_files_root_option_allows_files_outside_syncline_home(sandbox, feedback_sync, tmp_path):
+    """Choice: files must live under a files root (a safety boundary, not a vendor rule)."""
     shared = tmp_path / "shared-screens"
     data = write_file(shared, "z.png", sample.png(4, 4, 5))
     spec = feedback_sync({"a": {"screenshot": str(shared / "z.png")}, "b": {"screenshot": "z.png"}},

@@ -60,33 +60,43 @@ def test_rejected_rows_are_recorded_with_reasons(sandbox, warehouse, write_sync)
     assert '"event":"Signed up"' in rejected[0]["excerpt"]
 
 
+LLM_TABLE = """CREATE TABLE analytics.llm AS SELECT * FROM (VALUES
+    ('a', 'u1', 'hi', 'hello', '1.5', TIMESTAMPTZ '2026-06-01 10:00:00+00'),
+    ('b', 'u1', 'hi', NULL, '0.3', TIMESTAMPTZ '2026-06-01 10:01:00+00'),
+    ('c', 'u2', 'hi', 'yo', 'fast', TIMESTAMPTZ '2026-06-01 10:02:00+00'),
+    ('d', 'u2', 'hi', 'yo', '-1', TIMESTAMPTZ '2026-06-01 10:03:00+00')
+) t(id, user_id, prompt, generation, latency, ts)"""
+LLM_SYNC = """
+    source: {table: analytics.llm, key: id, cursor: ts}
+    destination: {vendor: trubrics, endpoint: publish_llm_events}
+"""
+LLM_SQL = (
+    "SELECT _key, user_id, prompt, generation, latency, ts AS timestamp, {'$thread_id': 't1'} AS properties "
+    "FROM source"
+)
+
+
 def test_llm_events_validate_types(sandbox, warehouse, write_sync):
-    warehouse(
-        """CREATE TABLE analytics.llm AS SELECT * FROM (VALUES
-            ('a', 'u1', 'hi', 'hello', '1.5', TIMESTAMPTZ '2026-06-01 10:00:00+00'),
-            ('b', 'u1', 'hi', NULL, '0.3', TIMESTAMPTZ '2026-06-01 10:01:00+00'),
-            ('c', 'u2', 'hi', 'yo', 'fast', TIMESTAMPTZ '2026-06-01 10:02:00+00'),
-            ('d', 'u2', 'hi', 'yo', '-1', TIMESTAMPTZ '2026-06-01 10:03:00+00')
-        ) t(id, user_id, prompt, generation, latency, ts)"""
-    )
-    spec = write_sync(
-        "llm",
-        """
-        source: {table: analytics.llm, key: id, cursor: ts}
-        destination: {vendor: trubrics, endpoint: publish_llm_events}
-        """,
-        "SELECT _key, user_id, prompt, generation, latency, ts AS timestamp, {'$thread_id': 't1'} AS properties FROM source",
-    )
+    warehouse(LLM_TABLE)
+    spec = write_sync("llm", LLM_SYNC, LLM_SQL)
+    run = run_sync(spec)
+    # generation is required and latency a number (doc); a negative latency is a number: delivered.
+    assert run.delivered == 2 and run.rejected == 2
+    reasons = dict(open_ledger().rejection_reasons("llm"))
+    assert reasons == {"generation is required": 1, "latency must be a number, got fast": 1}
+    received = sorted(sandbox.records("trubrics", "publish_llm_events"), key=lambda item: item["latency"])
+    assert [item["latency"] for item in received] == [-1, 1.5]
+    assert received[1]["properties"] == {"$thread_id": "t1"}
+
+
+def test_choice_negative_latency_is_rejected_only_with_strict(sandbox, warehouse, write_sync):
+    """A choice, not a documented rule: the document sets no minimum for latency (opt-in rule)."""
+    warehouse(LLM_TABLE)
+    spec = write_sync("llm", LLM_SYNC + "    strict: [latency_not_negative]\n", LLM_SQL)
     run = run_sync(spec)
     assert run.delivered == 1 and run.rejected == 3
-    reasons = dict(open_ledger().rejection_reasons("llm"))
-    assert reasons == {
-        "generation is required": 1,
-        "latency must be a number, got fast": 1,
-        "latency must be at least 0, got -1": 1,
-    }
-    (item,) = sandbox.records("trubrics", "publish_llm_events")
-    assert item["latency"] == 1.5 and item["properties"] == {"$thread_id": "t1"}
+    assert dict(open_ledger().rejection_reasons("llm"))[
+        "latency must be at least 0 seconds, got -1 (rule latency_not_negative)"] == 1
 
 
 def test_bisection_isolates_one_bad_item_in_a_batch_of_100(sandbox, warehouse, write_sync):

@@ -18,12 +18,23 @@ FieldKind = Literal[
     "integer",  # JSON integer
     "boolean",
     "timestamp",  # ISO 8601 with an offset; TIMESTAMP columns are formatted in UTC (+00:00)
+    "iso8601",  # any ISO 8601 date or date-time text, offset optional, sent as written (engine/iso8601.py);
+    #            TIMESTAMP columns as for "timestamp"
     "epoch_ms",  # integer milliseconds since the epoch; TIMESTAMP columns are converted
     "object",  # JSON object: STRUCT, MAP, JSON or a VARCHAR holding a JSON object
     "string_map",  # JSON object whose values are all strings (e.g. indexed tags)
     "array",  # JSON array: LIST or JSON
     "any",  # whatever DuckDB's to_json makes of it
 ]
+
+# The JSON kinds a member of an object may have (``Field.member_kinds``): "integer" is a number without a
+# fraction or exponent, "number" any JSON number, "null" a JSON ``null``.
+MemberKind = Literal["string", "number", "integer", "boolean", "object", "array", "null"]
+MEMBER_KINDS: tuple[str, ...] = ("string", "number", "integer", "boolean", "object", "array", "null")
+
+# The plausible range of an ``epoch_ms`` value given as a number (``Field.plausible_ms``): below 10^11 ms
+# (1973-03-03) a value is almost surely seconds, from 10^14 ms (year 5138) on, micro- or nanoseconds.
+EPOCH_MS_PLAUSIBLE: tuple[int, int] = (100_000_000_000, 100_000_000_000_000)
 
 # What a vendor can do about a request whose outcome is unknown (timeout, dropped answer, 5xx after sending):
 # ``native``: it dedups on a key or tuple we send, so a resend is safe (exactly once);
@@ -46,10 +57,42 @@ class Field:
     choices: tuple[str, ...] | None = None
     min_value: float | None = None
     max_value: float | None = None
+    # ``object`` fields: the JSON kinds every member value must have, checked per row on the JSON as sent
+    # (a STRUCT's NULL members are omitted, so they never count; a JSON ``null`` is kind "null"). Kind
+    # ``string_map`` is ``object`` with ``member_kinds=("string",)``. None: any member value.
+    member_kinds: tuple[MemberKind, ...] | None = None
+    # ``epoch_ms`` fields given as numbers (or numeric text): the plausible range [low, high) in ms. A value
+    # under ``low`` is rejected as "looks like seconds", one at or over ``high`` as "looks like microseconds
+    # or nanoseconds". TIMESTAMP columns are converted exactly and not range-checked. None: no range check.
+    plausible_ms: tuple[int, int] | None = EPOCH_MS_PLAUSIBLE
     # Where the field's constraints come from: "doc: <section or quoted line of docs/vendor-api/<vendor>.md>".
     # Every constraint declared on a Field must be documented; a check the document does not make is an
     # opt-in :class:`Rule` instead (issue 10: reject exactly what the vendor forbids, send the rest).
     basis: str = ""
+
+    def __post_init__(self) -> None:
+        if self.member_kinds is not None:
+            unknown = [k for k in self.member_kinds if k not in MEMBER_KINDS]
+            if unknown or not self.member_kinds:
+                raise ValueError(f"Field {self.name}: member_kinds must be some of {', '.join(MEMBER_KINDS)}")
+            if self.kind not in ("object", "string_map"):
+                raise ValueError(f"Field {self.name}: member_kinds is for object fields, the kind is {self.kind}")
+
+    @property
+    def allowed_member_kinds(self) -> tuple[str, ...] | None:
+        """The member kinds checked for this field: ``member_kinds``, or ("string",) for ``string_map``."""
+        if self.member_kinds is not None:
+            return tuple(self.member_kinds)
+        return ("string",) if self.kind == "string_map" else None
+
+    def checks(self) -> bool:
+        """Whether the engine rejects anything for this field (beyond rendering it): then its ``basis``
+        must say where the check comes from (tests/test_payload_fidelity.py audits every vendor)."""
+        return bool(
+            self.required or self.required_when or self.max_length is not None or self.min_length is not None
+            or self.choices or self.min_value is not None or self.max_value is not None
+            or self.member_kinds or self.kind not in ("string", "any")
+        )
 
 
 @dataclass(frozen=True)
@@ -161,7 +204,11 @@ class Endpoint:
     rate: Rate | None = None
     credential: str = "api_key"  # which credential authenticates (and scopes the rate limit)
     description: str = ""
-    idempotency_field: str | None = None  # vendor-native dedup field: the engine fills in the idem key
+    # The vendor's own dedup field (GradeMyPage ``idempotencyKey``): when it is also a declared Field, the
+    # model may set it from a column (validated: non-empty, the Field's limits; sent as given) and syncline
+    # fills in the ledger's idempotency key only where the model leaves it out or NULL. When it is not a
+    # declared Field, the engine always fills it in (Flux ``syncline_key``, moved by the vendor's encode).
+    idempotency_field: str | None = None
     steps: bool = False  # multi-step items: the engine calls deliver_item() for each item
     single: Endpoint | None = None  # a single-item sibling used for chunks smaller than single_below
     single_below: int = 0
@@ -259,6 +306,13 @@ class Endpoint:
         then already-delivered rows are not left out before rendering (GradeMyPage's dedup tuple)."""
         return any(" OVER " in f" {rule.when} ".upper().replace("\n", " ") or " OVER(" in rule.when.upper()
                    for rule in self.rules)
+
+    @property
+    def native_key_field(self) -> Field | None:
+        """The declared Field a model may set as the vendor's dedup key (``idempotency_field``), if any."""
+        if not self.idempotency_field:
+            return None
+        return next((f for f in self.fields if f.name == self.idempotency_field), None)
 
     @property
     def qualified_name(self) -> str:

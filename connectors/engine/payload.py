@@ -13,8 +13,17 @@ Conventions for a model (the ``SELECT`` over ``source`` in the sync's ``.sql`` f
   row-level rule of the endpoint.
 - Every other column not starting with ``_`` is a top-level payload field and must be one the endpoint
   declares (a typo is a config error naming the SQL file, not a silently dropped field).
-- A NULL top-level field is omitted. NULLs inside objects are omitted too, unless the sync sets
-  ``keep_nulls: true`` (Screeb identify uses that to delete a trait).
+- A NULL top-level field is omitted, and so is JSON ``null`` given for an object or array field. NULL
+  members of a STRUCT are omitted too, unless the sync sets ``keep_nulls: true`` (Screeb identify uses
+  that to delete a trait); MAP values, list elements and JSON text go out as given (``null`` included).
+- Values go out as the model wrote them: text untrimmed, JSON text byte for byte. The conversions a
+  column type needs are listed per field kind in docs/vendors.md ("How values are sent", from
+  ``connectors.docgen.NORMALIZATIONS``: keep the two in step).
+- A bad value rejects its row only (a reason naming the field); only a column type no row could send is
+  a ConfigError. Nested values are checked on their rendered JSON (:meth:`PayloadBuilder._rendered_checks`):
+  NaN/Infinity at any depth, member kinds (``string_map``, ``Field.member_kinds``), repeated keys.
+- The endpoint's ``idempotency_field``, when it is a declared Field, may come from the model (non-empty,
+  the Field's limits); syncline fills in the ledger's key where the model gives none.
 """
 
 from __future__ import annotations
@@ -83,6 +92,86 @@ def _struct_children(dtype: DuckDBPyType) -> list[tuple[str, DuckDBPyType]]:
     return [(str(name), child) for name, child in dtype.children if isinstance(child, DuckDBPyType)]
 
 
+def _map_value_type(dtype: DuckDBPyType) -> DuckDBPyType:
+    return dict(_struct_children(dtype))["value"]
+
+
+def _contains_json(dtype: DuckDBPyType) -> bool:
+    """Whether a value of this type can hold JSON text (which DuckDB may not have validated)."""
+    if _is_json(dtype):
+        return True
+    if dtype.id in ("struct", "map", "list", "array", "union"):
+        return any(_contains_json(child) for _, child in _struct_children(dtype))
+    return False
+
+
+# DuckDB's json_type() names for each member kind of Field.member_kinds.
+JSON_TYPES_OF_KIND: dict[str, tuple[str, ...]] = {
+    "string": ("VARCHAR",),
+    "integer": ("BIGINT", "UBIGINT"),
+    "number": ("BIGINT", "UBIGINT", "DOUBLE"),
+    "boolean": ("BOOLEAN",),
+    "object": ("OBJECT",),
+    "array": ("ARRAY",),
+    "null": ("NULL",),
+}
+
+
+def _allowed_json_types(kinds: Sequence[str]) -> set[str]:
+    return {t for kind in kinds for t in JSON_TYPES_OF_KIND[kind]}
+
+
+def _json_kinds(dtype: DuckDBPyType) -> set[str] | None:
+    """The json_type() names a non-NULL value of this SQL type renders as (to_json); None: any (JSON)."""
+    tid = dtype.id
+    if _is_json(dtype) or tid == "union":
+        return None
+    if tid in ("struct", "map"):
+        return {"OBJECT"}
+    if tid in ("list", "array"):
+        return {"ARRAY"}
+    if tid == "boolean":
+        return {"BOOLEAN"}
+    if tid in INTEGER_IDS or tid == "uhugeint":
+        return {"BIGINT", "UBIGINT", "DOUBLE"} if "hugeint" in tid else {"BIGINT", "UBIGINT"}
+    if tid == "decimal":
+        return {"BIGINT", "UBIGINT", "DOUBLE"}
+    if tid in ("float", "double"):
+        return {"DOUBLE"}
+    return {"VARCHAR"}  # text, timestamps, dates, UUIDs, enums...: JSON strings
+
+
+def _member_kinds_possible(dtype: DuckDBPyType, keep_nulls: bool) -> set[str] | None:
+    """The json_type() names the members of an object of this type can have as sent; None: any."""
+    if dtype.id == "struct":
+        found: set[str] = {"NULL"} if keep_nulls else set()
+        for _, child in _struct_children(dtype):
+            kinds = _json_kinds(child)
+            if kinds is None:
+                return None
+            found |= kinds
+        return found
+    if dtype.id == "map":  # to_json keeps a NULL map value as null
+        kinds = _json_kinds(_map_value_type(dtype))
+        return None if kinds is None else kinds | {"NULL"}
+    return None
+
+
+def _json_type_sql(col: str) -> str:
+    """SQL: json_type() of text that may not be JSON (NULL then). json_type on invalid JSON raises, and
+    DuckDB evaluates both sides of an AND in a SELECT list, so the guard is a CASE."""
+    return f"(CASE WHEN json_valid({col}) THEN json_type({col}) END)"
+
+
+def _ms_date(ms: float) -> str:
+    import datetime as dt
+
+    try:
+        return (dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=ms)).date().isoformat()
+    except OverflowError:
+        return "year 9999" if ms > 0 else "year 1"
+
+
 def _json_string(text: str) -> str:
     import json
 
@@ -129,6 +218,12 @@ class PayloadBuilder:
             raise self._fail("_key", "the model must select _key (the source's primary key, a column of `source`)")
         declared = {f.name for f in self.endpoint.fields}
         for name in columns:
+            if name == self.endpoint.idempotency_field and name not in declared:
+                raise self._fail(
+                    name,
+                    f"{self.endpoint.qualified_name} fills this in itself (the ledger's idempotency key); "
+                    "the model cannot set it",
+                )
             if not name.startswith("_") and name not in declared:
                 raise self._fail(
                     name,
@@ -201,49 +296,87 @@ class PayloadBuilder:
                 )
             else:
                 raise self._fail(f.name, f"must be a timestamp, the column is {dtype}")
-        elif f.kind == "epoch_ms":
+        elif f.kind == "iso8601":  # a document that says only "ISO 8601": every form of it, text as written
             if tid in TIMESTAMP_IDS:
+                value, out_type = _iso_from_timestamp(col, tid), varchar
+            elif tid == "varchar" and not _is_json(dtype):
+                from connectors.engine.iso8601 import valid_sql
+
+                value = f"CASE WHEN {valid_sql(col)} THEN {col} END"
+                reasons.append((
+                    f"{col} IS NOT NULL AND {value} IS NULL",
+                    f"'{f.name} must be an ISO 8601 date or date-time (e.g. 2026-06-20, 2026-06-20T12:00:00 "
+                    f"or 2026-06-20T12:00:00+02:00), got ' || {shown}",
+                ))
+            else:
+                raise self._fail(f.name, f"must be a timestamp or ISO 8601 text, the column is {dtype}")
+        elif f.kind == "epoch_ms":
+            number = None  # the value when it was given as a number: the only case with a unit to check
+            if tid in TIMESTAMP_IDS:
+                # The unit is known: converted exactly (sub-millisecond digits dropped), no range check.
                 value, out_type = f"epoch_ms(CAST({col} AS TIMESTAMPTZ))", duckdb.sqltype("BIGINT")
             elif tid in INTEGER_IDS:
-                pass
-            elif tid == "varchar" or tid in NUMERIC_IDS:
-                value = f"coalesce(TRY_CAST({col} AS BIGINT), epoch_ms(TRY_CAST({col} AS TIMESTAMPTZ)))"
+                number = col
+            elif tid in NUMERIC_IDS:  # rounded to whole milliseconds; NaN and Infinity are not times
+                number = f"CASE WHEN isfinite(CAST({col} AS DOUBLE)) THEN TRY_CAST({col} AS BIGINT) END"
+                value, out_type = number, duckdb.sqltype("BIGINT")
+            elif tid == "varchar" and not _is_json(dtype):
+                # Numeric text is a number of milliseconds; ISO 8601 text is converted like a TIMESTAMPTZ.
+                number = f"TRY_CAST({col} AS BIGINT)"
+                value = f"coalesce({number}, epoch_ms(TRY_CAST({col} AS TIMESTAMPTZ)))"
                 out_type = duckdb.sqltype("BIGINT")
-                reasons.append((f"{col} IS NOT NULL AND {value} IS NULL", f"'{f.name} must be epoch milliseconds, got ' || {shown}"))
             else:
                 raise self._fail(f.name, f"must be epoch milliseconds or a timestamp, the column is {dtype}")
-            reasons.append((f"{value} <= 0", f"'{f.name} must be a positive epoch-millisecond time, got ' || {shown}"))
+            if value != col:
+                reasons.append((f"{col} IS NOT NULL AND {value} IS NULL", f"'{f.name} must be epoch milliseconds, got ' || {shown}"))
+            if number is not None and f.plausible_ms is not None:
+                low, high = f.plausible_ms
+                reasons.append((
+                    f"{number} < {int(low)}",
+                    quote_literal(f"{f.name} looks like seconds (under {int(low)}, {_ms_date(low)} as milliseconds); "
+                                  "the document wants milliseconds, got ") + f" || {shown}",
+                ))
+                reasons.append((
+                    f"{number} >= {int(high)}",
+                    quote_literal(f"{f.name} looks like microseconds or nanoseconds ({int(high)} or more, after "
+                                  f"{_ms_date(high)} as milliseconds); the document wants milliseconds, got ")
+                    + f" || {shown}",
+                ))
         elif f.kind in ("object", "string_map"):
-            if tid == "struct":
-                if f.kind == "string_map":
-                    for child_name, child_type in _struct_children(dtype):
-                        if child_type.id != "varchar" or _is_json(child_type):
-                            raise self._fail(
-                                f"{f.name}.{child_name}",
-                                f"{self.endpoint.qualified_name} wants string values here, the column is "
-                                f"{child_type}: cast it to VARCHAR in the model",
-                            )
-            elif tid == "map":
-                if f.kind == "string_map" and str(dtype).upper() != "MAP(VARCHAR, VARCHAR)":
-                    raise self._fail(f.name, f"{self.endpoint.qualified_name} wants string values, the map is {dtype}")
+            kinds = f.allowed_member_kinds
+            if tid in ("struct", "map"):
+                # A member type that can never render as an allowed kind is a config error (every row with
+                # that member would fail); members that may (JSON, VARCHAR...) are checked per row.
+                members = _struct_children(dtype) if tid == "struct" else [("<value>", _map_value_type(dtype))]
+                for child_name, child_type in members:
+                    possible = _json_kinds(child_type)
+                    if kinds and possible is not None and not possible & _allowed_json_types(kinds):
+                        where = f"{f.name}.{child_name}" if tid == "struct" else f.name
+                        wants = "string values" if kinds == ("string",) else f"{'/'.join(kinds)} values"
+                        what = f"the column is {child_type}" if tid == "struct" else f"the map is {dtype}"
+                        fix = ": cast it to VARCHAR in the model" if kinds == ("string",) else ""
+                        raise self._fail(where, f"{self.endpoint.qualified_name} wants {wants} here, {what}{fix}")
             elif tid == "varchar":
-                is_object = f"(json_valid({col}) AND json_type(CAST({col} AS JSON)) = 'OBJECT')"
-                if f.kind == "string_map":
-                    is_object += (
-                        f" AND list_bool_and(list_transform(map_values(json_transform({col}, '\"MAP(VARCHAR, JSON)\"')),"
-                        " lambda v: json_type(v) = 'VARCHAR')) IS NOT FALSE"
-                    )
-                value, out_type = f"CASE WHEN {is_object} THEN CAST({col} AS JSON) END", duckdb.sqltype("JSON")
+                # JSON text (or a JSON column) as the model wrote it; JSON null is an absent object.
+                kind_of = _json_type_sql(col)
+                value, out_type = f"CASE WHEN {kind_of} = 'OBJECT' THEN CAST({col} AS JSON) END", duckdb.sqltype("JSON")
                 what = "an object of string values" if f.kind == "string_map" else "a JSON object"
-                reasons.append((f"{col} IS NOT NULL AND {value} IS NULL", f"'{f.name} must be {what}, got ' || {shown}"))
+                reasons.append((
+                    f"{col} IS NOT NULL AND coalesce({kind_of}, '') NOT IN ('OBJECT', 'NULL')",
+                    f"'{f.name} must be {what}, got ' || {shown}",
+                ))
             else:
                 raise self._fail(f.name, f"must be an object (STRUCT, MAP or JSON), the column is {dtype}")
         elif f.kind == "array":
             if tid == "varchar":
-                value = f"CASE WHEN json_valid({col}) AND json_type(CAST({col} AS JSON)) = 'ARRAY' THEN CAST({col} AS JSON) END"
+                kind_of = _json_type_sql(col)
+                value = f"CASE WHEN {kind_of} = 'ARRAY' THEN CAST({col} AS JSON) END"
                 out_type = duckdb.sqltype("JSON")
-                reasons.append((f"{col} IS NOT NULL AND {value} IS NULL", f"'{f.name} must be a JSON array, got ' || {shown}"))
-            elif tid != "list":
+                reasons.append((
+                    f"{col} IS NOT NULL AND coalesce({kind_of}, '') NOT IN ('ARRAY', 'NULL')",
+                    f"'{f.name} must be a JSON array, got ' || {shown}",
+                ))
+            elif tid not in ("list", "array"):
                 raise self._fail(f.name, f"must be a list, the column is {dtype}")
 
         if f.min_length is not None:
@@ -275,6 +408,40 @@ class PayloadBuilder:
             reasons.append((f"({f.required_when}) AND {value} IS NULL", quote_literal(f"{f.name} is required{because}")))
         return _FieldSql(value, out_type, reasons)
 
+    def _rendered_checks(self, f: Field, dtype: DuckDBPyType, text: str) -> list[tuple[str, str]]:
+        """Checks on a nested value's JSON as rendered (``text``, not NULL), in order; one reason per field.
+
+        Done on the JSON text itself, so they hold at any depth and for every column type: NaN/Infinity
+        (which DuckDB's ``to_json`` writes and its JSON type accepts), JSON values DuckDB never validated,
+        the kinds of an object's members, and (JSON text) a key given twice."""
+        if f.kind not in ("object", "string_map", "array", "any"):
+            return []
+        checks: list[tuple[str, str]] = []
+        if _contains_json(dtype):
+            checks.append((f"NOT json_valid({text})", quote_literal(f"{f.name} is not valid JSON") + f" || ', got ' || left({text}, 60)"))
+        checks.append((non_json_number(text), quote_literal(
+            f"{f.name} holds NaN, Infinity or a number out of range, which JSON cannot carry")))
+        kinds = f.allowed_member_kinds
+        if kinds:
+            allowed = _allowed_json_types(kinds)
+            possible = _member_kinds_possible(dtype, self.keep_nulls)
+            if possible is None or not possible <= allowed:
+                listed = ", ".join(quote_literal(t) for t in sorted(allowed))
+                members = f"map_values(json_transform({text}, '\"MAP(VARCHAR, JSON)\"'))"
+                every = f"list_bool_and(list_transform({members}, lambda v: coalesce(json_type(v), 'NULL') IN ({listed})))"
+                what = "an object of string values" if kinds == ("string",) else (
+                    "an object of " + " or ".join(kinds) + " values")
+                checks.append((
+                    f"(CASE WHEN json_type({text}) = 'OBJECT' THEN NOT coalesce({every}, true) END)",
+                    quote_literal(f"{f.name} must be {what}, got ") + f" || left({text}, 60)",
+                ))
+        if _is_json(dtype):
+            checks.append((
+                f"(CASE WHEN json_type({text}) = 'OBJECT' THEN len(list_distinct(json_keys({text}))) < len(json_keys({text})) END)",
+                quote_literal(f"{f.name} has the same key twice (JSON text); a vendor keeps either one"),
+            ))
+        return checks
+
     def sql(self, relation: str, columns: dict[str, DuckDBPyType]) -> str:
         """A SELECT over ``relation`` giving _key, _cursor, idem_key, payload, payload_hash, reject_reason."""
         self._check_columns(columns)
@@ -285,30 +452,47 @@ class PayloadBuilder:
             base = f"SELECT *, NULL AS _cursor FROM ({base})"
 
         selects: list[str] = []
-        pieces: list[str] = []
-        strict: list[tuple[int, str]] = []  # (piece, field) of nested values: checked for non-JSON numbers
-        texts: list[tuple[str, str]] = []  # (column, field) of JSON given as text: checked for repeated keys
+        rendered: list[str] = []  # the JSON text of each field's value (NULL: omitted), over the shaped row
+        pieces: list[str] = []  # '"name":' || that JSON
+        late: list[str] = []  # reasons found on the JSON as rendered (NaN at any depth, member kinds...)
         reasons: list[str] = []
+        native = self.endpoint.native_key_field
+        scope = quote_literal(f"{self.sync_name}\x1f{self.endpoint.name}\x1f")
+        own_key = f"to_json(substr(sha256({scope} || _key), 1, 32))"
         for i, f in enumerate(declared):
             dtype = columns.get(f.name, duckdb.sqltype("VARCHAR"))
             fs = self._field_sql(f, dtype)
-            alias = f"_f{i}"
+            alias, text = f"_f{i}", f"_j{i}"
+            if f is native:
+                # The vendor's dedup key as the model gives it: a key, so never empty (the document's
+                # limits are the Field's own); syncline's key stands in only where the model gives none.
+                fs.reasons.insert(0, (f"length(CAST({fs.value} AS VARCHAR)) = 0",
+                                      f"'{f.name} must not be empty: it is the vendor''s dedup key'"))
             selects.append(f"{fs.value} AS {alias}")
+            rendered.append(f"CASE WHEN {alias} IS NULL THEN NULL ELSE {json_of(alias, fs.dtype, self.keep_nulls)} END AS {text}")
             label = quote_literal(_json_string(f.name) + ":")
-            pieces.append(f"CASE WHEN {alias} IS NULL THEN NULL ELSE {label} || {json_of(alias, fs.dtype, self.keep_nulls)} END")
-            if f.kind in ("object", "array", "any"):
-                strict.append((len(pieces) - 1, f.name))
-                if _is_json(fs.dtype) or fs.dtype.id == "varchar":
-                    texts.append((alias, f.name))
+            if f is native:
+                pieces.append(f"CASE WHEN {text} IS NOT NULL THEN {label} || {text} "
+                              f"WHEN _key IS NULL OR _dup > 1 THEN NULL ELSE {label} || {own_key} END")
+            else:
+                pieces.append(f"CASE WHEN {text} IS NULL THEN NULL ELSE {label} || {text} END")
             if fs.reasons:
                 # One reason per field: the first rule it breaks, in the order _field_sql lists them.
                 reasons.append("CASE " + " ".join(f"WHEN {cond} THEN {reason}" for cond, reason in fs.reasons) + " END")
+            checks = self._rendered_checks(f, fs.dtype, text)
+            if checks:
+                late.append("CASE WHEN " + text + " IS NULL THEN NULL "
+                            + " ".join(f"WHEN {cond} THEN {reason}" for cond, reason in checks) + " END")
+            if (f.required and f.required_when is None and fs.dtype.id == "struct" and not self.keep_nulls):
+                # An all-NULL STRUCT is an absent object (see json_of): absent, yet required.
+                late.append(f"CASE WHEN {alias} IS NOT NULL AND {text} IS NULL "
+                            f"THEN {quote_literal(f.name + ' is required; every member of the object is NULL')} END")
         for rule in self.endpoint.active_rules(self.strict):
             # A named rule says so in the reason: "... (rule trubrics.thread_id_string)".
             said = f"{rule.reason} || {quote_literal(f' (rule {rule.name})')}" if rule.name else rule.reason
             reasons.append(f"CASE WHEN {rule.when} THEN {said} END")
 
-        reason_sql = "NULLIF(concat_ws('; '" + "".join(", " + r for r in reasons) + "), '')"
+        reason_sql = ("NULLIF(concat_ws('; '" + "".join(", " + r for r in reasons) + "), '')") if reasons else "CAST(NULL AS VARCHAR)"
         # Duplicate keys: the newest row by cursor wins (NULL cursors lose). A narrow pass finds the keys
         # that repeat and their newest cursor; the wide pass joins that small set back. A window over the
         # wide rows instead ran out of memory at DuckDB's limit on a 1M-row model that merges JSON.
@@ -323,30 +507,20 @@ class PayloadBuilder:
             "WHERE _key IS NOT NULL GROUP BY 1 HAVING count(*) > 1"
             ") AS d ON CAST(b._key AS VARCHAR) = d._k"
         )
-        scope = quote_literal(f"{self.sync_name}\x1f{self.endpoint.name}\x1f")
-        if self.endpoint.idempotency_field:
-            # The vendor dedups natively: send the ledger's idempotency key in the named field.
+        if self.endpoint.idempotency_field and native is None:
+            # Not a field the model can set: syncline sends the ledger's idempotency key in it.
             label = quote_literal(_json_string(self.endpoint.idempotency_field) + ":")
-            pieces.append(
-                f"CASE WHEN _key IS NULL OR _dup > 1 THEN NULL "
-                f"ELSE {label} || to_json(substr(sha256({scope} || _key), 1, 32)) END"
-            )
+            pieces.append(f"CASE WHEN _key IS NULL OR _dup > 1 THEN NULL ELSE {label} || {own_key} END")
         payload = "'{' || concat_ws(','" + "".join(f", _p{n}" for n in range(len(pieces))) + ") || '}'"
+        json_columns = "".join(f", {r}" for r in rendered)
         piece_columns = "".join(f", {p} AS _p{n}" for n, p in enumerate(pieces))
-        not_json = "".join(
-            f", CASE WHEN {non_json_number(f'_p{n}')} THEN "
-            f"{quote_literal(name + ' holds NaN, Infinity or a number out of range, which JSON cannot carry')} END"
-            for n, name in strict
-        ) + "".join(
-            f", CASE WHEN json_type({col}) = 'OBJECT' AND len(list_distinct(json_keys({col}))) < len(json_keys({col})) "
-            f"THEN {quote_literal(name + ' has the same key twice (JSON text); a vendor keeps either one')} END"
-            for col, name in texts
-        )
+        not_json = "".join(", " + r for r in late)
         overhead = self.endpoint.envelope_bytes()
         limit = self.max_body_bytes - overhead
         return f"""
             WITH shaped AS ({inner}),
-            pieced AS (SELECT *{piece_columns} FROM shaped),
+            jsoned AS (SELECT *{json_columns} FROM shaped),
+            pieced AS (SELECT *{piece_columns} FROM jsoned),
             rendered AS (SELECT _key, _cursor, concat_ws('; ', _reason{not_json}) AS _reason, _dup, _maybe_tie,
                                 {payload} AS payload FROM pieced)
             SELECT
@@ -374,14 +548,17 @@ class PayloadBuilder:
 
 def non_json_number(text: str) -> str:
     """SQL: ``text`` (a rendered JSON fragment) holds ``NaN``/``Infinity`` (DuckDB's ``to_json`` writes them
-    for DOUBLE values, and JSON text columns may carry them) or a number that overflows a double. A cheap
-    substring test first; only suspects have their string literals stripped and their tokens checked."""
+    for DOUBLE values, and its JSON type accepts them in text) or a number too large for a double
+    (``1e400``, ``1.8e308``: a strict parser refuses it or reads Infinity). A cheap substring test first;
+    only suspects have their string literals stripped, then any bare word left is not JSON, and every
+    number with a fraction or an exponent must be a finite double."""
     stripped = f"regexp_replace({text}, '\"(?:[^\"\\\\]|\\\\.)*\"', '\"\"', 'g')"
     tokens = f"regexp_replace({stripped}, '-?[0-9]+(\\.[0-9]+)?([eE][+-]?[0-9]+)?|true|false|null', '', 'g')"
+    floats = f"regexp_extract_all({stripped}, '-?[0-9]+(\\.[0-9]+([eE][+-]?[0-9]+)?|[eE][+-]?[0-9]+)')"
+    overflow = f"list_bool_or(list_transform({floats}, lambda t: NOT coalesce(isfinite(TRY_CAST(t AS DOUBLE)), false)))"
     return (
-        f"({text} IS NOT NULL AND regexp_matches({text}, 'NaN|Infinity|nan|inf|[eE]\\+?[0-9]{{3}}') AND "
-        f"(regexp_matches({tokens}, '[A-Za-z]') OR "
-        f"regexp_matches({stripped}, '[0-9][eE]\\+?(309|3[1-9][0-9]|[4-9][0-9][0-9]|[0-9]{{4,}})')))"
+        f"({text} IS NOT NULL AND regexp_matches({text}, 'NaN|Infinity|nan|inf|[eE][+-]?[0-9]{{3}}|[0-9]{{300}}') AND "
+        f"(regexp_matches({tokens}, '[A-Za-z]') OR coalesce({overflow}, false)))"
     )
 
 

@@ -220,6 +220,7 @@ class Emulator:
 
     vendor: str = ""
     keys: dict[str, str] = {}  # credential name -> the sandbox's accepted value
+    BODY_BUDGET = 64_000_000  # bytes of request bodies kept for tests (see ``bodies``)
 
     def __init__(self, record_items: bool = True, base_url: str = "") -> None:
         self.record_items = record_items
@@ -232,6 +233,10 @@ class Emulator:
         self._fault_seen: dict[str, int] = defaultdict(int)
         self.active = 0  # requests being handled right now (a test waits for 0 before counting what landed)
         self.invalid_bodies: list[dict[str, Any]] = []  # the first bodies that were not strict JSON, and why
+        # Every request body as it arrived, with the status answered (``record_items`` only, up to
+        # BODY_BUDGET bytes in all): a test compares bytes on the wire with what the model wrote.
+        self.bodies: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
+        self._body_bytes = 0
         self._windows: dict[tuple[str, str], deque[float]] = defaultdict(deque)
         self._routes = self.routes()
 
@@ -259,6 +264,8 @@ class Emulator:
             self._fault_seen.clear()
             self._windows.clear()
             self.invalid_bodies.clear()
+            self.bodies.clear()
+            self._body_bytes = 0
             self.reset_state()
 
     def reset_state(self) -> None:
@@ -318,6 +325,9 @@ class Emulator:
                             {"endpoint": name, "why": request.invalid_json, "body": request.body[:4000]})
         with self.lock:
             stats.by_status[response.status] += 1
+            if self.record_items and self._body_bytes + len(request.body) <= self.BODY_BUDGET:
+                self._body_bytes += len(request.body)
+                self.bodies[name].append((response.status, request.body))
         return response
 
     def _apply_fault(self, fault: Fault, route: Route, request: Request, now: float) -> Response | None:

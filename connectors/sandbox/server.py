@@ -218,6 +218,13 @@ class Sandbox:
         with emulator.lock:
             return list(emulator.records.get(endpoint, []))
 
+    def bodies(self, vendor: str, endpoint: str, status: int | None = None) -> list[bytes]:
+        """The request bodies of an endpoint as they arrived, byte for byte (only those answered ``status``,
+        when given): what a test compares with what the model wrote."""
+        emulator = self.emulators[vendor]
+        with emulator.lock:
+            return [body for answered, body in emulator.bodies.get(endpoint, []) if status in (None, answered)]
+
     def stats(self) -> dict[str, dict[str, dict[str, Any]]]:
         out: dict[str, dict[str, dict[str, Any]]] = {}
         for name, emulator in self.emulators.items():

@@ -18,7 +18,9 @@ Choices where the document is silent (``destination.options`` in brackets):
 - **Rates.** Batch: 10/min, spaced by the shared limiter at 95% (one request every 6.32 s per key, across
   threads and processes). Single: "standard" is undocumented; we assume **60/min** (the only per-request
   figure the document gives for this API, its query limit, and the conservative choice: a higher real
-  limit only costs tail latency) [``single_rate_per_minute``]. The sandbox enforces the same 60/min.
+  limit only costs tail latency) [``single_rate_per_minute``]. This is a guess: the sandbox enforces no
+  single-event limit unless a test sets one (and says it is an assumption); 429 and ``Retry-After`` are
+  honoured whatever the real figure is.
 - **Tail through the single endpoint** [``single_below``, default derived from both rates]: a chunk of
   ``k`` events sent one by one takes ``k`` single slots (1.05 s each at 95% of 60/min); as a batch it waits
   for the next batch slot (6.32 s). ``k * 1.05 < 6.32`` for ``k <= 5``, so chunks of fewer than **6**
@@ -26,15 +28,32 @@ Choices where the document is silent (``destination.options`` in brackets):
   (shared by every sync on the key) untouched. Setting ``single_rate_per_minute`` re-derives the threshold;
   ``single_below: 0`` turns the path off.
 - **Byte cap**: 1 MB per request (none documented; nginx's default body limit in front of a Rails app).
+  An event that alone exceeds it is rejected locally with a reason (the engine's byte check, the one
+  rejection here without a documentary basis; raise it with ``delivery.max_body_bytes`` if your Flux
+  takes more).
   ``envelope_bytes`` reserves room for the markers below (200 bytes per event), so byte chunking stays
   honest after ``encode`` adds them.
-- **Validation before sending** (a bad row must never fail a batch of 500 good ones at the server): ``name``
-  required (trimmed, non-empty); ``timestamp`` ISO 8601 *with an offset* (TIMESTAMPTZ columns are sent in
-  UTC; an offset-less string is ambiguous and rejected); ``value`` a finite number; ``properties`` an
-  object; ``tags`` an object of **string** values. Non-string tags: a typed column (STRUCT/MAP) whose values
-  are not VARCHAR is a config error naming the model field (cast in the model); a JSON text column holding
-  a non-string value rejects that row with a reason. Either way Flux never sees ``invalid_tags``.
-- **Markers** added by ``encode`` to every event (the keys ``syncline_*`` are reserved and overwritten):
+- **Validation before sending: exactly the document's rules** (a bad row must never fail a batch of 500
+  good ones at the server; anything the document does not forbid is sent, as the model wrote it). Each
+  Field's ``basis`` quotes its line of the document: ``name`` required, a string; ``timestamp`` a string in
+  **any ISO 8601 form** (date-only ``2024-01-15``, a local time without offset, basic format, ordinal and
+  week dates, reduced to the hour or minute, comma fractions, ``24:00``, a leap second; see
+  ``connectors/engine/iso8601.py``), sent as written: the document asks for no offset and no time of day;
+  ``user_id`` a string; ``value`` a number (NaN and ±Infinity are not JSON); ``properties`` an object
+  (anything inside, NaN/Infinity at any depth excepted); ``tags`` an object of **string** values
+  (``invalid_tags``: a JSON ``null``, number, boolean, object or array as a tag value rejects that row
+  only, with a reason; a typed STRUCT/MAP column whose values can never be VARCHAR is a config error naming
+  the model field). No length limit, no value range and no format for ``name`` is documented, so none is
+  checked: an empty ``name`` or ``user_id``, a 100,000-character name, any Unicode go out unchanged.
+  Conversions the engine makes (docs/vendors.md, "How values are sent"): TIMESTAMP columns go out as UTC ISO
+  8601 with ``+00:00``; numeric ``name``/``user_id`` columns as text; numeric text in ``value`` as a number.
+- **Opt-in checks** (``strict: true``, or ``strict: [<rule>]`` in the sync file), which the document does
+  not make: ``name_not_blank`` and ``user_id_not_blank`` (empty or whitespace-only text), and
+  ``timestamp_has_offset`` (a text timestamp without ``Z`` or an offset, date-only included: the document
+  does not say which zone Flux gives it, so a careful sync may insist on one).
+- **Markers** added by ``encode`` to every event (the keys ``syncline_*`` below are reserved: a model's own
+  member of that name is replaced; every other byte of the event goes out as the engine rendered it, the
+  markers inserted before the closing brace of ``tags`` and ``properties``):
   ``tags.syncline_sync = <sync name>`` (indexed: the per-sync count for reconciliation is one
   ``/count?group_by=tags.syncline_sync`` request); ``tags.syncline_batch = <16 hex>`` (one per request, so
   the events one request stored can be read back in one ``GET /events?tags[syncline_batch]=``);
@@ -51,7 +70,10 @@ Choices where the document is silent (``destination.options`` in brackets):
   and the run's notes name the batch tag. No bisection: events of a partial answer may be stored, and
   resending stored events duplicates them.
 - **Refusals**: a 4xx refuses the whole batch; the engine bisects to isolate the bad event and the error
-  code becomes a readable reason (``missing_name`` -> "name is required", ...).
+  code becomes a readable reason (``missing_name`` -> "name is required", ...). The document gives the
+  codes but no error body: every plausible shape is read (``{"error": {"code", "message"}}``, ``{"error":
+  "<code or message>"}``, ``{"error": [...]}``, ``{"code", "message"}``, ``{"errors": [...]}``, Rails'
+  ``{"errors": {"<field>": [...]}}``); any other body, text or empty, is quoted in the reason.
 - **Unknown outcomes are read back, never resent blindly** (``dedup="read_back"``; Flux has no dedup): after
   a 5xx, a dropped answer or a timeout (the bulk insert is atomic, but the server does more work after it,
   so a 500 may follow a stored batch) the request's events are read back by their ``syncline_batch`` tag;
@@ -83,6 +105,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlencode
 
 from connectors import settings
+from connectors.engine import iso8601
 from connectors.engine.endpoint import (
     BatchOutcome,
     Credential,
@@ -93,6 +116,7 @@ from connectors.engine.endpoint import (
     Rule,
     RunContext,
     Vendor,
+    not_blank,
 )
 from connectors.engine.ratelimit import RateLimiter, credential_scope
 from connectors.engine.sender import CLAIM_PREFIX, current_claim
@@ -164,8 +188,7 @@ class FluxEventEndpoint(Endpoint):
 
     def encode(self, items: Sequence[bytes], credentials: Mapping[str, str]) -> bytes:
         (item,) = items
-        event = _mark(json.loads(item), self.run.sync if self.run else None, self.batch_id(items), current_claim())
-        return _dumps(event)
+        return _mark(item, self.run.sync if self.run else None, self.batch_id(items), current_claim()).encode()
 
     def batch_id(self, items: Sequence[bytes]) -> str:
         """Deterministic per request and run: ``parse`` recomputes it from the same items; another run
@@ -310,7 +333,7 @@ class FluxBatchEndpoint(FluxEventEndpoint):
         sync = self.run.sync if self.run else None
         batch = self.batch_id(items)
         claim = current_claim()
-        return _dumps({"events": [_mark(json.loads(item), sync, batch, claim) for item in items]})
+        return ('{"events":[' + ",".join(_mark(item, sync, batch, claim) for item in items) + "]}").encode()
 
     def envelope_bytes(self) -> int:
         return len(BATCH_ENVELOPE) + MARKER_BYTES_PER_EVENT * self.max_items
@@ -398,29 +421,87 @@ class FluxBatchEndpoint(FluxEventEndpoint):
 
 
 # --- payload helpers ---------------------------------------------------------------------------------------
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+_DECODER = json.JSONDecoder()
+_SPACE = " \t\n\r"
 
 
-def _mark(event: dict[str, Any], sync: str | None, batch: str | None, claim: str | None = None) -> dict[str, Any]:
-    """Add syncline's markers to one event (see the module docstring); at most MARKER_BYTES_PER_EVENT more."""
-    key = event.pop(KEY_FIELD, None)
-    if key is not None:
-        properties = event.get("properties")
-        properties = dict(properties) if isinstance(properties, dict) else {}
-        properties[KEY_FIELD] = key
-        event["properties"] = properties
-    if sync or batch or claim:
-        tags = event.get("tags")
-        tags = dict(tags) if isinstance(tags, dict) else {}
-        if sync:
-            tags[SYNC_TAG] = sync
-        if batch:
-            tags[BATCH_TAG] = batch
-        if claim:
-            tags[CLAIM_TAG] = claim
-        event["tags"] = tags
-    return event
+def _skip(text: str, i: int) -> int:
+    while i < len(text) and text[i] in _SPACE:
+        i += 1
+    return i
+
+
+def _members(text: str) -> list[tuple[str, str, str]] | None:
+    """The members of a JSON object text as (key, key text, value text), each text exactly as written;
+    None when ``text`` is not one JSON object."""
+    i = _skip(text, 0)
+    if text[i : i + 1] != "{":
+        return None
+    members: list[tuple[str, str, str]] = []
+    i = _skip(text, i + 1)
+    if text[i : i + 1] == "}":
+        return members if _skip(text, i + 1) == len(text) else None
+    while True:
+        key, after_key = _DECODER.raw_decode(text, i)
+        if not isinstance(key, str):
+            return None
+        colon = _skip(text, after_key)
+        if text[colon : colon + 1] != ":":
+            return None
+        start = _skip(text, colon + 1)
+        _, end = _DECODER.raw_decode(text, start)
+        members.append((key, text[i:after_key], text[start:end]))
+        i = _skip(text, end)
+        if text[i : i + 1] == ",":
+            i = _skip(text, i + 1)
+            continue
+        return members if text[i : i + 1] == "}" and _skip(text, i + 1) == len(text) else None
+
+
+def _with_members(text: str | None, added: Sequence[tuple[str, str]]) -> str:
+    """The object ``text`` (JSON, as the model wrote it) with ``added`` (key, JSON value text) members:
+    byte for byte as written when it holds none of those keys (they go before its closing brace); else
+    its own members of those keys are left out (they are syncline's markers: see the module docstring)."""
+    extra = ",".join(f"{json.dumps(key)}:{value}" for key, value in added)
+    members = _members(text) if text is not None else None
+    if text is None or members is None:
+        return "{" + extra + "}"
+    reserved = {key for key, _ in added}
+    if any(key in reserved for key, _, _ in members):
+        kept = [f"{key_text}:{value}" for key, key_text, value in members if key not in reserved]
+        return "{" + ",".join([*kept, extra]) + "}"
+    body = text.rstrip(_SPACE)
+    head = body[:-1].rstrip(_SPACE)
+    return body[:-1] + extra + "}" if head.endswith("{") else body[:-1] + "," + extra + "}"
+
+
+def _mark(item: bytes, sync: str | None, batch: str | None, claim: str | None = None) -> str:
+    """One event's JSON text with syncline's markers (see the module docstring), at most
+    MARKER_BYTES_PER_EVENT longer. Everything else goes out byte for byte as the engine rendered the model's
+    values: nothing is parsed into Python numbers and written back (which would round a long decimal)."""
+    text = item.decode("utf-8")
+    members = _members(text)
+    if members is None:  # not an object: the engine never renders one; sent as is
+        return text
+    key = next((value for name, _, value in members if name == KEY_FIELD), None)
+    tags = [(name, json.dumps(value, ensure_ascii=False))
+            for name, value in ((SYNC_TAG, sync), (BATCH_TAG, batch), (CLAIM_TAG, claim)) if value]
+    out: list[str] = []
+    seen: set[str] = set()
+    for name, key_text, value in members:
+        if name == KEY_FIELD:
+            continue
+        if name == "properties" and key is not None:
+            value = _with_members(value, [(KEY_FIELD, key)])
+        elif name == "tags" and tags:
+            value = _with_members(value, tags)
+        seen.add(name)
+        out.append(f"{key_text}:{value}")
+    if key is not None and "properties" not in seen:
+        out.append(f'"properties":{_with_members(None, [(KEY_FIELD, key)])}')
+    if tags and "tags" not in seen:
+        out.append(f'"tags":{_with_members(None, tags)}')
+    return "{" + ",".join(out) + "}"
 
 
 def _item_key(item: bytes) -> str | None:
@@ -464,8 +545,10 @@ def _problem_reason(problem: Mapping[str, Any]) -> str:
 def flux_error_reason(response: HttpResponse) -> str:
     """A readable reason from a Flux error answer, whatever its shape.
 
-    Seen or documented shapes: ``{"error": {"code", "message", "index"}}`` (the sandbox), ``{"error":
-    "<code or message>"}`` (the open-source server), ``{"code", "message"}`` and ``{"errors": [...]}``.
+    The document lists codes but no body. Read: ``{"error": {"code", "message", "index"}}``, ``{"error":
+    "<code or message>"}`` (the open-source server), ``{"error": [...]}``, ``{"code", "message"}``,
+    ``{"errors": [...]}`` and Rails' ``{"errors": {"<field>": ["<message>"]}}``; anything else (another
+    shape, a text or empty body) is quoted.
     """
     body = response.json()
     code = message = ""
@@ -475,12 +558,19 @@ def flux_error_reason(response: HttpResponse) -> str:
             code, message = str(error.get("code") or ""), str(error.get("message") or "")
         elif isinstance(error, str):
             code, message = (error, "") if error in ERROR_CODES else ("", error)
+        elif isinstance(error, list) and error:
+            message = "; ".join(str(e) for e in error[:3])
         elif isinstance(body.get("errors"), list) and body["errors"]:
             first = body["errors"][0]
             if isinstance(first, dict):
                 code, message = str(first.get("code") or ""), str(first.get("message") or "")
             else:
                 message = "; ".join(str(e) for e in body["errors"][:3])
+        elif isinstance(body.get("errors"), dict) and body["errors"]:  # Rails: {"errors": {"name": ["..."]}}
+            message = "; ".join(
+                f"{name} {'; '.join(map(str, said)) if isinstance(said, list) else said}"
+                for name, said in list(body["errors"].items())[:3]
+            )
         else:
             code, message = str(body.get("code") or ""), str(body.get("message") or "")
     if not code and not message:
@@ -644,15 +734,43 @@ def _iso(value: TimeArg) -> str | None:
 
 
 # --- declarations --------------------------------------------------------------------------------------------
+# Every check below is the document's (docs/vendor-api/flux.md, "Track Event" > "Parameters" and "Errors");
+# the opt-in RULES are checks it does not make (a sync turns them on with ``strict``).
 FIELDS = (
-    Field("name", "string", required=True),
-    Field("timestamp", "timestamp"),
-    Field("user_id", "string"),
-    Field("value", "number"),
-    Field("properties", "object"),
-    Field("tags", "string_map"),
+    Field("name", "string", required=True,
+          basis='doc: Track Event, Parameters: "name | string | Yes | Event name (e.g., user.signup)"; '
+                'Errors: "missing_name | Event name is required"'),
+    Field("timestamp", "iso8601",
+          basis='doc: Track Event, Parameters: "timestamp | string | No | ISO8601 timestamp (defaults to '
+                'now)"; Errors: "invalid_timestamp | Timestamp format invalid". Any ISO 8601 date or date-time: '
+                'the document asks for no offset and no time of day'),
+    Field("user_id", "string",
+          basis='doc: Track Event, Parameters: "user_id | string | No | Associated user identifier"'),
+    Field("value", "number",
+          basis='doc: Track Event, Parameters: "value | number | No | Numeric value for aggregations"'),
+    Field("properties", "object",
+          basis='doc: Track Event, Parameters: "properties | object | No | Arbitrary event data"'),
+    Field("tags", "string_map",
+          basis='doc: Track Event, Parameters: "tags | object | No | Indexed metadata for filtering"; '
+                'Errors: "invalid_tags | Tags must be string values"'),
 )
-RULES: tuple[Rule, ...] = ()  # NaN and Infinity are refused by the engine for every number field
+RULES: tuple[Rule, ...] = (
+    not_blank("name", basis="choice: the document requires a name (missing_name) without saying whether an "
+                            "empty or blank one counts as missing; a server validating presence refuses it"),
+    not_blank("user_id", basis="choice: the document allows any string; an empty user_id is usually a broken "
+                               "join, and Flux would group such events under one empty user"),
+    Rule(
+        when=f"""typeof("timestamp") = 'VARCHAR' AND regexp_matches(CAST("timestamp" AS VARCHAR), '^[0-9]{{4}}')
+                 AND NOT {iso8601.has_offset_sql('CAST("timestamp" AS VARCHAR)')}""",
+        reason="""'timestamp has no UTC offset (a date alone or a local time), and Flux''s time zone for it '
+                  || 'is not documented; got ' || CAST("timestamp" AS VARCHAR)""",
+        name="timestamp_has_offset",
+        field="timestamp",
+        basis="choice: the document allows any ISO 8601 form, but does not say which zone Flux gives a time "
+              "without an offset (a TIMESTAMP column always goes out with one)",
+        opt_in=True,
+    ),
+)  # NaN and Infinity (in value, or anywhere in properties) are refused by the engine: JSON cannot carry them
 
 EVENTS = FluxEventEndpoint(
     vendor="flux",

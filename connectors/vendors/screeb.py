@@ -7,18 +7,27 @@ page, screen, copilot), ``Authorization: Bearer <api token>``, 50 requests/s per
 ``POST /1.0/release``: one JSON object per request (name, description, version, tags, released_at),
 authenticated with a *separate* release token (``SCREEB_RELEASE_TOKEN``), Bearer as well.
 
-Every documented rule is checked in SQL before sending, so a bad row is rejected with a reason a person
-can read and never costs a request: the type-specific required fields, the copilot ``event_name`` values,
-which copilot ids/texts each of them requires, and the length limits (ids <= 100, prompt/response
-<= 10 000 characters). ``rating`` and ``rating_scale`` are strings: numbers in the warehouse are sent as
-text.
+Every documented rule is checked in SQL before sending, so a bad row is rejected with a reason naming the
+field (and the rule) and never costs a request: ``type`` one of the seven documented types, the
+type-specific required fields, the copilot ``event_name`` values, which copilot ids/texts each of them
+requires, the length limits (ids <= 100, prompt/response <= 10 000 characters), ``context.locale`` and
+``context.timezone`` strings, and the release's ``name`` and ``version``. Each Field's and Rule's
+``basis`` quotes the document. Nothing else is refused by default: a blank string is a string (``""`` is
+sent as ``""``), a row without ``user_alias`` is sent without one (the document: "If omitted, an
+anonymous user is created automatically server-side"). Values go out as the model wrote them; the only
+conversion is numbers to text for string fields (``rating`` and ``rating_scale`` are strings at Screeb).
+
+Opt-in rules (``strict: true`` or ``strict: [name, ...]`` in the sync file):
+- ``user_alias_required``: reject rows without ``user_alias``. A warehouse row without an alias is more
+  often a join that went wrong than a real anonymous visitor, and each one creates a stray user at Screeb.
+  ``destination.options.anonymous_users: false`` turns this rule on too (the option predates ``strict``).
+- ``<field>_not_blank`` for ``user_alias``, ``event_name``, ``group_name``, ``url``, ``screen_name``:
+  reject an empty or whitespace-only text (the document sets no minimum length).
+- Release ``description_required`` and ``tags_required``: the document's only statement about release
+  fields is "The released_at field is optional"; name and version are required (a release is a name and a
+  version), while a release without a description or tags is sent unless the sync opts in.
 
 Choices where the document is silent:
-- ``user_alias`` may be omitted (Screeb then creates an anonymous user). A warehouse row without an alias
-  is far more often a join that went wrong than a real anonymous visitor, and each one would create a
-  stray user at Screeb, so such rows are *rejected* unless the sync opts in with
-  ``destination.options.anonymous_users: true``. Either way a blank alias counts as missing (it is never
-  sent as ``""``).
 - A property set to ``null`` on identify deletes the trait. NULLs inside ``properties`` (and ``context``)
   are omitted by default, so a NULL in the warehouse never deletes anything by accident; a sync that means
   to mirror deletions sets ``keep_nulls: true`` (a sync-level setting), and then every NULL member of the
@@ -34,15 +43,19 @@ Choices where the document is silent:
   late, then arriving together), and a window holds 50 arrivals only while that jitter stays under
   50 x spacing - 1 s: 53 ms at 95% (the sandbox saw 50 in one second), 75 ms at 93%. A sync can still
   set ``delivery.rate_safety``.
-- ``context`` members other than ``locale`` and ``timezone`` are passed through; those two must be strings.
+- ``context`` members other than ``locale`` and ``timezone`` are passed through.
 - Fields that do not belong to an item's type (e.g. ``url`` on a track event) are sent as given; a
   UNION ALL model leaves them NULL, and NULL top-level fields are omitted.
 - A 200 whose ``count`` differs from the number of items sent is still recorded as delivered (the request
   was accepted as a whole and there is no read API to find out which item was dropped), with a warning
   in the run's notes. A 400 refuses the whole batch: the engine bisects it to isolate the bad items.
+- The 400 body is undocumented: any JSON body is read for a message (lists of problems under ``details``,
+  ``errors``, ``detail``...; ``message``/``error`` strings or objects; a bare string or list), and a body
+  that is not JSON, or JSON with nothing recognizable, is quoted as it came. Either way the bad item is
+  rejected with a readable reason.
 - ``released_at`` is optional (Screeb defaults it to the send time); when given it is sent as ISO 8601
-  with an offset. ``tags`` must be an array of strings. The release response body is undocumented: an
-  ``id`` in it is kept as the vendor id when present.
+  with an offset. ``tags`` must be an array of strings (the document's example). The release response body
+  is undocumented: an ``id`` in it is kept as the vendor id when present, anything else is ignored.
 - No timestamp field exists on events: they land at send time, so a backfill of an old partition shows
   up at Screeb as of the day it is sent.
 """
@@ -50,6 +63,7 @@ Choices where the document is silent:
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -62,6 +76,7 @@ from connectors.engine.endpoint import (
     Rate,
     Rule,
     Vendor,
+    not_blank,
 )
 from connectors.engine.payload import quote_literal
 
@@ -74,10 +89,12 @@ COPILOT_EVENTS = (COPILOT_PROMPT, COPILOT_RESPONSE, COPILOT_CONVERSION, COPILOT_
 MAX_ID_CHARS = 100
 MAX_TEXT_CHARS = 10_000
 
-# Conditions are evaluated over the model's columns as selected (before normalization), so trim here the
-# same way the engine trims required strings: ' track ' is a track event.
-_TYPE = 'trim(CAST("type" AS VARCHAR))'
-_EVENT = "trim(CAST(event_name AS VARCHAR))"
+# Conditions are evaluated over the model's columns as selected. No trim: ' track ' is not a documented
+# type (the engine sends text as written, and the ``type`` choices reject it).
+_TYPE = 'CAST("type" AS VARCHAR)'
+_EVENT = "CAST(event_name AS VARCHAR)"
+
+_COPILOT_TABLE = "doc: Type-specific fields, copilot table"
 
 
 def _in(expr: str, values: Sequence[str]) -> str:
@@ -89,50 +106,58 @@ def _copilot(*event_names: str) -> str:
     return f"({_TYPE} = 'copilot' AND {_in(_EVENT, event_names)})"
 
 
-def _user_alias(anonymous_users: bool) -> Field:
-    if anonymous_users:
-        # Never required, but declared with a condition so the engine still trims it and turns a blank
-        # alias into "omitted" (an anonymous user) rather than sending "".
-        return Field("user_alias", "string", required_when="FALSE")
-    return Field(
-        "user_alias",
-        "string",
-        required_when="TRUE",
-        required_because=(
-            "(without one Screeb would create an anonymous user; set destination.options.anonymous_users: "
-            "true to send such rows)"
-        ),
-    )
-
-
-def _event_fields(anonymous_users: bool) -> tuple[Field, ...]:
+def _event_fields() -> tuple[Field, ...]:
     ids_needed = _copilot(COPILOT_PROMPT, COPILOT_RESPONSE, COPILOT_SATISFACTION)
+    ids_basis = (
+        f"{_COPILOT_TABLE}: string, 'yes (except when event_name is screeb_copilot_conversion)', "
+        "'(max 100 chars)'"
+    )
     return (
-        _user_alias(anonymous_users),
-        Field("type", "string", required=True, choices=EVENT_TYPES),
-        Field("properties", "object"),
-        Field("context", "object"),
+        Field(
+            "user_alias",
+            "string",
+            basis="doc: Common fields: user_alias string, Required no ('If omitted, an anonymous user is created "
+            "automatically server-side')",
+        ),
+        Field(
+            "type",
+            "string",
+            required=True,
+            choices=EVENT_TYPES,
+            basis="doc: Common fields: type string, Required yes ('The event type'); Event types table",
+        ),
+        Field("properties", "object", basis="doc: Common fields: properties object, no ('Key-value pairs')"),
+        Field("context", "object", basis="doc: Common fields: context object, no; Context object table"),
         Field(
             "event_name",
             "string",
             required_when=_in(_TYPE, ("track", "copilot")),
             required_because="for track and copilot events",
+            basis="doc: track table 'event_name string yes'; copilot table 'event_name string yes'",
         ),
-        Field("group_type", "string"),
+        Field("group_type", "string", basis="doc: group.assign / group.unassign table: group_type string, no"),
         Field(
             "group_name",
             "string",
             required_when=_in(_TYPE, ("group.assign", "group.unassign")),
             required_because="for group.assign and group.unassign events",
+            basis="doc: group.assign / group.unassign table: group_name string, yes",
         ),
-        Field("url", "string", required_when=f"{_TYPE} = 'page'", required_because="for page events"),
-        Field("screen_name", "string", required_when=f"{_TYPE} = 'screen'", required_because="for screen events"),
+        Field(
+            "url", "string", required_when=f"{_TYPE} = 'page'", required_because="for page events",
+            basis="doc: page table: url string, yes",
+        ),
+        Field(
+            "screen_name", "string", required_when=f"{_TYPE} = 'screen'", required_because="for screen events",
+            basis="doc: screen table: screen_name string, yes",
+        ),
         Field(
             "conversation_id",
             "string",
             required_when=ids_needed,
             required_because=f"for copilot events other than {COPILOT_CONVERSION}",
             max_length=MAX_ID_CHARS,
+            basis=ids_basis,
         ),
         Field(
             "copilot_session_id",
@@ -140,6 +165,7 @@ def _event_fields(anonymous_users: bool) -> tuple[Field, ...]:
             required_when=ids_needed,
             required_because=f"for copilot events other than {COPILOT_CONVERSION}",
             max_length=MAX_ID_CHARS,
+            basis=ids_basis,
         ),
         Field(
             "prompt",
@@ -147,6 +173,7 @@ def _event_fields(anonymous_users: bool) -> tuple[Field, ...]:
             required_when=_copilot(COPILOT_PROMPT),
             required_because=f"for {COPILOT_PROMPT} events",
             max_length=MAX_TEXT_CHARS,
+            basis=f"{_COPILOT_TABLE}: prompt string, 'yes (when event_name is {COPILOT_PROMPT})', '(max 10 000 chars)'",
         ),
         Field(
             "response",
@@ -154,18 +181,21 @@ def _event_fields(anonymous_users: bool) -> tuple[Field, ...]:
             required_when=_copilot(COPILOT_RESPONSE),
             required_because=f"for {COPILOT_RESPONSE} events",
             max_length=MAX_TEXT_CHARS,
+            basis=f"{_COPILOT_TABLE}: response string, 'yes (when event_name is {COPILOT_RESPONSE})', '(max 10 000 chars)'",
         ),
         Field(
             "rating",
             "string",
             required_when=_copilot(COPILOT_SATISFACTION),
             required_because=f"for {COPILOT_SATISFACTION} events",
+            basis=f"{_COPILOT_TABLE}: rating string, 'yes (when event_name is {COPILOT_SATISFACTION})'",
         ),
         Field(
             "rating_scale",
             "string",
             required_when=_copilot(COPILOT_SATISFACTION),
             required_because=f"for {COPILOT_SATISFACTION} events",
+            basis=f"{_COPILOT_TABLE}: rating_scale string, 'yes (when event_name is {COPILOT_SATISFACTION})'",
         ),
     )
 
@@ -175,22 +205,49 @@ def _member_is_string(column: str, member: str) -> Rule:
     return Rule(
         when=f"json_type(TRY_CAST({column} AS JSON), '$.{member}') NOT IN ('VARCHAR', 'NULL')",
         reason=f"'{column}.{member} must be a string, got ' || json_extract(TRY_CAST({column} AS JSON), '$.{member}')",
+        name=f"{column}_{member}_string",
+        field=column,
+        basis=f"doc: Context object table: '{member} string'",
     )
 
+
+USER_ALIAS_REQUIRED = Rule(
+    when="user_alias IS NULL",
+    reason=(
+        "'user_alias is missing: Screeb would create an anonymous user (the sync asks for an alias on every "
+        "row)'"
+    ),
+    name="user_alias_required",
+    field="user_alias",
+    basis=(
+        "choice: the document makes user_alias optional ('If omitted, an anonymous user is created "
+        "automatically server-side'); a missing alias in a warehouse is usually a broken join"
+    ),
+    opt_in=True,
+)
 
 EVENT_RULES = (
     # A Field's choices apply to every row; the copilot names only bind copilot events.
     Rule(
-        when=f"{_TYPE} = 'copilot' AND {_EVENT} <> '' AND NOT {_in(_EVENT, COPILOT_EVENTS)}",
+        when=f"{_TYPE} = 'copilot' AND {_EVENT} IS NOT NULL AND NOT {_in(_EVENT, COPILOT_EVENTS)}",
         reason=(
             f"'event_name must be one of {', '.join(COPILOT_EVENTS)} for copilot events; got ' "
             f"|| left({_EVENT}, 60)"
         ),
+        name="copilot_event_name",
+        field="event_name",
+        basis=f"{_COPILOT_TABLE}: event_name 'One of {', '.join(COPILOT_EVENTS)}'",
     ),
     _member_is_string("context", "locale"),
     _member_is_string("context", "timezone"),
+    USER_ALIAS_REQUIRED,
+    *(
+        not_blank(name, basis=f"choice: the document types {name} as a string and sets no minimum length")
+        for name in ("user_alias", "event_name", "group_name", "url", "screen_name")
+    ),
 )
 
+_RELEASE_DOC = "doc: Releases API: 'The released_at field is optional and will default to the current date'"
 _TAGS_JSON = "TRY_CAST(tags AS JSON)"
 RELEASE_RULES = (
     Rule(
@@ -199,8 +256,71 @@ RELEASE_RULES = (
             f"CAST(json_extract({_TAGS_JSON}, '$[*]') AS JSON[]), lambda t: json_type(t) <> 'VARCHAR')) END"
         ),
         reason="'tags must be an array of strings, got ' || left(CAST(tags AS VARCHAR), 60)",
+        name="tags_strings",
+        field="tags",
+        basis='doc: Releases API example: `"tags": ["API", "V1"]` (the only description of tags)',
+    ),
+    Rule(
+        when="description IS NULL",
+        reason="'description is missing (the sync asks for one on every release)'",
+        name="description_required",
+        field="description",
+        basis=(
+            "choice: the document's example carries a description and says only released_at is optional, "
+            "but never says a release without one is refused"
+        ),
+        opt_in=True,
+    ),
+    Rule(
+        when="tags IS NULL",
+        reason="'tags are missing (the sync asks for them on every release)'",
+        name="tags_required",
+        field="tags",
+        basis=(
+            "choice: the document's example carries tags and says only released_at is optional, "
+            "but never says a release without them is refused"
+        ),
+        opt_in=True,
     ),
 )
+
+
+def _error_parts(body: Any, depth: int = 0) -> list[str]:
+    """Readable messages from an error body of any JSON shape (Screeb documents none)."""
+    if depth > 3 or body is None:
+        return []
+    if isinstance(body, str):
+        return [body] if body.strip() else []
+    if isinstance(body, int | float | bool):
+        return []
+    if isinstance(body, list):
+        parts: list[str] = []
+        for problem in body[:3]:
+            if isinstance(problem, dict):
+                where = next((problem[k] for k in ("field", "path", "loc", "pointer", "property", "param", "name")
+                              if problem.get(k) not in (None, "", [])), None)
+                if isinstance(where, list):
+                    where = ".".join(str(p) for p in where)
+                if problem.get("index") is not None and where is not None:
+                    where = f"[{problem['index']}].{where}"
+                what = next((problem[k] for k in ("message", "msg", "detail", "description", "error", "reason")
+                             if isinstance(problem.get(k), str) and problem[k]), None)
+                if what is None:
+                    what = json.dumps(problem, ensure_ascii=False)[:120]
+                parts.append(f"{where}: {what}" if where is not None else what)
+            else:
+                parts += _error_parts(problem, depth + 1)
+        return parts
+    if isinstance(body, dict):
+        for name in ("details", "errors", "detail", "issues", "problems", "violations"):
+            found = _error_parts(body.get(name), depth + 1) if isinstance(body.get(name), list | dict) else []
+            if found:
+                return found
+        for name in ("message", "error", "detail", "description", "title", "reason", "msg"):
+            found = _error_parts(body.get(name), depth + 1)
+            if found:
+                return found[:1]
+    return []
 
 
 class ScreebEndpoint(Endpoint):
@@ -210,36 +330,29 @@ class ScreebEndpoint(Endpoint):
         return {"Authorization": f"Bearer {credentials[self.credential]}"}
 
     def error_reason(self, response: HttpResponse) -> str:
-        """Screeb's 400 body is undocumented: read the usual shapes (details/errors lists, message, error)."""
-        body = response.json()
-        if response.status == 400 and isinstance(body, dict):
-            parts: list[str] = []
-            problems = body.get("details") or body.get("errors")
-            if isinstance(problems, list):
-                for problem in problems[:3]:
-                    if isinstance(problem, dict):
-                        where = problem.get("field") or problem.get("path") or problem.get("loc")
-                        what = problem.get("message") or problem.get("msg") or ""
-                        parts.append(f"{where}: {what}" if where else str(what))
-                    elif isinstance(problem, str):
-                        parts.append(problem)
-            if not parts:
-                for name in ("message", "error"):
-                    if isinstance(body.get(name), str) and body[name]:
-                        parts.append(body[name])
-                        break
-            if parts:
-                return "Screeb refused the item (HTTP 400): " + "; ".join(parts)
-        return super().error_reason(response)
+        """A readable reason from an error answer of any shape: Screeb documents the 400 status, not its body.
+
+        Messages are read from whatever JSON came back (see :func:`_error_parts`); a body that is not JSON,
+        or JSON without a recognizable message, is quoted (whitespace collapsed; the reason is cut at 500
+        characters)."""
+        parts = [" ".join(p.split()) for p in _error_parts(response.json())]
+        text = "; ".join(p for p in parts if p) or " ".join(response.excerpt().split()) or "(empty body)"
+        if response.status in (400, 413, 422):
+            return f"Screeb refused the item (HTTP {response.status}): {text[:500]}"
+        return f"HTTP {response.status}: {text[:500]}"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ScreebEventEndpoint(ScreebEndpoint):
     """``/1.0/event``. ``anonymous_users`` comes from ``destination.options`` (see the module notes)."""
 
-    anonymous_users: bool = False
+    anonymous_users: bool = True
     OPTIONS: ClassVar[Mapping[str, str]] = {
-        "anonymous_users": "true: send rows without user_alias (Screeb then creates anonymous users); default false",
+        "anonymous_users": (
+            "default true: rows without user_alias are sent (Screeb creates anonymous users, as documented); "
+            "false: they are rejected (the rule user_alias_required, always on: the same as "
+            "strict: [user_alias_required], so give one or the other)"
+        ),
     }
 
     def configure(self, options: Mapping[str, Any]) -> Endpoint:
@@ -249,7 +362,14 @@ class ScreebEventEndpoint(ScreebEndpoint):
             if not isinstance(value, bool):
                 raise ValueError(f"anonymous_users: must be true or false, got {value!r}")
         anonymous = bool(options.get("anonymous_users", self.anonymous_users))
-        return dataclasses.replace(self, anonymous_users=anonymous, fields=_event_fields(anonymous))
+        if anonymous:
+            return dataclasses.replace(self, anonymous_users=True)
+        # The sync opted in through the option: the rule is checked whatever ``strict`` says.
+        rules = tuple(
+            dataclasses.replace(rule, opt_in=False) if rule.name == USER_ALIAS_REQUIRED.name else rule
+            for rule in self.rules
+        )
+        return dataclasses.replace(self, anonymous_users=False, rules=rules)
 
     def removal(self, payload: dict[str, Any]) -> dict[str, Any] | None:
         """A membership gone from a mirrored source: ``group.assign`` is undone by ``group.unassign`` of the
@@ -301,7 +421,7 @@ EVENT = ScreebEventEndpoint(
     name="event",
     path="/1.0/event",
     description="Typed user events: identify, track, group.assign/unassign, page, screen, copilot.",
-    fields=_event_fields(anonymous_users=False),
+    fields=_event_fields(),
     rules=EVENT_RULES,
     max_items=100,
     rate=Rate(50, 1.0, safety=0.93),  # see the module notes: margin for arrival jitter
@@ -314,11 +434,14 @@ RELEASE = ScreebReleaseEndpoint(
     path="/1.0/release",
     description="Product releases (name, description, version, tags, released_at), one per request.",
     fields=(
-        Field("name", "string", required=True),
-        Field("description", "string"),
-        Field("version", "string"),
-        Field("tags", "array"),
-        Field("released_at", "timestamp"),
+        Field("name", "string", required=True,
+              basis=f'{_RELEASE_DOC}; the example\'s `"name": "My release name"` (a release is a name and a version)'),
+        Field("description", "string", basis=f'{_RELEASE_DOC}; example `"description": "My release description"`'),
+        Field("version", "string", required=True,
+              basis=f'{_RELEASE_DOC}; the example\'s `"version": "1.0"` (a release is a name and a version)'),
+        Field("tags", "array", basis=f'{_RELEASE_DOC}; example `"tags": ["API", "V1"]`'),
+        Field("released_at", "timestamp",
+              basis=f'{_RELEASE_DOC}; example `"released_at": "2023-03-22T15:22:41+00:00"`'),
     ),
     rules=RELEASE_RULES,
     max_items=1,

@@ -15,16 +15,38 @@ documented body (``message``, ``type``, ``emotion``, ``triggerSource``, ``survey
 - ``screenshot_path``: a local file uploaded as the feedback's screenshot, then finalized;
 - ``attachments``: a list of local file paths, each presigned and uploaded as an attachment.
 
-Choices where the document is silent (options under ``destination.options`` are named):
+What is checked before sending, and where it comes from (every Field and Rule declares its ``basis``;
+``docs/vendors.md`` lists them). Checked by default, because the document says so:
 
-- ``type`` is required (the table does not mark it optional and gives a closed list); ``triggerSource`` is
-  optional and free text ("and related types" makes the list open). ``emotion`` is a whole number 1-5.
-  ``message`` is required only when neither ``emotion`` nor ``surveyResponse`` is given; a blank message
-  counts as absent (and is trimmed when sent).
+- ``type`` is required and one of ``bug, suggestion, praise, question, other`` (the Submit Feedback table
+  lists those values and, unlike ``emotion`` and ``surveyResponse``, does not mark ``type`` Optional);
+- ``emotion`` is a number from 1 to 5 ("1-5 emotion rating (1=Awful, 5=Great). Optional");
+- ``message`` is required when neither ``emotion`` nor ``surveyResponse`` is given ("optional if
+  emotion/survey provided"); ``surveyResponse``, ``snapshot`` and ``user`` are objects.
+
+Text goes out as the model wrote it: syncline never trims a ``message`` (or anything else), and a blank
+``message`` is a message (the document does not say otherwise).
+
+Native key: the document has no idempotency or dedup field for any StreamBack endpoint, so there is none to
+declare or to take from the model (``idempotency_field`` is unset); lost answers are handled by the history
+look-up below (``dedup="read_back"``).
+
+Choices where the document is silent (options under ``destination.options`` are named); checks marked
+*opt-in* run only when the sync sets ``strict: true`` or names them in ``strict: [...]``:
+
+- Opt-in ``message_not_blank``: reject an empty or whitespace-only ``message``.
+- Opt-in ``emotion_whole_number``: reject a fractional ``emotion`` (the document says ``number``; its scale
+  labels five points, 1=Awful .. 5=Great).
+- Opt-in ``trigger_source_required``: the table does not mark ``triggerSource`` Optional either, but its list
+  is open ("and related types") and the SDK sets it from the trigger, so it is not required by default.
+- An empty or whitespace-only ``screenshot_path`` means "no screenshot": the feedback is delivered without
+  one (and, with ``finalize: screenshot``, not finalized). Empty entries of ``attachments`` are skipped
+  likewise.
 - File paths: relative paths are resolved against the files root, which is ``$SYNCLINE_HOME`` unless
   ``files_root`` says otherwise; a path that resolves outside the root (``/etc/...``, ``../..``) is refused,
   so a warehouse row can never make syncline upload an arbitrary file of the machine it runs on. A missing
-  or empty file is refused before anything is sent (no feedback is created for it).
+  file is refused before anything is sent (no feedback is created for it). An empty (0-byte) file is
+  uploaded as it is (the document sets no minimum); ``empty_files: reject`` refuses it instead.
 - The upload-url request carries ``{"feedbackId", "contentType"}`` (the document shows no body; the key in
   its finalize example, ``screenshots/abc123.png``, follows the feedback id). The response has no
   ``objectKey``: it is taken from the response when present, else from the path of ``fileUrl``.
@@ -71,13 +93,14 @@ from typing import Any, ClassVar, Literal
 from urllib.parse import quote, urlencode, urlsplit
 
 from connectors import settings
-from connectors.engine.endpoint import Credential, Endpoint, Field, HttpResponse, Vendor
+from connectors.engine.endpoint import Credential, Endpoint, Field, HttpResponse, Rule, Vendor, not_blank
 from connectors.engine.sender import GiveUp, ItemContext, ItemRejected, Sender
 from connectors.errors import SynclineError, SyncStopped
 
 FEEDBACK_TYPES = ("bug", "suggestion", "praise", "question", "other")
 PSEUDO_FIELDS = ("screenshot_path", "attachments")
 FEEDBACK_PATH = "/v1/sdk/feedback"
+FEEDBACK_DOC = "doc: Submit Feedback (POST /v1/sdk/feedback), request body table"
 MAX_RECONCILE_ITEMS = 1_000_000
 
 
@@ -115,10 +138,12 @@ class FeedbackEndpoint(Endpoint):
         "finalize": "screenshot (default: finalize feedback that has one) or always",
         "verify": "check the feedback's status after finalize (default true)",
         "lookup_skew": "seconds of clock difference allowed when the user's history is searched for a lost POST (default 300)",
+        "empty_files": "upload (default: a 0-byte file is uploaded as it is) or reject (refuse the row)",
     }
     finalize: Literal["screenshot", "always"] = "screenshot"
     verify: bool = True
     lookup_skew: float = 300.0  # seconds: how much earlier than our POST a matching feedback may be dated
+    empty_files: Literal["upload", "reject"] = "upload"
 
     # --- engine hooks ---------------------------------------------------------------------------------
     def headers(self, credentials: Mapping[str, str]) -> dict[str, str]:
@@ -139,12 +164,16 @@ class FeedbackEndpoint(Endpoint):
                 if not isinstance(value, bool):
                     raise ValueError("verify: must be true or false")
                 changes[name] = value
+            elif name == "empty_files":
+                if value not in ("upload", "reject"):
+                    raise ValueError("empty_files: must be upload (send a 0-byte file as it is) or reject")
+                changes[name] = value
             elif name == "lookup_skew":
                 if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
                     raise ValueError("lookup_skew: a number of seconds (0 or more)")
                 changes[name] = float(value)
             else:
-                raise ValueError(f"{name}: unknown option (known: files_root, finalize, verify, lookup_skew)")
+                raise ValueError(f"{name}: unknown option (known: {', '.join(self.OPTIONS)})")
         return dataclasses.replace(self, **changes) if changes else self
 
     def error_reason(self, response: HttpResponse) -> str:
@@ -153,7 +182,7 @@ class FeedbackEndpoint(Endpoint):
     def deliver_item(self, ctx: ItemContext) -> str | None:
         payload, progress = ctx.payload, ctx.progress
         feedback_id: str | None = progress.get("feedback_id")
-        has_screenshot = payload.get("screenshot_path") is not None
+        has_screenshot = _given_path(payload.get("screenshot_path")) is not None  # "" means no screenshot
         # Files are checked before the feedback exists, so a missing file never leaves a half-made feedback;
         # on a resumed item only the files still to upload are checked.
         screenshot, attachments = self._pending_files(payload, progress, feedback_id)
@@ -334,16 +363,20 @@ class FeedbackEndpoint(Endpoint):
         raises ItemRejected with a clear reason."""
         screenshot = None
         raw = payload.get("screenshot_path")
-        if raw is not None and not skip_screenshot:
-            if not isinstance(raw, str) or not raw.strip():
-                raise ItemRejected("screenshot_path must be a file path")
-            screenshot = _checked_file("screenshot_path", raw, root)
+        if raw is not None and not isinstance(raw, str):
+            raise ItemRejected("screenshot_path must be a file path")
+        given = _given_path(raw)
+        reject_empty = self.empty_files == "reject"
+        if given is not None and not skip_screenshot:
+            screenshot = _checked_file("screenshot_path", given, root, reject_empty=reject_empty)
         attachments: list[_File] = []
         listed = payload.get("attachments")
         if listed is not None:
-            if not isinstance(listed, list) or not all(isinstance(p, str) and p.strip() for p in listed):
+            if not isinstance(listed, list) or not all(p is None or isinstance(p, str) for p in listed):
                 raise ItemRejected("attachments must be a list of file paths")
-            attachments = [_checked_file("attachments", p, root) for p in dict.fromkeys(listed) if p not in skip]
+            paths = [p for p in (_given_path(p) for p in listed) if p is not None]  # empty entries: no file
+            attachments = [_checked_file("attachments", p, root, reject_empty=reject_empty)
+                           for p in dict.fromkeys(paths) if p not in skip]
         return screenshot, attachments
 
     def _pending_files(
@@ -448,7 +481,12 @@ def _user_of(body: Mapping[str, Any]) -> dict[str, str]:
     return {k: str(user[k]) for k in ("id", "email") if isinstance(user.get(k), str | int) and str(user[k])}
 
 
-def _checked_file(field: str, given: str, root: Path) -> _File:
+def _given_path(value: Any) -> str | None:
+    """A file path as the row gave it, or None for no file (NULL, or an empty or whitespace-only text)."""
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _checked_file(field: str, given: str, root: Path, *, reject_empty: bool = False) -> _File:
     raw = Path(os.path.expanduser(given))
     path = (raw if raw.is_absolute() else root / raw).resolve()
     if not path.is_relative_to(root):
@@ -457,8 +495,8 @@ def _checked_file(field: str, given: str, root: Path) -> _File:
         )
     if not path.is_file():
         raise ItemRejected(f"{field} file not found: {given}")
-    if path.stat().st_size == 0:
-        raise ItemRejected(f"{field} file is empty: {given}")
+    if reject_empty and path.stat().st_size == 0:
+        raise ItemRejected(f"{field} file is empty: {given} (destination.options.empty_files: reject)")
     return _File(given, path)
 
 
@@ -550,15 +588,51 @@ FEEDBACK = FeedbackEndpoint(
             "message", "string",
             required_when='emotion IS NULL AND "surveyResponse" IS NULL',
             required_because="when neither emotion nor surveyResponse is given",
+            basis=f"{FEEDBACK_DOC}: `message | string | Feedback text (optional if emotion/survey provided)`",
         ),
-        Field("type", "string", required=True, choices=FEEDBACK_TYPES),
-        Field("emotion", "integer", min_value=1, max_value=5),
-        Field("triggerSource", "string"),
-        Field("surveyResponse", "object"),
-        Field("snapshot", "object"),
-        Field("user", "object"),
-        Field("screenshot_path", "string"),  # pseudo-field: uploaded, never sent in the body
-        Field("attachments", "array"),  # pseudo-field: list of file paths, each uploaded as an attachment
+        Field("type", "string", required=True, choices=FEEDBACK_TYPES,
+              basis=f"{FEEDBACK_DOC}: `type | string | bug, suggestion, praise, question, other` (not marked "
+              "Optional, unlike emotion and surveyResponse)"),
+        Field("emotion", "number", min_value=1, max_value=5,
+              basis=f"{FEEDBACK_DOC}: `emotion | number | 1-5 emotion rating (1=Awful, 5=Great). Optional`"),
+        Field("triggerSource", "string",
+              basis=f"{FEEDBACK_DOC}: `triggerSource | string | Trigger context: manual, error, frustration, idle, "
+              "exitIntent, survey, and related types` (an open list)"),
+        Field("surveyResponse", "object",
+              basis=f"{FEEDBACK_DOC}: `surveyResponse | object | Micro-survey answer data. Optional`"),
+        Field("snapshot", "object",
+              basis=f"{FEEDBACK_DOC}: the request body example's `snapshot` object (url, route, viewportWidth, "
+              "viewportHeight, userAgent)"),
+        Field("user", "object", basis=f"{FEEDBACK_DOC}: the request body example's `user` object (id, email)"),
+        # Pseudo-fields: never sent in the body; they drive the documented upload steps.
+        Field("screenshot_path", "string",
+              basis="doc: Get Upload URL (\"a presigned URL for screenshot upload\") and Finalize Feedback; a "
+              "syncline pseudo-field naming a local file, never sent; empty means no screenshot"),
+        Field("attachments", "array",
+              basis="doc: Get Attachment Upload URL (POST /v1/sdk/feedback/:id/attachments/presign); a syncline "
+              "pseudo-field: a list of local file paths, never sent"),
+    ),
+    rules=(
+        not_blank("message", basis="choice: the document does not forbid an empty message; a blank one is "
+                  "usually a form submitted by accident"),
+        Rule(
+            when="emotion IS NOT NULL AND TRY_CAST(emotion AS DOUBLE) IS NOT NULL "
+            "AND TRY_CAST(emotion AS DOUBLE) <> round(TRY_CAST(emotion AS DOUBLE))",
+            reason="'emotion must be a whole number, got ' || CAST(emotion AS VARCHAR)",
+            name="emotion_whole_number",
+            field="emotion",
+            basis="choice: the document says `number`; its scale labels five points (1=Awful, 5=Great)",
+            opt_in=True,
+        ),
+        Rule(
+            when='"triggerSource" IS NULL',
+            reason="'triggerSource is missing'",
+            name="trigger_source_required",
+            field="triggerSource",
+            basis="choice: the table does not mark triggerSource Optional, but its list is open (\"and related "
+            "types\") and the SDK fills it in from the trigger",
+            opt_in=True,
+        ),
     ),
     max_items=1,
     steps=True,

@@ -3,9 +3,9 @@
 SELECT
     _key,
     _cursor,                                -- kept in the ledger: reconcile checks a window by it
-    message,                                -- optional when emotion or surveyResponse is given
+    message,                                -- optional when emotion or surveyResponse is given; sent untrimmed
     feedback_type AS type,                  -- bug | suggestion | praise | question | other
-    emotion,                                -- whole number 1-5
+    emotion,                                -- a number from 1 to 5
     trigger_source AS triggerSource,
     CASE WHEN survey_id IS NOT NULL THEN {
         'surveyId': survey_id, 'questionId': 'q1', 'questionType': 'stars',
@@ -16,6 +16,6 @@ SELECT
         'viewportHeight': viewport_height, 'userAgent': user_agent
     } AS snapshot,
     {'id': user_id, 'email': user_email} AS "user",
-    screenshot_path,
+    screenshot_path,                        -- NULL or '' means no screenshot
     attachment_paths AS attachments
 FROM source

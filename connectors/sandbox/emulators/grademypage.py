@@ -1,24 +1,51 @@
-"""GradeMyPage emulator: ``/api/analytics/track``, ``/server-events`` and ``/experiments/active``, strict.
+"""GradeMyPage emulator: ``/api/analytics/track``, ``/server-events`` and ``/experiments/active``.
 
-What it enforces (the vendor document, read strictly, plus the one rule the design notes insist on: a key
-never goes where it does not belong):
+Strict where the vendor document is specific, lenient where it is silent (so a test of a connector choice
+cannot agree with it by construction), plus the one rule the design notes insist on: a key never goes where
+it does not belong. Bodies are parsed with :func:`~connectors.sandbox.base.strict_json` (NaN, Infinity,
+duplicate keys, invalid UTF-8 are refused with 400 and counted in the endpoint's ``invalid_json``).
+
+What it enforces, from the document:
 
 - ``POST /track``: JSON ``{"projectId", "events"}``; ``projectId`` must be the public key (401 when missing,
   403 when it is anything else). The secret key anywhere in the request (headers, query, body) is refused
-  with 403 and counted in ``counters["secret_key_refused"]``. ``events`` is a non-empty array of objects with
-  ``eventType``, ``pathname``, ``fullUrl``, ``sessionId``, ``visitorId`` (strings) and ``timestamp`` (an
-  integer of epoch milliseconds); optional members have their documented types (``utm`` holds only the five
-  documented string members). Any problem refuses the whole batch with 400 and stores nothing. Stored events
-  are deduplicated on (visitorId, timestamp, eventType, pathname), within and across requests; each drop is
-  counted in ``counters["track_duplicates_dropped"]`` and the answer says how many were stored.
-- ``POST /server-events``: ``Authorization: Bearer <secret key>`` (401 when missing or wrong; 403 and
-  ``counters["public_key_refused"]`` when the public key is offered). One JSON object with ``eventType`` and
-  ``eventName``; ``timestamp`` an ISO 8601 string; ``visitor`` only ``id``/``ip``/``userAgent`` strings;
-  ``experimentId`` and ``variantId`` together and naming an active experiment and one of its variants (400
-  otherwise). A repeated ``idempotencyKey`` answers 200 without storing the event again
-  (``counters["server_events_deduplicated"]``).
+  with 403 and counted in ``counters["secret_key_refused"]``. ``events`` is an array of objects with
+  ``eventType``, ``pathname``, ``fullUrl``, ``sessionId``, ``visitorId`` (strings) and ``timestamp`` (a
+  number of epoch milliseconds); optional members have their documented types (``eventName``/``referrer``
+  strings, ``eventData`` an object, ``utm`` an object of string values). Any problem refuses the whole batch
+  with 400 and stores nothing. Stored events are deduplicated on (visitorId, timestamp, eventType,
+  pathname), within and across requests; each drop is counted in ``counters["track_duplicates_dropped"]``
+  and the answer says how many were stored.
+- ``POST /server-events``: the secret key in ``Authorization`` (401 when missing or wrong; 403 and
+  ``counters["public_key_refused"]`` when the public key is offered). One JSON object (an array is refused:
+  "accepts one event at a time") with ``eventType`` and ``eventName`` strings; ``timestamp`` an ISO 8601
+  string when given; ``idempotencyKey``, ``page``, ``experimentId``, ``variantId`` strings; ``visitor``
+  members strings; ``properties`` an object; ``experimentId`` and ``variantId`` together ("Pass experimentId
+  + variantId"). A repeated ``idempotencyKey`` ("stable key for retry dedup") answers 200 without storing the
+  event again (``counters["server_events_deduplicated"]``).
 - ``GET /experiments/active?projectId=<public key>``: the fixed :data:`EXPERIMENTS` (401 without projectId,
   403 for any other value, and 403 + ``secret_key_refused`` if the secret key shows up).
+
+Assumptions where the document is silent (each accepts every plausible variant):
+
+- Auth scheme: the document says "with your project's secret key in the Authorization header", so both
+  ``Authorization: Bearer <secret key>`` (any case of ``Bearer``) and the bare ``Authorization: <secret key>``
+  are accepted.
+- Blank strings are strings: an empty ``pathname`` or ``eventName`` is accepted.
+- ``timestamp`` (/track) is any number that is plausible as epoch milliseconds: from 10^11 (1973) to 10^14
+  (year 5138); a value in seconds or microseconds is refused with 400, as the vendor refused them (issue 10).
+  A fraction of a millisecond is accepted (``number``).
+- ``timestamp`` (/server-events): any ISO 8601 date or date-time, with or without an offset.
+- Members the document does not list (a TrackEvent, ``utm`` or ``visitor`` member, a top-level
+  ServerEventRequest member) are accepted and stored, and counted in ``counters["unknown_members"]``; JSON
+  ``null`` for an optional member is accepted.
+- An empty ``events`` array is accepted (200, nothing stored).
+- ``experimentId``/``variantId`` naming an experiment that is not running (or not listed) is accepted and
+  stored: the document has no rule against it.
+- ``idempotencyKey`` dedup has no window (a key is remembered until the emulator is reset) and compares
+  keys exactly; a repeat with a different body is still a repeat. The answer to a repeat is 200
+  ``{"success": true, "deduplicated": true}`` (the document shows no response bodies).
+- Bodies over 1 MiB are refused with 413 (a typical Node framework's default; the document names no limit).
 
 ``key_log`` records, for every request that reaches the emulator, which sandbox keys appeared anywhere in it
 (headers, query, body), the ``Authorization`` header and the ``projectId``, so tests can prove which key went
@@ -27,12 +54,14 @@ where. The control action ``state`` returns the counters and the key log to anot
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import re
 import uuid
 from collections import defaultdict
 from typing import Any
 
-from connectors.sandbox.base import Emulator, Request, Response, Route, is_iso_datetime
+from connectors.sandbox.base import Emulator, Request, Response, Route
 
 PUBLIC_KEY = "5b0e8a52-3c4f-4e7d-9a61-2f8c7d1e4b90"
 SECRET_KEY = "gmp_sk_sandbox_7Qm2Xv9LpT4rW8kZ"
@@ -75,6 +104,30 @@ EXPERIMENTS: list[dict[str, Any]] = [
 
 TRACK_REQUIRED = ("eventType", "pathname", "fullUrl", "sessionId", "visitorId")
 TRACK_OPTIONAL_STRINGS = ("eventName", "referrer")
+TRACK_MEMBERS = {*TRACK_REQUIRED, *TRACK_OPTIONAL_STRINGS, "timestamp", "eventData", "utm"}
+SERVER_EVENT_MEMBERS = {"eventType", "eventName", "timestamp", "idempotencyKey", "visitor", "page", "properties",
+                        "experimentId", "variantId"}
+PLAUSIBLE_MS = (10**11, 10**14)  # 1973-03-03 .. year 5138: seconds are below, microseconds above
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _is_iso_8601(value: Any) -> bool:
+    """Any ISO 8601 date or date-time, with or without an offset (the document says only "ISO 8601")."""
+    if not isinstance(value, str):
+        return False
+    if _ISO_DATE.match(value):
+        try:
+            dt.date.fromisoformat(value)
+        except ValueError:
+            return False
+        return True
+    if len(value) < 13 or value[10] not in "Tt ":
+        return False
+    try:
+        dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return False
+    return True
 
 
 class GradeMyPageEmulator(Emulator):
@@ -146,8 +199,9 @@ class GradeMyPageEmulator(Emulator):
             return Response(413, {"error": "Payload too large"})
         try:
             body = request.json()
-        except ValueError:
-            body = None
+        except ValueError:  # not JSON (NaN, Infinity...): 400, after the scan for a leaked secret key
+            leaked = self._public_auth(request, PUBLIC_KEY)
+            return leaked or self.validation_error("track", "body is not valid JSON")
         project = body.get("projectId") if isinstance(body, dict) else None
         refused = self._public_auth(request, project)
         if refused is not None:
@@ -157,14 +211,14 @@ class GradeMyPageEmulator(Emulator):
         if not isinstance(events, list):
             return self.validation_error("track", "events must be an array")
         self.note_batch("track", len(events))
-        if not events:
-            return self.validation_error("track", "events must not be empty")
         problems = [f"events[{i}]: {p}" for i, event in enumerate(events) for p in self._track_problems(event)]
         if problems:
             return Response(400, {"error": "Invalid events", "details": problems[:20]})
         stored = []
         with self.lock:
             for event in events:
+                if unknown := self._unknown_members(event, TRACK_MEMBERS, "utm", UTM_MEMBERS):
+                    self.counters["unknown_members"] += unknown
                 key = (event["visitorId"], event["timestamp"], event["eventType"], event["pathname"])
                 if key in self._track_seen:
                     self.counters["track_duplicates_dropped"] += 1
@@ -175,37 +229,41 @@ class GradeMyPageEmulator(Emulator):
         return Response(200, {"success": True, "received": len(events), "stored": len(stored)})
 
     @staticmethod
+    def _unknown_members(event: dict[str, Any], members: set[str], nested: str, nested_members: set[str]) -> int:
+        inner = event.get(nested)
+        extra = len(set(event) - members)
+        return extra + (len(set(inner) - nested_members) if isinstance(inner, dict) else 0)
+
+    @staticmethod
     def _track_problems(event: Any) -> list[str]:
         if not isinstance(event, dict):
             return ["must be an object"]
         problems = []
         for name in TRACK_REQUIRED:
-            if not isinstance(event.get(name), str) or not event[name]:
-                problems.append(f"{name} is required (a non-empty string)")
+            if not isinstance(event.get(name), str):
+                problems.append(f"{name} is required (a string)")
         ts = event.get("timestamp")
-        if not (isinstance(ts, int) and not isinstance(ts, bool) and ts > 0):
-            problems.append(f"timestamp must be an integer of epoch milliseconds, got {ts!r}")
+        if not (isinstance(ts, int | float) and not isinstance(ts, bool) and PLAUSIBLE_MS[0] <= ts < PLAUSIBLE_MS[1]):
+            problems.append(f"timestamp must be a number of epoch milliseconds, got {ts!r}")
         for name in TRACK_OPTIONAL_STRINGS:
-            if name in event and not isinstance(event[name], str):
+            if event.get(name) is not None and not isinstance(event[name], str):
                 problems.append(f"{name} must be a string")
-        if "eventData" in event and not isinstance(event["eventData"], dict):
+        if event.get("eventData") is not None and not isinstance(event["eventData"], dict):
             problems.append("eventData must be an object")
-        if "utm" in event:
-            utm = event["utm"]
+        utm = event.get("utm")
+        if utm is not None:
             if not isinstance(utm, dict):
                 problems.append("utm must be an object")
             else:
-                problems += [f"utm.{k} is not a UTM member" for k in utm if k not in UTM_MEMBERS]
-                problems += [f"utm.{k} must be a string" for k, v in utm.items() if not isinstance(v, str)]
-        unknown = set(event) - set(TRACK_REQUIRED) - set(TRACK_OPTIONAL_STRINGS) - {"timestamp", "eventData", "utm"}
-        problems += [f"{k} is not a TrackEvent member" for k in sorted(unknown)]
+                problems += [f"utm.{k} must be a string" for k, v in utm.items() if v is not None and not isinstance(v, str)]
         return problems
 
     def _server_event(self, request: Request) -> Response:
         auth = request.headers.get("authorization")
         if not auth:
             return Response(401, {"error": "Missing Authorization header"})
-        offered = request.bearer()
+        # "with your project's secret key in the Authorization header": with or without a Bearer scheme.
+        offered = request.bearer() if auth.lower().startswith("bearer ") else auth.strip()
         if PUBLIC_KEY in auth:
             self._count("public_key_refused")
             return Response(403, {"error": "The public key cannot authenticate server events; use the secret key"})
@@ -225,6 +283,8 @@ class GradeMyPageEmulator(Emulator):
             return Response(400, {"error": "Invalid event", "details": problems})
         key = event.get("idempotencyKey")
         with self.lock:
+            if unknown := self._unknown_members(event, SERVER_EVENT_MEMBERS, "visitor", VISITOR_MEMBERS):
+                self.counters["unknown_members"] += unknown
             if key is not None and key in self._idempotency_keys:
                 self.counters["server_events_deduplicated"] += 1
                 return Response(200, {"success": True, "deduplicated": True})
@@ -235,34 +295,24 @@ class GradeMyPageEmulator(Emulator):
 
     @staticmethod
     def _server_event_problems(event: dict[str, Any]) -> list[str]:
-        problems = [f"{name} is required (a non-empty string)" for name in ("eventType", "eventName")
-                    if not isinstance(event.get(name), str) or not event[name]]
-        if "timestamp" in event and not is_iso_datetime(event["timestamp"], require_offset=False):
+        problems = [f"{name} is required (a string)" for name in ("eventType", "eventName")
+                    if not isinstance(event.get(name), str)]
+        if event.get("timestamp") is not None and not _is_iso_8601(event["timestamp"]):
             problems.append(f"timestamp must be an ISO 8601 string, got {event['timestamp']!r}")
         for name in ("idempotencyKey", "page", "experimentId", "variantId"):
-            if name in event and not isinstance(event[name], str):
+            if event.get(name) is not None and not isinstance(event[name], str):
                 problems.append(f"{name} must be a string")
-        if "properties" in event and not isinstance(event["properties"], dict):
+        if event.get("properties") is not None and not isinstance(event["properties"], dict):
             problems.append("properties must be an object")
-        if "visitor" in event:
-            visitor = event["visitor"]
+        visitor = event.get("visitor")
+        if visitor is not None:
             if not isinstance(visitor, dict):
                 problems.append("visitor must be an object")
             else:
-                problems += [f"visitor.{k} is not a visitor member" for k in visitor if k not in VISITOR_MEMBERS]
-                problems += [f"visitor.{k} must be a string" for k, v in visitor.items() if not isinstance(v, str)]
-        experiment, variant = event.get("experimentId"), event.get("variantId")
-        if (experiment is None) != (variant is None):
+                problems += [f"visitor.{k} must be a string" for k, v in visitor.items()
+                             if k in VISITOR_MEMBERS and v is not None and not isinstance(v, str)]
+        if (event.get("experimentId") is None) != (event.get("variantId") is None):
             problems.append("experimentId and variantId must be given together")
-        elif experiment is not None:
-            match = next((e for e in EXPERIMENTS if e["id"] == experiment), None)
-            if match is None:
-                problems.append(f"experiment {experiment!r} is not active")
-            elif variant not in {v["id"] for v in match["variants"]}:
-                problems.append(f"variant {variant!r} is not part of experiment {experiment!r}")
-        known = {"eventType", "eventName", "timestamp", "idempotencyKey", "visitor", "page", "properties",
-                 "experimentId", "variantId"}
-        problems += [f"{k} is not a ServerEventRequest member" for k in sorted(set(event) - known)]
         return problems
 
     def _experiments(self, request: Request) -> Response:

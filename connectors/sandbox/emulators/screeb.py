@@ -1,22 +1,39 @@
 """Screeb emulator: ``POST /1.0/event`` and ``POST /1.0/release``, strict to ``docs/vendor-api/screeb.md``.
 
+What the document says, enforced:
 - Auth: ``Authorization: Bearer`` must carry the right token *for the endpoint*: the event token is refused
   on ``/release`` and the release token on ``/event`` (401 ``{"error": "Unauthorized"}``).
 - ``/event``: a JSON array of 1-100 objects; each needs a known ``type`` and that type's required fields,
   copilot items a documented ``event_name`` and the ids/texts it requires; ids <= 100 and prompt/response
   <= 10 000 characters; documented fields have their documented JSON types (``rating`` and
-  ``rating_scale`` are strings); ``user_alias`` may be omitted (an anonymous user). Any problem refuses the
-  whole batch with 400 ``{"error", "message", "details": [{"index", "field", "message"}]}`` and stores
-  nothing. Success: 200 ``{"count": n, "lag": null}``.
+  ``rating_scale`` are strings, ``context.locale``/``timezone`` strings); ``user_alias`` may be omitted (an
+  anonymous user). Any problem refuses the whole batch with 400 and stores nothing. Success: 200
+  ``{"count": n, "lag": null}``.
 - 50 requests/s per token on ``/event`` (sliding one-second window, 429 with ``Retry-After``).
-- ``/release``: one JSON object with a non-empty ``name``; 200 with the stored release and an ``id``.
+- Bodies are parsed strictly (:func:`connectors.sandbox.base.strict_json`: no NaN/Infinity, no duplicate
+  keys...); a body that is not strict JSON is a 400 and is counted in ``invalid_json``.
 
-Stricter than the document where it is silent, so client mistakes show up here rather than in production:
-unknown top-level fields, ``null`` or empty strings where a string is expected, are refused.
+Where the document is silent, every plausible variant is accepted (a client must not depend on a guess):
+- empty or blank strings (``"user_alias": ""``, ``"event_name": " "``) are strings: accepted;
+- any JSON inside ``properties`` and any extra ``context`` member; fields of another type (``url`` on a
+  track event) are accepted and stored;
+- ``/release``: ``name`` and ``version`` are required strings (empty allowed); ``description``, ``tags``
+  and ``released_at`` may be omitted (the document only says "The released_at field is optional", and
+  this emulator does not read that as requiring description and tags); ``tags`` an array of strings as in
+  the example; ``released_at`` an ISO 8601 date-time with an offset. 200 with the stored release and an
+  ``id`` (the real answer is undocumented).
+
+Assumptions (stricter than the document, named so a test relying on them says so):
+- an unknown top-level field, or JSON ``null`` where a documented field wants a string/object, is refused;
+  the connector omits NULL fields and sends only declared ones, so it never depends on this;
+- the 400 body is undocumented: by default ``{"error", "message", "details": [{"index", "field",
+  "message"}]}``. ``control("error_shape", {"shape": ...})`` switches it to any of :data:`ERROR_SHAPES`
+  (including plain text and an empty body), so a test can prove the connector copes with any of them.
 
 Test control (``control(action, args)``, also ``POST /_sandbox/control``): ``undercount`` with
 ``{"by": 1, "requests": 1}`` makes the next ``requests`` event answers report ``count`` ``by`` lower than
-the number of items received (everything is still stored), like a server that silently dropped events.
+the number of items received (everything is still stored), like a server that silently dropped events;
+``error_shape`` as above (reset to ``details`` by ``reset``).
 """
 
 from __future__ import annotations
@@ -52,6 +69,8 @@ REQUIRED_BY_COPILOT_EVENT: dict[str, tuple[str, ...]] = {
 }
 MAX_CHARS = {"conversation_id": 100, "copilot_session_id": 100, "prompt": 10_000, "response": 10_000}
 RELEASE_FIELDS = ("name", "description", "version", "tags", "released_at")
+# Shapes a 400 body may take here (the document gives none): see ``_bad_request``.
+ERROR_SHAPES = ("details", "errors", "message", "nested", "array", "text", "html", "empty", "unrelated")
 
 
 def _problem(index: int | None, field: str, message: str) -> dict[str, Any]:
@@ -75,8 +94,6 @@ def _check_event(index: int, item: Any) -> list[dict[str, Any]]:
             value = item[name]
             if not isinstance(value, str):
                 problems.append(_problem(index, name, f"must be a string, got {type(value).__name__}"))
-            elif not value.strip():
-                problems.append(_problem(index, name, "must not be empty"))
             elif name in MAX_CHARS and len(value) > MAX_CHARS[name]:
                 problems.append(_problem(index, name, f"must be at most {MAX_CHARS[name]} characters, got {len(value)}"))
     for name in OBJECT_FIELDS:
@@ -112,12 +129,11 @@ def _check_release(body: Any) -> list[dict[str, Any]]:
     if not isinstance(body, dict):
         return [_problem(None, "", "the body must be one JSON object (a release), not an array")]
     problems = [_problem(None, name, "unknown field") for name in body if name not in RELEASE_FIELDS]
-    name = body.get("name")
-    if not isinstance(name, str) or not name.strip():
-        problems.append(_problem(None, "name", "is required (a non-empty string)"))
-    for field in ("description", "version"):
-        if field in body and not isinstance(body[field], str):
-            problems.append(_problem(None, field, "must be a string"))
+    for field in ("name", "version"):
+        if not isinstance(body.get(field), str):
+            problems.append(_problem(None, field, "is required (a string)"))
+    if "description" in body and not isinstance(body["description"], str):
+        problems.append(_problem(None, "description", "must be a string"))
     if "tags" in body and not (isinstance(body["tags"], list) and all(isinstance(t, str) for t in body["tags"])):
         problems.append(_problem(None, "tags", "must be an array of strings"))
     if "released_at" in body and not is_iso_datetime(body["released_at"]):
@@ -125,13 +141,33 @@ def _check_release(body: Any) -> list[dict[str, Any]]:
     return problems
 
 
-def _bad_request(problems: list[dict[str, Any]]) -> Response:
+def _where(problem: dict[str, Any]) -> str:
+    where = f"[{problem['index']}]" if problem["index"] is not None else ""
+    return f"{where}.{problem['field']}" if problem["field"] and where else where or problem["field"]
+
+
+def _bad_request(problems: list[dict[str, Any]], shape: str = "details") -> Response:
+    """A 400 in one of :data:`ERROR_SHAPES`; each names the first problem's place and message somewhere."""
     first = problems[0]
-    where = f"[{first['index']}]" if first["index"] is not None else ""
-    path = f"{where}.{first['field']}" if first["field"] and where else where or first["field"]
-    return Response(
-        400, {"error": "validation_error", "message": f"{path}: {first['message']}".lstrip(": "), "details": problems}
-    )
+    message = f"{_where(first)}: {first['message']}".lstrip(": ")
+    if shape == "errors":
+        return Response(400, {"errors": [f"{_where(p)}: {p['message']}".lstrip(": ") for p in problems]})
+    if shape == "message":
+        return Response(400, {"message": message})
+    if shape == "nested":
+        return Response(400, {"error": {"code": "VALIDATION_FAILED", "message": message}})
+    if shape == "array":
+        return Response(400, [{"path": [p["index"], p["field"]], "msg": p["message"]} for p in problems])
+    if shape == "text":
+        return Response(400, f"Bad Request: {message}".encode(), {"Content-Type": "text/plain"})
+    if shape == "html":
+        return Response(400, f"<html><body><h1>400 Bad Request</h1><p>{message}</p></body></html>".encode(),
+                        {"Content-Type": "text/html"})
+    if shape == "empty":
+        return Response(400, b"", {"Content-Type": "text/plain"})
+    if shape == "unrelated":
+        return Response(400, {"ok": False, "code": 4001})
+    return Response(400, {"error": "validation_error", "message": message, "details": problems})
 
 
 class ScreebEmulator(Emulator):
@@ -142,6 +178,7 @@ class ScreebEmulator(Emulator):
         self._undercount_by = 0
         self._undercount_left = 0
         self._release_ids = itertools.count(1)
+        self.error_shape = "details"
         super().__init__(record_items=record_items, base_url=base_url)
 
     def routes(self) -> list[Route]:
@@ -151,9 +188,13 @@ class ScreebEmulator(Emulator):
         ]
 
     def validation_error(self, endpoint: str, message: str) -> Response:
-        return _bad_request([_problem(None, "", message)])
+        return self._bad_request([_problem(None, "", message)])
+
+    def _bad_request(self, problems: list[dict[str, Any]]) -> Response:
+        return _bad_request(problems, self.error_shape)
 
     def reset_state(self) -> None:
+        self.error_shape = "details"
         self._undercount_by = 0
         self._undercount_left = 0
         self._release_ids = itertools.count(1)
@@ -164,6 +205,13 @@ class ScreebEmulator(Emulator):
                 self._undercount_by = int(args.get("by", 1))
                 self._undercount_left = int(args.get("requests", 1))
             return {"undercount_by": self._undercount_by, "requests": self._undercount_left}
+        if action == "error_shape":
+            shape = str(args.get("shape", "details"))
+            if shape not in ERROR_SHAPES:
+                raise ValueError(f"unknown error shape {shape!r} (known: {', '.join(ERROR_SHAPES)})")
+            with self.lock:
+                self.error_shape = shape
+            return {"error_shape": shape}
         return super().control(action, args)
 
     def _authorized(self, request: Request, credential: str) -> bool:
@@ -175,15 +223,15 @@ class ScreebEmulator(Emulator):
         try:
             body = request.json()
         except ValueError:
-            return _bad_request([_problem(None, "", "the body is not valid JSON")])
+            return self._bad_request([_problem(None, "", "the body is not valid JSON")])
         if not isinstance(body, list):
-            return _bad_request([_problem(None, "", "the body must be a JSON array of events")])
+            return self._bad_request([_problem(None, "", "the body must be a JSON array of events")])
         self.note_batch("event", len(body))
         if not 1 <= len(body) <= MAX_ITEMS:
-            return _bad_request([_problem(None, "", f"send between 1 and {MAX_ITEMS} events, got {len(body)}")])
+            return self._bad_request([_problem(None, "", f"send between 1 and {MAX_ITEMS} events, got {len(body)}")])
         problems = [p for index, item in enumerate(body) for p in _check_event(index, item)]
         if problems:
-            return _bad_request(problems)
+            return self._bad_request(problems)
         self.record("event", body)
         count = len(body)
         with self.lock:
@@ -198,11 +246,11 @@ class ScreebEmulator(Emulator):
         try:
             body = request.json()
         except ValueError:
-            return _bad_request([_problem(None, "", "the body is not valid JSON")])
+            return self._bad_request([_problem(None, "", "the body is not valid JSON")])
         self.note_batch("release", len(body) if isinstance(body, list) else 1)
         problems = _check_release(body)
         if problems:
-            return _bad_request(problems)
+            return self._bad_request(problems)
         with self.lock:
             release_id = f"rel_{next(self._release_ids)}"
         stored = {"id": release_id, **body}

@@ -1,21 +1,44 @@
 """StreamBack emulator: the SDK endpoints of ``streamback.md`` plus the presigned storage they point to.
 
-Strict where the document is specific, so a client bug shows up as a refusal:
+Strict where the document is specific, so a client bug shows up as a refusal; lenient where it is silent,
+so a test of a connector choice cannot agree with it by construction. Bodies are parsed with
+:func:`~connectors.sandbox.base.strict_json` (NaN, Infinity, duplicate keys... are refused with 400
+``VALIDATION_ERROR`` and counted in the endpoint's ``invalid_json``).
+
+From the document:
+
 - every ``/v1/sdk/*`` request needs ``X-API-Key`` (401 ``{"error": {"code": "UNAUTHORIZED", ...}}``);
 - a feedback body is validated (400 ``VALIDATION_ERROR``): ``type`` in the documented list, ``emotion`` a
-  whole number 1-5, ``message`` unless ``emotion`` or ``surveyResponse`` is given, objects where objects are
-  documented, and no unknown top-level field (a client leaking a private column is caught here);
+  number from 1 to 5, ``message`` (a string) unless ``emotion`` or ``surveyResponse`` is given, objects where
+  objects are documented (``surveyResponse``, and ``snapshot``/``user`` as in the example);
 - presigned URLs point into the sandbox (``{base_url}/_storage/<object key>?token=..``); a ``PUT`` needs
   the URL's token (403 otherwise, or once expired, as object storage answers) and stores the bytes;
-- finalize: 404 for an unknown feedback; ``screenshotUploaded: true`` needs the ``objectKey`` of an object
-  issued for this feedback *and uploaded* (400 otherwise); a repeated finalize with the same key is
-  idempotent (200), with another key 409 ``CONFLICT``.
+- finalize: 404 for an unknown feedback; ``screenshotUploaded: true`` needs an ``objectKey`` issued for
+  this feedback *and uploaded* (400 otherwise); a repeated finalize with the same key is idempotent (200),
+  with another key 409 ``CONFLICT``.
+
+Assumptions where the document is silent (each accepts every plausible variant):
+
+- ``type`` is required (the table does not mark it Optional); ``triggerSource`` is not (its list is open,
+  so any string is accepted, and a feedback without one too).
+- ``emotion`` may be fractional (``number``); a blank ``message`` is a message; JSON ``null`` for an
+  optional member is accepted; members of ``snapshot``, ``user`` and ``surveyResponse`` are not checked.
+- Top-level fields the document does not list are accepted and stored, and counted in
+  :attr:`unknown_fields` (so a test can prove the client never leaks a pseudo-field or a private column).
+- ``POST /v1/sdk/upload-url`` takes any body (the document shows none); a ``feedbackId`` in it must name a
+  known feedback (404 otherwise). The answer is the documented ``uploadUrl``/``fileUrl``/``expiresAt``.
+- Finalize's ``objectKey`` may be the issued key (``screenshots/...``), the ``fileUrl`` the upload-url answer
+  gave, or that URL's path: the document's example shows a key but the upload-url answer has none.
+- Attachment presign needs ``filename``, a ``mimeType`` with a ``/`` and a whole ``sizeBytes`` >= 0 (as in
+  the example); the ``PUT`` must carry exactly ``sizeBytes`` bytes (a presigned URL signs the length).
+  A 0-byte upload is accepted.
+- Presigned URLs expire after 15 minutes; there is no documented rate limit and none is applied.
 
 Records (for tests): ``feedback`` (accepted bodies), ``uploads`` (one per PUT, with ``key``, ``bytes``,
 ``content_type`` and ``api_key_sent``), ``finalize`` (one per accepted finalize), ``attachments_presign``.
-State: :attr:`feedback` (id -> stored feedback), :attr:`objects`, :attr:`upload_counts` (PUTs per key).
-Controls (``POST /_sandbox/control``): ``feedback`` (list stored feedback), ``upload_counts``,
-``delete_feedback`` ``{"id"}`` (as if an operator deleted it; for reconcile tests).
+State: :attr:`feedback` (id -> stored feedback), :attr:`objects`, :attr:`upload_counts` (PUTs per key),
+:attr:`unknown_fields`. Controls (``POST /_sandbox/control``): ``feedback`` (list stored feedback),
+``upload_counts``, ``delete_feedback`` ``{"id"}`` (as if an operator deleted it; for reconcile tests).
 """
 
 from __future__ import annotations
@@ -26,7 +49,7 @@ import secrets
 import time
 from collections import Counter
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 from connectors.sandbox.base import Emulator, Request, Response, Route
 
@@ -49,6 +72,10 @@ def _iso(at: float) -> str:
     return dt.datetime.fromtimestamp(at, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and value.is_integer()
 
@@ -61,6 +88,7 @@ class StreamBackEmulator(Emulator):
         self.feedback: dict[str, dict[str, Any]] = {}
         self.objects: dict[str, bytes] = {}
         self.upload_counts: Counter[str] = Counter()
+        self.unknown_fields: Counter[str] = Counter()  # top-level feedback fields the document does not list
         self._issued: dict[str, dict[str, Any]] = {}  # object key -> token, expiry, feedback id, size
         super().__init__(record_items=record_items, base_url=base_url)
 
@@ -82,6 +110,7 @@ class StreamBackEmulator(Emulator):
         self.feedback.clear()
         self.objects.clear()
         self.upload_counts.clear()
+        self.unknown_fields.clear()
         self._issued.clear()
 
     def validation_error(self, endpoint: str, message: str) -> Response:
@@ -136,6 +165,7 @@ class StreamBackEmulator(Emulator):
         if problem:
             return self.validation_error("feedback", problem)
         with self.lock:
+            self.unknown_fields.update(set(body) - FEEDBACK_FIELDS)
             feedback_id = f"fb_{secrets.token_hex(6)}"
             reward = 100 + 50 * (len(str(body.get("message") or "")) % 9)
             self.feedback[feedback_id] = {
@@ -148,27 +178,20 @@ class StreamBackEmulator(Emulator):
 
     @staticmethod
     def _feedback_problem(body: dict[str, Any]) -> str | None:
-        unknown = sorted(set(body) - FEEDBACK_FIELDS)
-        if unknown:
-            return f"unknown field: {unknown[0]}"
         if body.get("type") not in FEEDBACK_TYPES:
             return f"type must be one of {', '.join(FEEDBACK_TYPES)}"
         message = body.get("message")
         if message is not None and not isinstance(message, str):
             return "message must be a string"
         emotion = body.get("emotion")
-        if emotion is not None and (not _is_int(emotion) or not 1 <= emotion <= 5):
-            return "emotion must be an integer between 1 and 5"
+        if emotion is not None and (not _is_number(emotion) or not 1 <= emotion <= 5):
+            return "emotion must be a number from 1 to 5"
         for name in ("surveyResponse", "snapshot", "user"):
-            if name in body and not isinstance(body[name], dict):
+            if body.get(name) is not None and not isinstance(body[name], dict):
                 return f"{name} must be an object"
-        if "triggerSource" in body and not isinstance(body["triggerSource"], str):
+        if body.get("triggerSource") is not None and not isinstance(body["triggerSource"], str):
             return "triggerSource must be a string"
-        user = body.get("user") or {}
-        for name in ("id", "email"):
-            if name in user and not isinstance(user[name], str):
-                return f"user.{name} must be a string"
-        if not (isinstance(message, str) and message.strip()) and emotion is None and not body.get("surveyResponse"):
+        if message is None and emotion is None and body.get("surveyResponse") is None:
             return "message is required unless emotion or surveyResponse is provided"
         return None
 
@@ -205,7 +228,7 @@ class StreamBackEmulator(Emulator):
             uploaded = body.get("screenshotUploaded")
             if not isinstance(uploaded, bool):
                 return self.validation_error("finalize", "screenshotUploaded must be true or false")
-            key = body.get("objectKey")
+            key = self._issued_key(body.get("objectKey"))
             if uploaded:
                 issued = self._issued.get(key) if isinstance(key, str) else None
                 if issued is None or issued["kind"] != "screenshot" or issued["feedback_id"] not in (None, feedback_id):
@@ -221,6 +244,16 @@ class StreamBackEmulator(Emulator):
             stored.update(finalized=True, screenshotUploaded=uploaded, objectKey=key)
         self.record("finalize", [{"id": feedback_id, "screenshotUploaded": uploaded, "objectKey": key}])
         return Response(200, {"feedbackId": feedback_id, "finalized": True})
+
+    def _issued_key(self, given: Any) -> Any:
+        """The object key a finalize names: the key itself, the ``fileUrl`` or its path (all accepted)."""
+        if not isinstance(given, str) or given in self._issued:
+            return given
+        marker = "/_storage/"
+        path = urlsplit(given).path if "://" in given else given
+        if marker in path:
+            return unquote(path.split(marker, 1)[1])
+        return path.lstrip("/")
 
     def _status(self, request: Request) -> Response:
         if denied := self._unauthorized(request):

@@ -1,0 +1,362 @@
+"""Hostile rows for GradeMyPage, built from the vendor document (docs/vendor-api/grademypage.md), not from
+the connector's code. Over real HTTP to the sandbox.
+
+For each documented rule of ``track`` and ``server_events``: (a) a row that breaks it is rejected locally,
+with the field (and rule, where it is a named Rule) in the reason, and never reaches the emulator; (b) a
+row at the edge of what the document allows is delivered unchanged, compared value for value with what
+the sandbox stored. No request carries NaN or Infinity: the emulator's strict parser counts ``invalid_json``.
+
+The document's rules used here:
+
+- TrackEvent: ``eventType``, ``pathname``, ``fullUrl``, ``sessionId``, ``visitorId``, ``timestamp`` have no
+  ``?`` (required); ``timestamp: number; // epoch ms``; ``eventData?: Record<string, unknown>``;
+  ``utm?: { source?: string; ... }``; "Events are deduped server-side on (visitorId, timestamp, eventType,
+  pathname)"; ``eventType`` ends in ``| string`` (any text).
+- ServerEventRequest: ``eventType``/``eventName`` required; ``timestamp?: string; // ISO 8601 — defaults to
+  ingestion time``; ``idempotencyKey?: string; // stable key for retry dedup``; ``visitor?: { id?: string;
+  ip?: string; userAgent?: string }``; ``properties?: Record<string, unknown>``; "Pass experimentId +
+  variantId"; "accepts one event at a time".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from connectors.ledger import open_ledger
+from connectors.runner import run_sync
+
+TRACK_SYNC = """
+    source: {table: analytics.t, key: id}
+    destination: {vendor: grademypage, endpoint: track}
+"""
+SERVER_SYNC = """
+    source: {table: analytics.s, key: id}
+    destination: {vendor: grademypage, endpoint: server_events}
+"""
+
+
+def _reasons(sync: str) -> dict[str, str]:
+    return {r["source_key"]: r["reason"] for r in open_ledger().items(sync, state="rejected")}
+
+
+def _stats(sandbox: Any) -> dict[str, dict[str, Any]]:
+    return sandbox.stats().get("grademypage", {})
+
+
+def _no_invalid_json(sandbox: Any) -> None:
+    stats = _stats(sandbox)
+    assert all(s.get("invalid_json", 0) == 0 for s in stats.values()), stats
+    assert sandbox.emulator("grademypage").invalid_bodies == []
+
+
+def _values(rows: list[tuple[Any, ...]], columns: str) -> str:
+    def lit(v: Any) -> str:
+        if v is None:
+            return "NULL"
+        if isinstance(v, int | float):
+            return repr(v)
+        return "'" + str(v).replace("'", "''") + "'"
+
+    body = ",\n".join("(" + ", ".join(lit(v) for v in row) + ")" for row in rows)
+    typed = ", ".join(f"CAST({c.strip()} AS VARCHAR) AS {c.strip()}" for c in columns.split(","))
+    return f"SELECT {typed} FROM (VALUES {body}) t({columns})"  # every column text, even an all-NULL one
+
+
+# --- /track -------------------------------------------------------------------------------------------------
+
+TRACK_COLUMNS = "id, event_type, event_name, pathname, full_url, referrer, session_id, visitor_id, ts, event_data, utm"
+TRACK_SQL = """
+    SELECT _key, event_type AS eventType, event_name AS eventName, pathname, full_url AS fullUrl, referrer,
+           session_id AS sessionId, visitor_id AS visitorId, ts AS timestamp, event_data AS eventData, utm
+    FROM source
+"""
+MS = 1_780_272_000_000  # 2026-06-01T00:00:00Z
+URL = "https://acme.example/p"
+
+
+def _track_row(key: str, **over: Any) -> tuple[Any, ...]:
+    row = {"event_type": "pageview", "event_name": None, "pathname": "/p", "full_url": URL, "referrer": None,
+           "session_id": f"s_{key}", "visitor_id": f"v_{key}", "ts": str(MS), "event_data": None, "utm": None}
+    row.update(over)
+    return (key, *row.values())
+
+
+def test_track_rows_that_break_a_documented_rule_are_rejected_locally_and_never_sent(sandbox, warehouse, write_sync):
+    rows = [
+        _track_row("ok"),
+        _track_row("no_event_type", event_type=None),
+        _track_row("no_pathname", pathname=None),
+        _track_row("no_full_url", full_url=None),
+        _track_row("no_session", session_id=None),
+        _track_row("no_visitor", visitor_id=None),
+        _track_row("no_timestamp", ts=None),
+        _track_row("ts_seconds", ts=str(MS // 1000)),
+        _track_row("ts_microseconds", ts=str(MS * 1000)),
+        _track_row("ts_text", ts="yesterday"),
+        _track_row("data_array", event_data="[1, 2]"),
+        _track_row("data_nan_text", event_data='{"depth": NaN}'),
+        _track_row("utm_number", utm='{"source": 5}'),
+        _track_row("utm_not_object", utm='"ads"'),
+        # The documented dedup tuple: same visitorId, timestamp, eventType and pathname as "ok".
+        _track_row("same_tuple", session_id="s_other", visitor_id="v_ok", full_url=URL + "?again"),
+    ]
+    warehouse(f"CREATE TABLE analytics.t AS {_values(rows, TRACK_COLUMNS)}")
+
+    run = run_sync(write_sync("t", TRACK_SYNC, TRACK_SQL))
+
+    reasons = _reasons("t")
+    assert set(reasons) == {key for key, *_ in rows} - {"ok"}
+    assert reasons["no_event_type"] == "eventType is required"
+    assert reasons["no_pathname"] == "pathname is required"
+    assert reasons["no_full_url"] == "fullUrl is required"
+    assert reasons["no_session"] == "sessionId is required"
+    assert reasons["no_visitor"] == "visitorId is required"
+    assert reasons["no_timestamp"] == "timestamp is required"
+    assert reasons["ts_seconds"].startswith("timestamp looks like seconds") and "milliseconds" in reasons["ts_seconds"]
+    assert reasons["ts_microseconds"].startswith("timestamp looks like microseconds")
+    assert reasons["ts_text"] == "timestamp must be epoch milliseconds, got yesterday"
+    assert reasons["data_array"] == "eventData must be a JSON object, got [1, 2]"
+    assert reasons["data_nan_text"].startswith("eventData ")
+    assert reasons["utm_number"] == "utm.source must be a string, got 5 (rule utm_member_strings)"
+    assert reasons["utm_not_object"].startswith("utm must be a JSON object")
+    assert reasons["same_tuple"].startswith("same (visitorId, timestamp, eventType, pathname) as source row ok")
+    assert reasons["same_tuple"].endswith("(rule same_event_tuple)")
+    # None of them reached the emulator: one request, the valid row alone, accepted.
+    assert (run.delivered, run.rejected) == (1, len(rows) - 1)
+    assert [e["sessionId"] for e in sandbox.records("grademypage", "track")] == ["s_ok"]
+    assert _stats(sandbox)["track"]["by_status"] == {200: 1}
+    _no_invalid_json(sandbox)
+
+
+def test_track_rows_at_the_edge_of_the_document_are_delivered_unchanged(sandbox, warehouse, write_sync):
+    rows = [
+        _track_row("custom_type", event_type="my_custom_event", event_name="  padded  "),  # `| string`
+        _track_row("relative_path", pathname="pricing", full_url="acme.example/pricing"),  # `string`, nothing more
+        _track_row("blanks", pathname="", referrer="", event_name=""),  # a blank text is text
+        _track_row("low_ms", ts="100000000000"),  # 1973-03-03, plausible milliseconds
+        _track_row("high_ms", ts="99999999999999"),  # year 5138, still milliseconds
+        _track_row("rich_data", event_data='{"a": {"b": [1, 2.5, "é", null, true]}, "emoji": "😀", "big": 12345678901234}'),
+        _track_row("utm_extra", utm='{"source": "ads", "gclid": "abc"}'),  # a member the type does not list
+        _track_row("utm_null", utm='{"source": null, "medium": "cpc"}'),  # null: an absent member
+        _track_row("unicode", pathname="/café/ü", full_url="https://acme.example/caf%C3%A9", referrer="https://ß.example/"),
+    ]
+    warehouse(f"CREATE TABLE analytics.t AS {_values(rows, TRACK_COLUMNS)}")
+
+    run = run_sync(write_sync("t", TRACK_SYNC, TRACK_SQL))
+
+    assert _reasons("t") == {}
+    assert run.delivered == len(rows)
+    stored = {e["sessionId"]: e for e in sandbox.records("grademypage", "track")}
+    import json
+
+    for key, event_type, event_name, pathname, full_url, referrer, session, visitor, ts, data, utm in rows:
+        expected: dict[str, Any] = {"eventType": event_type, "pathname": pathname, "fullUrl": full_url,
+                                    "sessionId": session, "visitorId": visitor, "timestamp": int(ts)}
+        for name, value in (("eventName", event_name), ("referrer", referrer)):
+            if value is not None:
+                expected[name] = value
+        if data is not None:
+            expected["eventData"] = json.loads(data)
+        if utm is not None:
+            expected["utm"] = json.loads(utm)
+        assert stored[session] == expected, key
+    _no_invalid_json(sandbox)
+
+
+def test_nan_and_infinity_inside_track_objects_are_rejected_locally(sandbox, warehouse, write_sync):
+    warehouse(
+        """CREATE TABLE analytics.t AS SELECT * FROM (VALUES
+             ('ok', 0.5), ('nan', 'nan'::DOUBLE), ('inf', 'inf'::DOUBLE), ('minus_inf', '-inf'::DOUBLE)
+           ) t(id, depth)"""
+    )
+    sql = f"""SELECT _key, 'scroll' AS eventType, '/p' AS pathname, '{URL}' AS fullUrl, 's_' || _key AS sessionId,
+                     'v_' || _key AS visitorId, {MS} AS timestamp, {{'depth': depth, 'at': [depth]}} AS eventData
+              FROM source"""
+
+    run = run_sync(write_sync("t", TRACK_SYNC, sql))
+
+    reasons = _reasons("t")
+    assert sorted(reasons) == ["inf", "minus_inf", "nan"]
+    assert all(r.startswith("eventData ") and "NaN" in r for r in reasons.values())
+    assert run.delivered == 1
+    assert [e["eventData"] for e in sandbox.records("grademypage", "track")] == [{"depth": 0.5, "at": [0.5]}]
+    _no_invalid_json(sandbox)
+
+
+# --- /server-events -----------------------------------------------------------------------------------------
+
+SERVER_COLUMNS = "id, event_type, event_name, ts, idem, visitor, page, properties, experiment, variant"
+SERVER_SQL = """
+    SELECT _key, event_type AS eventType, event_name AS eventName, ts AS timestamp, idem AS idempotencyKey,
+           visitor, page, properties, experiment AS experimentId, variant AS variantId
+    FROM source
+"""
+
+
+def _server_row(key: str, **over: Any) -> tuple[Any, ...]:
+    row = {"event_type": "conversion", "event_name": "signup", "ts": "2026-06-02T09:00:00+00:00", "idem": None,
+           "visitor": None, "page": None, "properties": f'{{"k": "{key}"}}', "experiment": None, "variant": None}
+    row.update(over)
+    return (key, *row.values())
+
+
+def test_server_event_rows_that_break_a_documented_rule_are_rejected_locally_and_never_sent(
+    sandbox, warehouse, write_sync
+):
+    rows = [
+        _server_row("ok"),
+        _server_row("no_event_type", event_type=None),
+        _server_row("no_event_name", event_name=None),
+        _server_row("ts_not_iso", ts="yesterday"),
+        _server_row("ts_epoch", ts="1780272000000"),
+        _server_row("visitor_not_object", visitor='"anonymous"'),
+        _server_row("visitor_id_number", visitor='{"id": 4242}'),
+        _server_row("visitor_ua_object", visitor='{"id": "v", "userAgent": {"name": "x"}}'),
+        _server_row("properties_array", properties="[1, 2]"),
+        _server_row("properties_nan", properties='{"amount": NaN}'),
+        _server_row("experiment_alone", experiment="exp_signup_cta"),
+        _server_row("variant_alone", variant="var_cta_green"),
+        _server_row("empty_key", idem=""),
+    ]
+    warehouse(f"CREATE TABLE analytics.s AS {_values(rows, SERVER_COLUMNS)}")
+
+    run = run_sync(write_sync("s", SERVER_SYNC, SERVER_SQL))
+
+    reasons = _reasons("s")
+    assert set(reasons) == {key for key, *_ in rows} - {"ok"}
+    assert reasons["no_event_type"] == "eventType is required"
+    assert reasons["no_event_name"] == "eventName is required"
+    assert reasons["ts_not_iso"].startswith("timestamp must be an ISO 8601 date or date-time")
+    assert reasons["ts_epoch"].startswith("timestamp must be an ISO 8601 date or date-time")
+    assert reasons["visitor_not_object"].startswith("visitor must be a JSON object")
+    assert reasons["visitor_id_number"] == "visitor.id must be a string, got 4242 (rule visitor_member_strings)"
+    assert reasons["visitor_ua_object"].startswith("visitor.userAgent must be a string")
+    assert reasons["properties_array"] == "properties must be a JSON object, got [1, 2]"
+    assert reasons["properties_nan"].startswith("properties ")
+    assert reasons["experiment_alone"] == "variantId is required when experimentId is set (give both or neither)"
+    assert reasons["variant_alone"] == "experimentId is required when variantId is set (give both or neither)"
+    assert reasons["empty_key"].startswith("idempotencyKey must not be empty")
+    assert (run.delivered, run.rejected) == (1, len(rows) - 1)
+    assert [e["properties"] for e in sandbox.records("grademypage", "server_events")] == [{"k": "ok"}]
+    assert _stats(sandbox)["server_events"]["by_status"] == {200: 1}  # one request: nothing for the vendor to refuse
+    _no_invalid_json(sandbox)
+
+
+def test_server_event_rows_at_the_edge_of_the_document_are_delivered_unchanged(sandbox, warehouse, write_sync):
+    rows = [
+        _server_row("no_timestamp", ts=None),  # "defaults to ingestion time"
+        _server_row("date_only", ts="2026-06-01"),  # ISO 8601, no time
+        _server_row("no_offset", ts="2026-06-01T10:00:00"),  # ISO 8601, local time
+        _server_row("other_offset", ts="2026-06-01T10:00:00.123+02:00"),  # sent as written, not converted
+        _server_row("ended_experiment", experiment="exp_ended_last_month", variant="var_b"),
+        _server_row("visitor_full", visitor='{"id": "gmp_vid_1", "ip": "203.0.113.9", "userAgent": "Mozilla/5.0"}'),
+        _server_row("visitor_extra", visitor='{"id": "v", "user_agent": "typo, still sent"}'),
+        _server_row("visitor_null", visitor='{"id": "v", "ip": null}'),
+        _server_row("blank_page", page="", event_name="  spaced  "),
+        _server_row("model_key", idem="evt_1Nq2wX"),  # the vendor's own key, from the model
+        _server_row("rich", event_type="purchase", properties='{"amountUsd": 49.5, "items": [{"sku": "é"}], "x": null}'),
+    ]
+    warehouse(f"CREATE TABLE analytics.s AS {_values(rows, SERVER_COLUMNS)}")
+
+    run = run_sync(write_sync("s", SERVER_SYNC, SERVER_SQL))
+
+    assert _reasons("s") == {}
+    assert run.delivered == len(rows)
+    stored = {e["properties"].get("k", "rich"): e for e in sandbox.records("grademypage", "server_events")}
+    ledger_keys = {r["source_key"]: r["idem_key"] for r in open_ledger().items("s", state="delivered")}
+    import json
+
+    for key, event_type, event_name, ts, idem, visitor, page, properties, experiment, variant in rows:
+        expected: dict[str, Any] = {"eventType": event_type, "eventName": event_name,
+                                    "properties": json.loads(properties)}
+        for name, value in (("timestamp", ts), ("page", page), ("experimentId", experiment), ("variantId", variant)):
+            if value is not None:
+                expected[name] = value
+        if visitor is not None:
+            expected["visitor"] = json.loads(visitor)
+        # The model's key as written; where the model leaves it NULL, syncline's ledger key.
+        expected["idempotencyKey"] = idem if idem is not None else ledger_keys[key]
+        assert stored["rich" if key == "rich" else key] == expected, key
+    _no_invalid_json(sandbox)
+
+
+def test_the_grademypage_replay_case_two_source_rows_with_one_model_key_end_as_one_stored_conversion(
+    sandbox, warehouse, write_sync
+):
+    """An upstream event replayed under a second source key (a webhook redelivery): the model selects the
+    upstream event id as idempotencyKey, so GradeMyPage stores it once (the document: "stable key for retry
+    dedup (Stripe event ID, etc.)")."""
+    rows = [
+        _server_row("delivery_1", idem="evt_stripe_123", properties='{"k": "first"}'),
+        _server_row("delivery_2", idem="evt_stripe_123", properties='{"k": "redelivered"}'),
+        _server_row("other", idem="evt_stripe_456"),
+    ]
+    warehouse(f"CREATE TABLE analytics.s AS {_values(rows, SERVER_COLUMNS)}")
+
+    run = run_sync(write_sync("s", SERVER_SYNC, SERVER_SQL))
+
+    assert run.delivered == 3 and run.rejected == 0  # both were sent, under the vendor's key as written
+    stored = sandbox.records("grademypage", "server_events")
+    assert sorted(e["idempotencyKey"] for e in stored) == ["evt_stripe_123", "evt_stripe_456"]
+    assert sum(1 for e in stored if e["idempotencyKey"] == "evt_stripe_123") == 1  # one stored conversion
+    assert sandbox.emulator("grademypage").counters["server_events_deduplicated"] == 1
+    _no_invalid_json(sandbox)
+
+
+def test_a_conversion_of_an_ended_experiment_is_delivered(sandbox, warehouse, write_sync):
+    """The document has no rule against it: a backfill after an experiment ends delivers its conversions
+    (attributed as written), and the running experiments are not even read by default."""
+    rows = [
+        _server_row("ended", experiment="exp_old_hero_banner", variant="var_hero_b"),
+        _server_row("running", experiment="exp_signup_cta", variant="var_cta_green"),
+        _server_row("stale_variant", experiment="exp_signup_cta", variant="var_cta_purple"),
+    ]
+    warehouse(f"CREATE TABLE analytics.s AS {_values(rows, SERVER_COLUMNS)}")
+
+    run = run_sync(write_sync("s", SERVER_SYNC, SERVER_SQL))
+
+    assert (run.delivered, run.rejected) == (3, 0)
+    stored = {e["properties"]["k"]: (e["experimentId"], e["variantId"]) for e in sandbox.records("grademypage", "server_events")}
+    assert stored == {"ended": ("exp_old_hero_banner", "var_hero_b"), "running": ("exp_signup_cta", "var_cta_green"),
+                      "stale_variant": ("exp_signup_cta", "var_cta_purple")}
+    assert _stats(sandbox).get("experiments_active", {}).get("requests", 0) == 0
+
+
+def test_nan_and_infinity_inside_server_event_objects_are_rejected_locally(sandbox, warehouse, write_sync):
+    warehouse(
+        """CREATE TABLE analytics.s AS SELECT * FROM (VALUES
+             ('ok', 49.5), ('nan', 'nan'::DOUBLE), ('inf', 'inf'::DOUBLE)
+           ) t(id, amount)"""
+    )
+    sql = """SELECT _key, 'conversion' AS eventType, 'purchase' AS eventName,
+                    {'amountUsd': amount, 'nested': {'values': [amount, 1.0]}} AS properties FROM source"""
+
+    run = run_sync(write_sync("s", SERVER_SYNC, sql))
+
+    reasons = _reasons("s")
+    assert sorted(reasons) == ["inf", "nan"] and all(r.startswith("properties ") for r in reasons.values())
+    assert run.delivered == 1
+    assert [e["properties"] for e in sandbox.records("grademypage", "server_events")] == [
+        {"amountUsd": 49.5, "nested": {"values": [49.5, 1.0]}}
+    ]
+    assert _stats(sandbox)["server_events"]["requests"] == 1
+    _no_invalid_json(sandbox)
+
+
+@pytest.mark.parametrize("strict", ["true", "[timestamp_required, visitor_known_members]"])
+def test_choice_opt_in_server_event_rules_reject_only_when_the_sync_asks(sandbox, warehouse, write_sync, strict):
+    """Choice: a missing timestamp (the document: "defaults to ingestion time") and an undocumented visitor
+    member are sent by default; `strict:` turns the two opt-in rules on, each named in its reason."""
+    rows = [_server_row("no_ts", ts=None), _server_row("typo", visitor='{"user_agent": "x"}'), _server_row("ok")]
+    warehouse(f"CREATE TABLE analytics.s AS {_values(rows, SERVER_COLUMNS)}")
+
+    run = run_sync(write_sync("s", SERVER_SYNC + f"    strict: {strict}\n", SERVER_SQL))
+
+    assert _reasons("s") == {
+        "no_ts": "timestamp is missing: GradeMyPage would stamp the event with the time it is sent "
+                 "(rule timestamp_required)",
+        "typo": "visitor has unknown member(s) user_agent (allowed: id, ip, userAgent) (rule visitor_known_members)",
+    }
+    assert run.delivered == 1
