@@ -16,7 +16,16 @@ from connectors import settings
 from connectors.engine.payload import describe, quote_ident
 from connectors.errors import ConfigError, SynclineError
 from connectors.spec import SyncSpec
-from connectors.stage import _connect, _key_expr, _source_select, builder_for
+from connectors.stage import (
+    Window,
+    _key_expr,
+    _source_select,
+    attaches_warehouse,
+    builder_for,
+    cursor_carrier,
+    duckdb_cursor,
+    model_connection,
+)
 
 _CARET = re.compile(r"^\s*\^+\s*$")
 
@@ -32,12 +41,13 @@ def one_line(message: str) -> str:
 
 
 def _source_view(con: duckdb.DuckDBPyConnection, spec: SyncSpec) -> None:
-    cursor = f"{quote_ident(spec.source.cursor)} AS _cursor" if spec.source.cursor else "NULL AS _cursor"
     if spec.source.warehouse == "postgres":
         con.register("_postgres_shape", _postgres_shape(spec))
         select = "SELECT * FROM _postgres_shape"
     else:
         select = _source_select(spec)
+    found = duckdb_cursor(spec, con, select, Window())  # a number without cursor_unit on a daily sync: an error
+    cursor = f"{found.time_sql()} AS _cursor" if found is not None else "NULL AS _cursor"
     con.execute(
         f"CREATE TEMP VIEW source AS SELECT *, {_key_expr(spec)} AS _key, {cursor} FROM ({select}) AS s LIMIT 0"
     )
@@ -66,16 +76,14 @@ def _postgres_shape(spec: SyncSpec) -> object:
 def check_model(spec: SyncSpec) -> str | None:
     """None when the sync's model binds against its source and yields valid payload columns; otherwise a
     one-line error (DuckDB's, with its candidate columns when it gives them, or the engine's)."""
+    if attaches_warehouse(spec) and not settings.warehouse_path().exists():
+        return f"warehouse not found at {settings.warehouse_path()}"
     try:
-        if spec.source.parquet or spec.source.warehouse == "postgres":
-            con = _connect()
-        else:
-            path = settings.warehouse_path()
-            if not path.exists():
-                return f"warehouse not found at {path}"
-            con = _connect(str(path), read_only=True)
+        con = model_connection(spec, None)  # the warehouse the model may join (read-only), or its lookups
     except duckdb.Error as exc:
         return one_line(f"opening the warehouse failed: {exc}")
+    except SynclineError as exc:
+        return one_line(str(exc))
     try:
         try:
             _source_view(con, spec)
@@ -89,10 +97,12 @@ def check_model(spec: SyncSpec) -> str | None:
         except duckdb.Error as exc:
             return one_line(str(exc))
         relation = "model"
-        if spec.source.cursor and "_cursor" not in columns and "_key" in columns:
+        carrier = cursor_carrier(columns)  # _source_key (a fan-out) or _key
+        if spec.source.cursor and carrier is not None:
             con.execute(
                 "CREATE TEMP VIEW model_with_cursor AS SELECT m.*, c._cursor FROM model AS m LEFT JOIN "
-                "(SELECT _key, max(_cursor) AS _cursor FROM source GROUP BY _key) AS c ON CAST(m._key AS VARCHAR) = c._key"
+                "(SELECT _key, max(_cursor) AS _cursor FROM source GROUP BY _key) AS c "
+                f"ON CAST(m.{quote_ident(carrier)} AS VARCHAR) = c._key"
             )
             relation = "model_with_cursor"
             columns = describe(con, relation)

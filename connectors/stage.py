@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,24 +152,210 @@ def _key_expr(spec: SyncSpec) -> str:
     return f"(CASE WHEN {nulls} THEN NULL ELSE CAST(to_json([{parts}]) AS VARCHAR) END)"
 
 
-def _window_filter(spec: SyncSpec, window: Window, placeholder: str = "?") -> tuple[str, list[object]]:
-    """The WHERE clause selecting ``window`` by the sync's cursor (rows with a NULL cursor too, when the
-    sync says ``null_cursor: include``)."""
-    if spec.source.cursor is None or not window.bounded:
-        return "", []
-    cursor = quote_ident(spec.source.cursor)
-    clauses: list[str] = []
-    params: list[object] = []
-    if window.start is not None:
-        clauses.append(f"{cursor} >= {placeholder}")
-        params.append(window.start)
-    if window.end is not None:
-        clauses.append(f"{cursor} < {placeholder}")
-        params.append(window.end)
-    condition = " AND ".join(clauses)
-    if spec.source.null_cursor == "include":
-        condition = f"({condition}) OR {cursor} IS NULL"
-    return " WHERE " + condition, params
+# --- the cursor: a timestamp, a date, or an epoch number with its unit -------------------------------------
+UNIT_MICROS = {"s": 1_000_000, "ms": 1_000, "us": 1}
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICRO = dt.timedelta(microseconds=1)
+_MIN_MICROS = (dt.datetime.min.replace(tzinfo=dt.UTC) - _EPOCH) // _MICRO  # 0001-01-01 00:00
+_MAX_MICROS = (_LAST_INSTANT - _EPOCH) // _MICRO  # 9999-12-31 23:59:59.999999
+TIME_TYPES = {"timestamp with time zone", "timestamp", "timestamp_ms", "timestamp_ns", "timestamp_s"}
+INTEGER_TYPES = {"tinyint", "smallint", "integer", "bigint", "hugeint", "utinyint", "usmallint", "uinteger",
+                 "ubigint", "uhugeint"}
+NUMBER_TYPES = {"float", "double", "decimal"}
+PlaceholderStyle = str  # "?" (DuckDB) or "$" (Postgres: $1, $2, ...)
+
+
+def _micros(instant: dt.datetime) -> int:
+    instant = instant if instant.tzinfo is not None else instant.replace(tzinfo=dt.UTC)
+    return (instant - _EPOCH) // _MICRO
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _first_date(instant: dt.datetime) -> dt.date:
+    """The first date whose midnight (UTC) is at or after ``instant``."""
+    instant = instant.astimezone(dt.UTC) if instant.tzinfo is not None else instant
+    day = instant.date()
+    return day if instant.time() == dt.time() else day + dt.timedelta(days=1)
+
+
+def _last_date(end: dt.datetime) -> dt.date:
+    """The last date whose midnight (UTC) is before ``end``."""
+    end = end.astimezone(dt.UTC) if end.tzinfo is not None else end
+    return end.date() - dt.timedelta(days=1) if end.time() == dt.time() else end.date()
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """How a sync's cursor column is read (``source.cursor``, ``source.cursor_unit``).
+
+    ``kind``: ``time`` (a timestamp, with or without time zone: naive ones are UTC), ``date`` (a DATE: the
+    day is the UTC day), ``epoch`` (a number of ``unit`` since 1970-01-01 UTC), ``number`` (a number
+    without a unit: an ordering cursor, a version or sequence, on syncs without days) or ``other``
+    (anything else: carried and ordered as it is, but no window can select by it). Windows select each kind by
+    bounds of the column's own type, so the filter stays sargable (an index or zone map on the column
+    works, in DuckDB and pushed down to Postgres). ``_cursor`` in the extract is the cursor as a time
+    (TIMESTAMPTZ for an epoch: an epoch outside years 1-9999 has none), so the ledger, reconciliation and
+    the newest-row-wins rule see times whatever the column holds."""
+
+    column: str
+    kind: str
+    type_name: str
+    unit: str | None = None
+    integer: bool = True
+
+    @property
+    def ident(self) -> str:
+        return quote_ident(self.column)
+
+    def _range(self) -> tuple[object, object]:
+        """The epoch values that are a time in years 1..9999."""
+        assert self.unit is not None
+        k = UNIT_MICROS[self.unit]
+        if self.integer:
+            return _ceil_div(_MIN_MICROS, k), _MAX_MICROS // k
+        return _MIN_MICROS / k, _MAX_MICROS / k
+
+    def _epoch_bound(self, instant: dt.datetime) -> object:
+        assert self.unit is not None
+        k = UNIT_MICROS[self.unit]
+        us = _micros(instant)
+        return _ceil_div(us, k) if self.integer else us / k
+
+    def missing(self, ident: str | None = None) -> str:
+        """SQL (both dialects): the row has no cursor time (NULL; for an epoch, also outside years 1-9999)."""
+        col = ident or self.ident
+        if self.kind != "epoch":
+            return f"{col} IS NULL"
+        lo, hi = self._range()
+        return f"({col} IS NULL OR {col} < {lo!r} OR {col} > {hi!r})"
+
+    def time_sql(self, dialect: str = "duckdb", ident: str | None = None) -> str:
+        """SQL: the cursor as a time (the extract's ``_cursor``)."""
+        col = ident or self.ident
+        if self.kind != "epoch":
+            return col
+        assert self.unit is not None
+        k = UNIT_MICROS[self.unit]
+        lo, hi = self._range()
+        if dialect == "postgres":
+            base = "timestamptz '1970-01-01 00:00:00+00'"
+            if self.integer:  # exact: whole seconds, then the rest (interval * number goes through float8)
+                per_second = 1_000_000 // k
+                value = f"{base} + ({col} / {per_second}) * interval '1 second'"
+                if per_second > 1:
+                    value += f" + ({col} % {per_second}) * interval '{k} microseconds'"
+            else:
+                value = f"{base} + ({col}::float8 * {k}) * interval '1 microsecond'"
+        elif self.integer:
+            value = f"timezone('UTC', make_timestamp(CAST({col} AS BIGINT) * {k}))"
+        else:
+            value = f"timezone('UTC', make_timestamp(CAST(round({col} * {k}) AS BIGINT)))"
+        return f"(CASE WHEN {col} BETWEEN {lo!r} AND {hi!r} THEN {value} END)"
+
+    def window_filter(self, spec: SyncSpec, window: Window, placeholder: PlaceholderStyle = "?",
+                      ident: str | None = None) -> tuple[str, list[object]]:
+        """The WHERE clause selecting ``window`` (rows with no cursor too, under ``null_cursor: include``)."""
+        if not window.bounded:
+            return "", []
+        require_unit(spec, self, window)
+        if self.kind == "other":
+            raise ConfigError(
+                str(spec.file), "source.cursor",
+                f"{self.column} is {self.type_name}: a window selects rows by a timestamp, a date, or an epoch "
+                "number with source.cursor_unit (s, ms, us); cast it in source.query",
+            )
+        col = ident or self.ident
+        bounds: list[tuple[str, object]] = []
+        if self.kind == "date":
+            if window.start is not None:
+                bounds.append((">=", _first_date(window.start)))
+            if window.end is not None:
+                bounds.append(("<=", _last_date(window.end)))
+        elif self.kind == "epoch":
+            if window.start is not None:
+                bounds.append((">=", self._epoch_bound(window.start)))
+            if window.end is not None:
+                bounds.append(("<", self._epoch_bound(window.end)))
+        else:
+            if window.start is not None:
+                bounds.append((">=", window.start))
+            if window.end is not None:
+                bounds.append(("<", window.end))
+        clauses, params = [], []
+        for op, value in bounds:
+            params.append(value)
+            mark = f"${len(params)}" if placeholder == "$" else placeholder
+            clauses.append(f"{col} {op} {mark}")
+        condition = " AND ".join(clauses)
+        if spec.source.null_cursor == "include":
+            condition = f"({condition}) OR {self.missing(col)}"
+        return " WHERE " + condition, params
+
+
+def cursor_of(spec: SyncSpec, type_id: str, type_name: str | None = None) -> Cursor:
+    """The sync's :class:`Cursor` for a cursor column of DuckDB type ``type_id`` (``DuckDBPyType.id``).
+
+    A number without ``source.cursor_unit`` is a config error on a sync with daily partitions or a
+    windowed run (the error names the file and ``source.cursor_unit``); without either, a number is an
+    ordering cursor (a version or sequence number: the newest row of a key wins), as before."""
+    src = spec.source
+    assert src.cursor is not None
+    shown = type_name or type_id.upper()
+    number = type_id in INTEGER_TYPES or type_id in NUMBER_TYPES
+    if src.cursor_unit is not None:
+        if not number:
+            raise ConfigError(
+                str(spec.file), "source.cursor_unit",
+                f"the cursor {src.cursor} is {shown}, not an epoch number: drop cursor_unit "
+                "(timestamps and dates need no unit)",
+            )
+        return Cursor(src.cursor, "epoch", shown, src.cursor_unit, type_id in INTEGER_TYPES)
+    if type_id in TIME_TYPES:
+        return Cursor(src.cursor, "time", shown)
+    if type_id == "date":
+        return Cursor(src.cursor, "date", shown)
+    return Cursor(src.cursor, "number" if number else "other", shown)
+
+
+def require_unit(spec: SyncSpec, cursor: Cursor, window: Window) -> None:
+    """A number cursor without a unit cannot place rows in days: an error when the sync needs days."""
+    if cursor.kind == "number" and (spec.partitioned or window.bounded):
+        raise ConfigError(
+            str(spec.file), "source.cursor_unit",
+            f"the cursor {cursor.column} is {cursor.type_name}, a number: declare its epoch unit, e.g. "
+            "`cursor_unit: ms` (s, ms or us), so windows and daily partitions can place rows in UTC days",
+        )
+
+
+def duckdb_cursor(spec: SyncSpec, con: duckdb.DuckDBPyConnection, relation: str, window: Window) -> Cursor | None:
+    """The sync's cursor over ``relation`` (a DuckDB SELECT of the source), checked for ``window``."""
+    if spec.source.cursor is None:
+        return None
+    (dtype,) = describe(con, f"(SELECT {quote_ident(spec.source.cursor)} FROM ({relation}) AS s)").values()
+    cursor = cursor_of(spec, dtype.id, str(dtype))
+    require_unit(spec, cursor, window)
+    return cursor
+
+
+def parquet_cursor_days(spec: SyncSpec, files: list[str]) -> tuple[dt.date, dt.date] | None:
+    """The first and last UTC day of the cursor over ``files`` of a Parquet source (None: no cursor
+    time in them), for the sensor's partition range. An epoch cursor is read in its unit."""
+    assert spec.source.cursor is not None
+    con = _connect()
+    try:
+        source = _source_select(spec, files)
+        cursor = duckdb_cursor(spec, con, source, Window())
+        assert cursor is not None
+        time = cursor.time_sql()
+        row = con.execute(f"SELECT CAST(min({time}) AS DATE), CAST(max({time}) AS DATE) FROM ({source}) AS s").fetchone()
+    finally:
+        con.close()
+    if not row or row[0] is None:
+        return None
+    return row[0], row[1]
 
 
 @dataclass(frozen=True)
@@ -187,6 +374,8 @@ class Extracted:
         if not self.null_cursor_rows:
             return None
         cursor = spec.source.cursor
+        if spec.source.cursor_unit:  # an epoch number: NULL, or no time in years 1-9999
+            cursor = f"{cursor} (NULL, or not a time in {spec.source.cursor_unit})"
         if self.null_cursor_included:
             return (f"{self.null_cursor_rows} rows have no {cursor}: included in this window "
                     "(null_cursor: include)")
@@ -221,12 +410,13 @@ def extract_window(spec: SyncSpec, window: Window, out_dir: Path, files: list[st
                 f"warehouse not found at {path}: run `syncline demo --warehouse-only` or set SYNCLINE_WAREHOUSE"
             )
         con = _connect(str(path), read_only=True)
-    where, params = _window_filter(spec, window)
-    cursor = f"{quote_ident(spec.source.cursor)} AS _cursor" if spec.source.cursor else "NULL AS _cursor"
     source = _source_select(spec, files)
-    query = f"SELECT *, {_key_expr(spec)} AS _key, {cursor} FROM ({source}) AS s{where}"
     nulls: int | None = None
     try:
+        cursor = duckdb_cursor(spec, con, source, window)
+        where, params = cursor.window_filter(spec, window) if cursor is not None else ("", [])
+        cursor_sql = f"{cursor.time_sql()} AS _cursor" if cursor is not None else "NULL AS _cursor"
+        query = f"SELECT *, {_key_expr(spec)} AS _key, {cursor_sql} FROM ({source}) AS s{where}"
         con.execute(
             f"COPY ({query}) TO {quote_literal(str(out))} (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_SIZE})",
             params,
@@ -237,10 +427,8 @@ def extract_window(spec: SyncSpec, window: Window, out_dir: Path, files: list[st
             ).fetchone()
             nulls = int(row[0]) if row else 0
         elif windowed:  # left out: one narrow pass over the cursor column of the source
-            assert spec.source.cursor is not None
-            row = con.execute(
-                f"SELECT count(*) FROM ({source}) AS s WHERE {quote_ident(spec.source.cursor)} IS NULL"
-            ).fetchone()
+            assert cursor is not None
+            row = con.execute(f"SELECT count(*) FROM ({source}) AS s WHERE {cursor.missing()}").fetchone()
             nulls = int(row[0]) if row else 0
     except duckdb.Error as exc:
         raise duckdb_failure(exc, str(spec.file), "source", "reading the source failed") from None
@@ -260,50 +448,143 @@ def builder_for(spec: SyncSpec) -> PayloadBuilder:
     )
 
 
+WAREHOUSE_ALIAS = "warehouse"  # the DuckDB warehouse's catalog name inside the model's connection
+SOURCE_KEY = "_source_key"  # a model column naming the source row an item came from (fan-out)
+
+
+def attaches_warehouse(spec: SyncSpec) -> bool:
+    """True when the model runs with the DuckDB warehouse attached: a table or query source in a DuckDB
+    warehouse, or a Parquet source that declares ``source.lookups``."""
+    src = spec.source
+    return src.warehouse == "duckdb" and (not src.parquet or bool(src.lookups))
+
+
+def _lookup_ref(name: str) -> str:
+    return ".".join(quote_ident(part) for part in name.split("."))
+
+
+def model_connection(spec: SyncSpec, staged: Path | None) -> duckdb.DuckDBPyConnection:
+    """The DuckDB connection a sync's model runs in, before ``source`` exists.
+
+    - A DuckDB warehouse is ATTACHed read-only (as ``warehouse``) and made the default catalog: the model
+      may join any of its tables and views by the names the source's ``table:`` uses
+      (``analytics.plans``; ``main`` tables unqualified). The objects syncline adds (``source``,
+      ``model``...) are TEMP views, so they never touch the warehouse and shadow any table of that name.
+    - A Postgres warehouse cannot be reached from DuckDB: the tables declared in ``source.lookups`` were
+      staged beside the extract (``staged``: that folder) and are registered under their names; with
+      ``staged`` None (binding only) they are zero-row tables of the right shape.
+    Declared lookups of a DuckDB warehouse are checked to exist; a missing one is a config error."""
+    con = _connect()
+    src = spec.source
+    try:
+        if attaches_warehouse(spec):
+            path = settings.warehouse_path()
+            if not path.exists():
+                raise SynclineError(
+                    f"warehouse not found at {path}: run `syncline demo --warehouse-only` or set SYNCLINE_WAREHOUSE"
+                )
+            con.execute(f"ATTACH {quote_literal(str(path))} AS {WAREHOUSE_ALIAS} (READ_ONLY)")
+            con.execute(f"USE {WAREHOUSE_ALIAS}")
+            for name in src.lookups:
+                try:
+                    con.sql(f"SELECT * FROM {_lookup_ref(name)} LIMIT 0")
+                except duckdb.CatalogException:
+                    raise ConfigError(str(spec.file), "source.lookups",
+                                      f"{name} is not a table or view of the warehouse {path}") from None
+        elif src.lookups:
+            from connectors.postgres_source import lookup_path, lookup_shapes
+
+            shapes = lookup_shapes(spec) if staged is None else None
+            for index, name in enumerate(src.lookups):
+                if "." in name:
+                    con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(name.split('.')[0])}")
+                if shapes is not None:
+                    con.register(f"_lookup_{index}", shapes[index])
+                    relation = f"_lookup_{index}"
+                else:
+                    assert staged is not None
+                    relation = f"read_parquet({quote_literal(str(lookup_path(staged, index)))})"
+                con.execute(f"CREATE VIEW {_lookup_ref(name)} AS SELECT * FROM {relation}")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _model_hint(spec: SyncSpec, exc: duckdb.Error) -> str:
+    """What to do about a table the model names that its connection does not have."""
+    if not isinstance(exc, duckdb.CatalogException):
+        return ""
+    if spec.source.warehouse == "postgres":
+        return (" (a Postgres table the model joins must be listed in source.lookups: it is copied once per "
+                "run, as the window is read)")
+    if spec.source.parquet and not spec.source.lookups:
+        return " (a Parquet source's model sees the DuckDB warehouse when the sync lists source.lookups)"
+    return ""
+
+
+def cursor_carrier(columns: Mapping[str, object]) -> str | None:
+    """The model column the source cursor is carried by (None: the model selects ``_cursor``, or has no
+    key): ``_source_key`` when the model names each item's source row (a fan-out), else ``_key``."""
+    if "_cursor" in columns:
+        return None
+    if SOURCE_KEY in columns:
+        return SOURCE_KEY
+    return "_key" if "_key" in columns else None
+
+
 def open_model(
     spec: SyncSpec, extract_path: Path, delivered: Path | None = None
 ) -> tuple[duckdb.DuckDBPyConnection, str]:
     """A DuckDB connection with ``source`` (the extract) and ``model`` views, and the payload SELECT.
 
-    ``delivered`` (the ledger's view of this destination, append mode) drops the model rows whose key
-    the destination already has before any payload is rendered: the filter is on ``_key``, so DuckDB
-    pushes it below the model's expressions, and a rerun of a delivered sync renders almost nothing.
-    The view ``model_all`` keeps every row, for counting."""
-    con = _connect()
-    con.execute(f"CREATE VIEW source AS SELECT * FROM read_parquet({quote_literal(str(extract_path))})")
+    ``source`` is the window's extracted rows; the model may also join the warehouse's other tables
+    (:func:`model_connection`) and use CTEs. ``delivered`` (the ledger's view of this destination, append
+    mode) drops the model rows whose key the destination already has before any payload is rendered: the
+    filter is on ``_key`` (each item's own key, also in a fan-out), so DuckDB pushes it below the model's
+    expressions, and a rerun of a delivered sync renders almost nothing. The view ``model_all`` keeps
+    every row, for counting."""
+    con = model_connection(spec, extract_path.parent)
+    con.execute(f"CREATE TEMP VIEW source AS SELECT * FROM read_parquet({quote_literal(str(extract_path))})")
     try:
-        con.execute(f"CREATE VIEW model AS {spec.model_sql}")
+        con.execute(f"CREATE TEMP VIEW model AS {spec.model_sql}")
         columns = describe(con, "model")
         relation = "model"
-        if spec.source.cursor and "_cursor" not in columns and "_key" in columns:
-            _carry_cursor(con, spec)
+        carrier = cursor_carrier(columns)
+        if spec.source.cursor and carrier is not None:
+            _carry_cursor(con, spec, carrier)
             relation = "model_with_cursor"
             columns = describe(con, relation)
-        con.execute(f"CREATE VIEW model_all AS SELECT * FROM {relation}")
+        con.execute(f"CREATE TEMP VIEW model_all AS SELECT * FROM {relation}")
         if delivered is not None and "_key" in columns:
             key = builder_for(spec).key_hash("CAST(m._key AS VARCHAR)")
             con.execute(
-                f"CREATE VIEW model_pending AS SELECT m.* FROM {relation} AS m ANTI JOIN "
+                f"CREATE TEMP VIEW model_pending AS SELECT m.* FROM {relation} AS m ANTI JOIN "
                 f"(SELECT idem_key FROM read_parquet({quote_literal(str(delivered))}) WHERE state = 'delivered') AS d "
                 f"ON {key} = d.idem_key"
             )
             relation = "model_pending"
     except duckdb.Error as exc:
         con.close()
-        raise duckdb_failure(exc, str(spec.model_file), "(sql)", "the model does not run") from None
+        raise duckdb_failure(exc, str(spec.model_file), "(sql)",
+                             "the model does not run" + _model_hint(spec, exc)) from None
     return con, builder_for(spec).sql(relation, columns)
 
 
 def _over(model_sql: str, rows: str) -> str:
-    """The model's SELECT with ``source`` meaning only ``rows`` (a CTE named source shadows the view)."""
+    """The model's SELECT with ``source`` meaning only ``rows`` (a CTE named source shadows the view; the
+    model's own ``WITH`` CTEs, nested inside, still see it)."""
     return f"WITH source AS (SELECT * FROM {rows}) SELECT * FROM (\n{model_sql}\n) AS m"
 
 
-def _carry_cursor(con: duckdb.DuckDBPyConnection, spec: SyncSpec) -> None:
+def _carry_cursor(con: duckdb.DuckDBPyConnection, spec: SyncSpec, by: str = "_key") -> None:
     """``model_with_cursor``: the model's rows with the source cursor of the row each came from, for a
     model that does not select ``_cursor``. The ledger keeps it (reconciliation, "what was delivered for
     this window"), and the payload's duplicate check orders a repeated key's rows by it, so the newest
     row wins whatever the model selects.
+
+    ``by`` is the model column holding the source row's key: ``_key``, or ``_source_key`` when the model
+    emits several items per source row, each with its own ``_key`` (a fan-out: ``_key || ':' || kind``).
 
     A key's rows are told apart only by what the model keeps, and it keeps ``_key``, not the row: so when
     some key repeats with different cursors, the model runs twice, once over each key's newest rows and
@@ -311,6 +592,7 @@ def _carry_cursor(con: duckdb.DuckDBPyConnection, spec: SyncSpec) -> None:
     rows are then rejected as duplicates with their own cursor (with three or more rows of one key, the
     older ones share the newest older cursor). Without such keys (the usual case) it is one pass and a
     join on the key."""
+    on = f"CAST(m.{quote_ident(by)} AS VARCHAR) = c._key"
     newest = "(SELECT _key, max(_cursor) AS _cursor FROM {rows} WHERE _key IS NOT NULL GROUP BY _key)"
     row = con.execute(
         "SELECT count(*) FROM (SELECT _key FROM source WHERE _key IS NOT NULL GROUP BY _key "
@@ -318,30 +600,58 @@ def _carry_cursor(con: duckdb.DuckDBPyConnection, spec: SyncSpec) -> None:
     ).fetchone()
     if not row or not row[0]:
         con.execute(
-            "CREATE VIEW model_with_cursor AS SELECT m.*, c._cursor FROM model AS m LEFT JOIN "
-            f"{newest.format(rows='source')} AS c ON CAST(m._key AS VARCHAR) = c._key"
+            "CREATE TEMP VIEW model_with_cursor AS SELECT m.*, c._cursor FROM model AS m LEFT JOIN "
+            f"{newest.format(rows='source')} AS c ON {on}"
         )
         return
     # The rows of each repeated key that are not its newest (NULL cursors lose to any cursor).
     con.execute(
-        "CREATE VIEW _source_newest_cursor AS SELECT _key, max(_cursor) AS _newest FROM source "
+        "CREATE TEMP VIEW _source_newest_cursor AS SELECT _key, max(_cursor) AS _newest FROM source "
         "WHERE _key IS NOT NULL GROUP BY _key HAVING count(*) > 1"
     )
     older = "s._cursor IS DISTINCT FROM n._newest AND n._newest IS NOT NULL"
     con.execute(
-        "CREATE VIEW _source_newest AS SELECT s.* FROM source AS s LEFT JOIN _source_newest_cursor AS n "
+        "CREATE TEMP VIEW _source_newest AS SELECT s.* FROM source AS s LEFT JOIN _source_newest_cursor AS n "
         f"ON s._key = n._key WHERE n._key IS NULL OR NOT ({older})"
     )
     con.execute(
-        "CREATE VIEW _source_older AS SELECT s.* FROM source AS s JOIN _source_newest_cursor AS n "
+        "CREATE TEMP VIEW _source_older AS SELECT s.* FROM source AS s JOIN _source_newest_cursor AS n "
         f"ON s._key = n._key WHERE {older}"
     )
     passes = [
         f"SELECT m.*, c._cursor FROM ({_over(spec.model_sql, part)}) AS m LEFT JOIN "
-        f"{newest.format(rows=part)} AS c ON CAST(m._key AS VARCHAR) = c._key"
+        f"{newest.format(rows=part)} AS c ON {on}"
         for part in ("_source_newest", "_source_older")
     ]
-    con.execute(f"CREATE VIEW model_with_cursor AS {passes[0]} UNION ALL BY NAME {passes[1]}")
+    con.execute(f"CREATE TEMP VIEW model_with_cursor AS {passes[0]} UNION ALL BY NAME {passes[1]}")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What :func:`render_payloads` wrote. ``rows``: items rendered (``rejected`` of them with a reason);
+    ``left_out``: items the destination has already (not rendered); ``items``: every item the model made
+    (``rows + left_out``), which is not the number of source rows when the model filters rows or emits
+    several items per row; ``uncarried``: items rendered without a cursor because their ``_key`` is not a
+    source key and the model selects neither ``_cursor`` nor ``_source_key``."""
+
+    path: Path
+    rows: int
+    rejected: int
+    left_out: int = 0
+    items: int = 0
+    uncarried: int = 0
+
+    def note(self, spec: SyncSpec, source_rows: int | None) -> str | None:
+        """The run note about items vs source rows (and items left without a cursor), or None."""
+        notes = []
+        if source_rows is not None and self.items != source_rows:
+            notes.append(f"the model made {self.items} items from {source_rows} source rows (counts are items)")
+        if self.uncarried:
+            notes.append(
+                f"{self.uncarried} items have no {spec.source.cursor}: their _key is not a source key; select "
+                f"the source row's key as {SOURCE_KEY} (or a _cursor) so the ledger places them in their window"
+            )
+        return "; ".join(notes) or None
 
 
 def transform(spec: SyncSpec, extract_path: Path, out_dir: Path) -> tuple[Path, int, int]:
@@ -355,18 +665,36 @@ def transform_pending(
 ) -> tuple[Path, int, int, int]:
     """Render the payloads a destination does not have yet (all, without ``delivered``); returns
     (path, rows rendered, rows with a reject reason, rows left out as already delivered)."""
+    done = render_payloads(spec, extract_path, out_dir, delivered)
+    return done.path, done.rows, done.rejected, done.left_out
+
+
+def render_payloads(spec: SyncSpec, extract_path: Path, out_dir: Path, delivered: Path | None = None) -> Rendered:
+    """:func:`transform_pending`, with the counts of :class:`Rendered`."""
     out = out_dir / "payloads.parquet"
     con, select = open_model(spec, extract_path, delivered)
+    uncarried = 0
     try:
         con.execute(f"COPY ({select}) TO {quote_literal(str(out))} (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
         row = con.execute(
             f"SELECT count(*), count(reject_reason) FROM read_parquet({quote_literal(str(out))})"
         ).fetchone()
         (total,) = con.execute("SELECT count(*) FROM model_all").fetchone() if delivered else (None,)  # type: ignore[misc]
+        if spec.source.cursor and cursor_carrier(describe(con, "model")) == "_key":
+            # A fan-out without _source_key: its items' keys match no source row, so no cursor was carried.
+            # One narrow pass first: usually no item lacks a cursor, and the key lookup is skipped.
+            without = f"SELECT _key FROM read_parquet({quote_literal(str(out))}) WHERE _cursor IS NULL AND _key IS NOT NULL"
+            (some,) = con.execute(f"SELECT count(*) FROM ({without})").fetchone() or (0,)
+            if some:
+                (found,) = con.execute(
+                    f"SELECT count(*) FROM ({without}) AS p ANTI JOIN source AS s ON p._key = s._key"
+                ).fetchone() or (0,)
+                uncarried = int(found)
     except duckdb.Error as exc:
         raise duckdb_failure(exc, str(spec.model_file), "(sql)", "rendering payloads failed") from None
     finally:
         con.close()
     assert row is not None
-    skipped = int(total) - int(row[0]) if total is not None else 0
-    return out, int(row[0]), int(row[1]), skipped
+    rows = int(row[0])
+    left_out = int(total) - rows if total is not None else 0
+    return Rendered(out, rows, int(row[1]), left_out, rows + left_out, uncarried)

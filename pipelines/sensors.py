@@ -36,12 +36,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
-import duckdb
 from dagster import SensorEvaluationContext
 
-from connectors.engine.payload import quote_ident, quote_literal
 from connectors.spec import SyncSpec
-from connectors.stage import parquet_glob
+from connectors.stage import parquet_cursor_days, parquet_glob
 
 FILES_TAG = "syncline/files"
 MAX_FILES_PER_RUN = 500
@@ -130,18 +128,8 @@ def plan_tick(raw_cursor: str | None, paths: list[str]) -> tuple[list[FileVersio
 
 
 def _day_range(spec: SyncSpec, files: list[str]) -> tuple[str, str] | None:
-    assert spec.source.cursor
-    listed = ", ".join(quote_literal(f) for f in files)
-    con = duckdb.connect()
-    try:
-        con.execute("SET TimeZone = 'UTC'")
-        row = con.execute(
-            f"SELECT CAST(min({quote_ident(spec.source.cursor)}) AS DATE), CAST(max({quote_ident(spec.source.cursor)}) AS DATE) "
-            f"FROM read_parquet([{listed}], union_by_name = true)"
-        ).fetchone()
-    finally:
-        con.close()
-    if not row or row[0] is None:
+    row = parquet_cursor_days(spec, files)  # a timestamp, a date or an epoch number (source.cursor_unit)
+    if row is None:
         return None
     first = max(row[0], spec.partition_start) if spec.partition_start else row[0]
     return first.isoformat(), row[1].isoformat()

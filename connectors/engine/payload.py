@@ -39,6 +39,7 @@ from connectors.errors import ConfigError
 
 ISO_8601_WITH_OFFSET = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}(:?\d{2})?)$"
 UTC_ISO_FORMAT = "%Y-%m-%dT%H:%M:%S.%g+00:00"
+UTC_ISO_FORMAT_US = "%Y-%m-%dT%H:%M:%S.%f+00:00"  # when the value has sub-millisecond digits: none are cut
 NUMERIC_IDS = {
     "tinyint", "smallint", "integer", "bigint", "hugeint", "utinyint", "usmallint", "uinteger",
     "ubigint", "uhugeint", "float", "double", "decimal",
@@ -60,10 +61,13 @@ def _is_json(dtype: DuckDBPyType) -> bool:
 
 
 def _iso_from_timestamp(expr: str, dtype_id: str) -> str:
+    """ISO 8601 in UTC with milliseconds, or microseconds when the value has them (values go out whole)."""
     if dtype_id == "timestamp with time zone":
-        return f"strftime(timezone('UTC', {expr}), '{UTC_ISO_FORMAT}')"
-    # Naive timestamps and dates are taken as UTC (documented in docs/sync-files.md).
-    return f"strftime(CAST({expr} AS TIMESTAMP), '{UTC_ISO_FORMAT}')"
+        utc = f"timezone('UTC', {expr})"
+    else:  # naive timestamps and dates are taken as UTC (documented in docs/sync-files.md)
+        utc = f"CAST({expr} AS TIMESTAMP)"
+    return (f"CASE WHEN microsecond({utc}) % 1000 = 0 THEN strftime({utc}, '{UTC_ISO_FORMAT}') "
+            f"ELSE strftime({utc}, '{UTC_ISO_FORMAT_US}') END")
 
 
 def json_of(expr: str, dtype: DuckDBPyType, keep_nulls: bool) -> str:

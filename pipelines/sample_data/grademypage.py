@@ -1,10 +1,12 @@
 """GradeMyPage sample tables: page views (for /track) and conversions with A/B experiments (/server-events).
 
-Bad rows are planted on purpose so the demo shows every rejection path:
-- page views: a missing pathname, a full URL where the pathname belongs, a timestamp in epoch seconds, and a
-  double-fired pageview (same visitor, millisecond, type and path as another row: GradeMyPage would keep one);
-- conversions: an unknown (stopped) experiment, a variant that is not in its experiment, a variant without
-  its experiment, and visitors that are not ``{id, ip, userAgent}`` strings.
+Odd rows are planted on purpose. Rejected by default (the document forbids them):
+- page views: a missing pathname, a timestamp in epoch seconds, and a double-fired pageview (same visitor,
+  millisecond, type and path as another row: GradeMyPage would keep one);
+- conversions: a variant without its experiment, and visitors whose ``id``/``ip``/``userAgent`` are not strings.
+Delivered by default, rejected only by opt-in checks (``strict:`` or ``options.check_experiments``; the
+document does not forbid them): a full URL where the pathname belongs, an unknown (stopped) experiment, a
+variant that is not in its experiment, and a visitor with an undocumented member.
 
 Experiment ids match the sandbox's active experiments (``connectors/sandbox/emulators/grademypage.py``).
 """
