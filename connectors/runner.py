@@ -37,7 +37,7 @@ from connectors.errors import Interrupted, SynclineError
 from connectors.ledger import ItemRow, Ledger, RunRow, open_ledger
 from connectors.progress import NoProgress, Progress
 from connectors.spec import SyncSpec
-from connectors.stage import Window, extract_window, staging_path, transform, transform_pending
+from connectors.stage import Rendered, Window, extract_window, render_payloads, staging_path
 
 RATE_LIMITED_CONCURRENCY = 4  # documented limits pace requests; a few in flight cover the round trip
 DEFAULT_CONCURRENCY = 64  # the most in flight where no rate is documented (adaptive below it)
@@ -338,9 +338,10 @@ def deliver_file(
 
 @dataclass
 class StageCounts:
-    extracted: int = 0
-    rendered: int = 0
+    extracted: int = 0  # source rows in the window
+    rendered: int = 0  # items rendered (not those left out as delivered already)
     failing_validation: int = 0
+    items: int = 0  # every item the model made: a model that filters rows, or fans one row out, differs
 
 
 class SyncPipeline:
@@ -360,6 +361,7 @@ class SyncPipeline:
         self.extract_path: Path | None = None
         self.payload_path: Path | None = None
         self.null_cursor_note: str | None = None  # "N rows have no <cursor>: ..." on a windowed run
+        self.model_note: str | None = None  # "the model made N items from M source rows" and the like
 
     def __enter__(self) -> SyncPipeline:
         return self
@@ -377,9 +379,17 @@ class SyncPipeline:
 
     def render(self) -> Path:
         if self.payload_path is None:
-            path, rows, rejected = transform(self.spec, self.extract(), self.out_dir)
-            self.payload_path, self.counts.rendered, self.counts.failing_validation = path, rows, rejected
+            self._rendered(render_payloads(self.spec, self.extract(), self.out_dir))
+        assert self.payload_path is not None
         return self.payload_path
+
+    def _rendered(self, done: Rendered) -> None:
+        self.payload_path, self.counts.rendered, self.counts.failing_validation = done.path, done.rows, done.rejected
+        self.counts.items = done.items
+        self.model_note = done.note(self.spec, self.counts.extracted)
+
+    def _notes(self) -> str | None:
+        return "; ".join(n for n in (self.null_cursor_note, self.model_note) if n) or None
 
     def preview(self, limit: int, *, rejected_only: bool = False) -> list[dict[str, Any]]:
         """The first rendered rows (``_key``, ``payload``, ``reject_reason``), read from the payload file."""
@@ -391,9 +401,9 @@ class SyncPipeline:
         return table.slice(0, limit).to_pylist()
 
     def _render_pending(self, delivered: Path | None) -> tuple[Path, int]:
-        path, rows, rejected, left_out = transform_pending(self.spec, self.extract(), self.out_dir, delivered)
-        self.payload_path, self.counts.rendered, self.counts.failing_validation = path, rows, rejected
-        return path, left_out
+        done = render_payloads(self.spec, self.extract(), self.out_dir, delivered)
+        self._rendered(done)
+        return done.path, done.left_out
 
     def deliver(
         self,
@@ -416,7 +426,7 @@ class SyncPipeline:
             credentials=credentials, base_url=base_url, dry_run=dry_run, on_progress=on_progress,
             window=self.window, on_wait=on_wait, announce=announce,
             render=None if self.payload_path is not None else self._render_pending, work_dir=self.out_dir,
-            signals=signals, progress=progress, notes=lambda: self.null_cursor_note, dry_out=dry_out,
+            signals=signals, progress=progress, notes=self._notes, dry_out=dry_out,
         )
 
 

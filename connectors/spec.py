@@ -46,6 +46,8 @@ MAX_CONCURRENCY = 256
 Mode = Literal["append", "mirror"]
 InDoubtPolicy = Literal["resend", "hold"]
 NullCursor = Literal["exclude", "include"]
+CursorUnit = Literal["s", "ms", "us"]
+LOOKUP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
 HOME_PLACEHOLDERS = ("${SYNCLINE_HOME}", "$SYNCLINE_HOME")
 # destination.options holding a file or folder: relative values are taken from the sync file's folder.
 PATH_OPTION_SUFFIXES = ("_root", "_dir", "_folder", "_path")
@@ -64,6 +66,11 @@ class SourceSpec:
     warehouse: Literal["duckdb", "postgres"] = "duckdb"
     # Rows whose cursor is NULL: left out of windowed runs and counted (exclude), or put in every window.
     null_cursor: NullCursor = "exclude"
+    # An epoch-number cursor's unit (s, ms, us): windows then select it by numeric bounds (connectors.stage).
+    cursor_unit: CursorUnit | None = None
+    # Warehouse tables/views the model joins besides ``source`` (``analytics.plans``): a Postgres
+    # warehouse copies them once per run into staging; a DuckDB warehouse is attached read-only.
+    lookups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -168,6 +175,23 @@ class SourceModel(_Section):
     cursor: ColumnName | None = Field(None, description="the column daily windows select rows by (UTC days)")
     warehouse: Literal["duckdb", "postgres"] = "duckdb"
     null_cursor: NullCursor = "exclude"
+    cursor_unit: CursorUnit | None = Field(None, description="an epoch-number cursor's unit: s, ms or us")
+    lookups: list[StrictStr] = Field(
+        default_factory=list, description="warehouse tables or views the model joins, e.g. analytics.plans"
+    )
+
+    @field_validator("lookups")
+    @classmethod
+    def _lookup_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not LOOKUP_RE.match(name):
+                raise ValueError(f"a table or view name like analytics.plans (schema optional), got {name!r}")
+            if name.lower() == "source":
+                raise ValueError("source is the extracted window already; name the warehouse tables the model joins")
+        repeated = sorted({n for n in value if [m.lower() for m in value].count(n.lower()) > 1})
+        if repeated:
+            raise ValueError(f"listed twice: {', '.join(repeated)}")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> SourceModel:
@@ -254,6 +278,7 @@ HINTS = {
     "name": "a lower_snake_case name (letters, digits, _) is required",
     "source": "a mapping with table/query/parquet, key and cursor",
     "source.key": "the primary key column (or a list of columns) is required",
+    "source.cursor_unit": "the unit of an epoch-number cursor: s, ms or us",
     "destination": "a mapping with vendor and endpoint",
     "destination.name": "a short name like prod or staging-eu",
     "model": "the name of a .sql file next to the sync file is required",
@@ -565,6 +590,8 @@ def load_sync_file(path: Path) -> SyncSpec:
     raw_source, raw_delivery = raw.get("source"), raw.get("delivery")
     if raw.get("partitions") is not None and isinstance(raw_source, dict) and raw_source.get("cursor") is None:
         problems.add("source.cursor", "daily partitions need a cursor column")
+    if isinstance(raw_source, dict) and raw_source.get("cursor_unit") is not None and raw_source.get("cursor") is None:
+        problems.add("source.cursor_unit", "is the unit of source.cursor: give the cursor column too")
     max_items = raw_delivery.get("max_items") if isinstance(raw_delivery, dict) else None
     if endpoint is not None and isinstance(max_items, int) and max_items > endpoint.max_items:
         problems.add(
@@ -597,6 +624,8 @@ def load_sync_file(path: Path) -> SyncSpec:
             parquet=source.parquet,
             warehouse=source.warehouse,
             null_cursor=source.null_cursor,
+            cursor_unit=source.cursor_unit,
+            lookups=tuple(source.lookups),
         ),
         vendor=vendor,
         endpoint=endpoint,

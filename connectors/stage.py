@@ -158,7 +158,7 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICRO = dt.timedelta(microseconds=1)
 _MIN_MICROS = (dt.datetime.min.replace(tzinfo=dt.UTC) - _EPOCH) // _MICRO  # 0001-01-01 00:00
 _MAX_MICROS = (_LAST_INSTANT - _EPOCH) // _MICRO  # 9999-12-31 23:59:59.999999
-TIME_TYPES = {"timestamp with time zone", "timestamp", "timestamp_ms", "timestamp_ns", "timestamp_s"}
+TIME_TYPES = {"timestamp with time zone", "timestamptz_ns", "timestamp", "timestamp_ms", "timestamp_ns", "timestamp_s"}
 INTEGER_TYPES = {"tinyint", "smallint", "integer", "bigint", "hugeint", "utinyint", "usmallint", "uinteger",
                  "ubigint", "uhugeint"}
 NUMBER_TYPES = {"float", "double", "decimal"}

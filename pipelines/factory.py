@@ -72,7 +72,11 @@ def run_metadata(run: RunRow) -> dict[str, Any]:
 
 
 def reasons_table(ledger: Ledger, sync: str, destination: str | None = None) -> dg.MetadataValue:
-    rows = ledger.rejection_reasons(sync, limit=15, destination=destination)
+    return reasons_markdown(ledger.rejection_reasons(sync, limit=15, destination=destination))
+
+
+def reasons_markdown(rows: Sequence[tuple[str, int]]) -> dg.MetadataValue:
+    """(reason, rows) pairs as the markdown table the asset page shows."""
     if not rows:
         return dg.MetadataValue.md("No rejected rows.")
     lines = ["| rejected rows | reason |", "|---:|---|"]
@@ -183,32 +187,18 @@ def _checks(spec: SyncSpec, delivered_key: dg.AssetKey) -> list[dg.AssetChecksDe
     def settled(context: AssetCheckExecutionContext) -> dg.AssetCheckResult:
         ledger = context.resources.syncline.open_ledger()
         try:
-            counts = ledger.counts(name)
-            pending = ledger.items(name, state="in_doubt", limit=5) + ledger.items(name, state="failed", limit=5)
+            return settled_result(ledger, name)
         finally:
             ledger.close()
-        passed = counts["in_doubt"] == 0 and counts["failed"] == 0
-        return dg.AssetCheckResult(passed=passed, metadata={
-            **{f"items_{k}": dg.MetadataValue.int(v) for k, v in counts.items()},
-            "examples": dg.MetadataValue.md("\n".join(f"- `{p['source_key']}` {p['state']}: {p['reason']}" for p in pending) or "none"),
-        })
 
     @dg.asset_check(asset=delivered_key, name="rejected_share_under_threshold", required_resource_keys={"syncline"},
                     description=f"Rejected rows stay under {spec.max_rejected_share:.1%} of all rows (checks.max_rejected_share).")
     def rejected_share(context: AssetCheckExecutionContext) -> dg.AssetCheckResult:
         ledger = context.resources.syncline.open_ledger()
         try:
-            counts = ledger.counts(name)
-            reasons = reasons_table(ledger, name)
+            return rejected_share_result(ledger, name, spec.max_rejected_share)
         finally:
             ledger.close()
-        total = sum(counts.values())
-        share = counts["rejected"] / total if total else 0.0
-        return dg.AssetCheckResult(passed=share <= spec.max_rejected_share, metadata={
-            "rejected_share": dg.MetadataValue.float(round(share, 5)),
-            "threshold": dg.MetadataValue.float(spec.max_rejected_share),
-            "rejection_reasons": reasons,
-        })
 
     @dg.asset_check(asset=delivered_key, name="no_possible_duplicates", required_resource_keys={"syncline"},
                     description="No item was sent again after an unknown outcome (timeout, lost answer, 5xx) to an "
@@ -216,21 +206,51 @@ def _checks(spec: SyncSpec, delivered_key: dg.AssetKey) -> list[dg.AssetChecksDe
     def possible_duplicates(context: AssetCheckExecutionContext) -> dg.AssetCheckResult:
         ledger = context.resources.syncline.open_ledger()
         try:
-            items, resends = ledger.resent_unknown(name)
+            return duplicates_result(ledger, name)
         finally:
             ledger.close()
-        return dg.AssetCheckResult(
-            passed=resends == 0, severity=dg.AssetCheckSeverity.WARN,
-            description=None if not resends else
-            f"resent after an unknown outcome: {resends} — the vendor may hold up to {resends} duplicates",
-            metadata={"items_resent_after_unknown_outcome": dg.MetadataValue.int(items),
-                      "possible_duplicates": dg.MetadataValue.int(resends)},
-        )
 
     checks = [settled, rejected_share, possible_duplicates]
     if type(spec.endpoint).reconcile is not Endpoint.reconcile:
         checks.append(_reconcile_check(spec, delivered_key))
     return checks
+
+
+# The checks' verdicts from the ledger, shared with the checks users attach to their own assets
+# (pipelines.delivery.delivery_checks), so both read the same numbers the same way.
+def settled_result(ledger: Ledger, name: str) -> dg.AssetCheckResult:
+    """Passed when no item of ``name`` waits in doubt or failed."""
+    counts = ledger.counts(name)
+    pending = ledger.items(name, state="in_doubt", limit=5) + ledger.items(name, state="failed", limit=5)
+    passed = counts["in_doubt"] == 0 and counts["failed"] == 0
+    return dg.AssetCheckResult(passed=passed, metadata={
+        **{f"items_{k}": dg.MetadataValue.int(v) for k, v in counts.items()},
+        "examples": dg.MetadataValue.md("\n".join(f"- `{p['source_key']}` {p['state']}: {p['reason']}" for p in pending) or "none"),
+    })
+
+
+def rejected_share_result(ledger: Ledger, name: str, threshold: float) -> dg.AssetCheckResult:
+    """Passed when rejected items are at most ``threshold`` of all the items of ``name``."""
+    counts = ledger.counts(name)
+    total = sum(counts.values())
+    share = counts["rejected"] / total if total else 0.0
+    return dg.AssetCheckResult(passed=share <= threshold, metadata={
+        "rejected_share": dg.MetadataValue.float(round(share, 5)),
+        "threshold": dg.MetadataValue.float(threshold),
+        "rejection_reasons": reasons_table(ledger, name),
+    })
+
+
+def duplicates_result(ledger: Ledger, name: str) -> dg.AssetCheckResult:
+    """A warning when items were sent again after an unknown outcome (possible duplicates at the vendor)."""
+    items, resends = ledger.resent_unknown(name)
+    return dg.AssetCheckResult(
+        passed=resends == 0, severity=dg.AssetCheckSeverity.WARN,
+        description=None if not resends else
+        f"resent after an unknown outcome: {resends} — the vendor may hold up to {resends} duplicates",
+        metadata={"items_resent_after_unknown_outcome": dg.MetadataValue.int(items),
+                  "possible_duplicates": dg.MetadataValue.int(resends)},
+    )
 
 
 def _reconcile_check(spec: SyncSpec, delivered_key: dg.AssetKey) -> dg.AssetChecksDefinition:

@@ -73,7 +73,7 @@ RUN_LOGS = """query($runId: ID!) { logsForRun(runId: $runId, limit: 1000) { __ty
 class DagsterDev:
     """``dagster dev`` in its own process group, output to a file; ``gql`` posts to its GraphQL endpoint."""
 
-    def __init__(self, dagster_home: Path, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, dagster_home: Path, env: dict[str, str], log_path: Path, cwd: Path = ROOT) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -82,7 +82,7 @@ class DagsterDev:
         self.process = subprocess.Popen(
             [str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml",
              "-h", "127.0.0.1", "-p", str(self.port)],
-            cwd=ROOT, env={**env, "DAGSTER_HOME": str(dagster_home)},
+            cwd=cwd, env={**env, "DAGSTER_HOME": str(dagster_home)},
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
 

@@ -45,7 +45,10 @@ NUMERIC_IDS = {
     "ubigint", "uhugeint", "float", "double", "decimal",
 }
 INTEGER_IDS = {"tinyint", "smallint", "integer", "bigint", "hugeint", "utinyint", "usmallint", "uinteger", "ubigint"}
-TIMESTAMP_IDS = {"timestamp", "timestamp with time zone", "timestamp_ms", "timestamp_ns", "timestamp_s", "date"}
+TIMESTAMP_IDS = {"timestamp", "timestamp with time zone", "timestamptz_ns", "timestamp_ms", "timestamp_ns", "timestamp_s",
+                 "date"}
+TZ_IDS = {"timestamp with time zone", "timestamptz_ns"}  # instants: formatted in UTC whatever the session zone
+# (pandas writes TIMESTAMP_NS / TIMESTAMPTZ_NS: their nanoseconds are rounded to microseconds, documented)
 
 
 def quote_ident(name: str) -> str:
@@ -62,10 +65,8 @@ def _is_json(dtype: DuckDBPyType) -> bool:
 
 def _iso_from_timestamp(expr: str, dtype_id: str) -> str:
     """ISO 8601 in UTC with milliseconds, or microseconds when the value has them (values go out whole)."""
-    if dtype_id == "timestamp with time zone":
-        utc = f"timezone('UTC', {expr})"
-    else:  # naive timestamps and dates are taken as UTC (documented in docs/sync-files.md)
-        utc = f"CAST({expr} AS TIMESTAMP)"
+    # Naive timestamps and dates are taken as UTC (documented in docs/sync-files.md).
+    utc = f"timezone('UTC', {expr})" if dtype_id in TZ_IDS else f"CAST({expr} AS TIMESTAMP)"
     return (f"CASE WHEN microsecond({utc}) % 1000 = 0 THEN strftime({utc}, '{UTC_ISO_FORMAT}') "
             f"ELSE strftime({utc}, '{UTC_ISO_FORMAT_US}') END")
 
@@ -574,7 +575,7 @@ def cursor_text_sql(dtype: DuckDBPyType | None) -> str:
     text range query), anything else as plain text."""
     if dtype is None:
         return "CAST(NULL AS VARCHAR)"
-    if dtype.id == "timestamp with time zone":
+    if dtype.id in TZ_IDS:
         return f"strftime(timezone('UTC', _cursor), '{CURSOR_TEXT_FORMAT}')"
     if dtype.id in TIMESTAMP_IDS:
         return f"strftime(CAST(_cursor AS TIMESTAMP), '{CURSOR_TEXT_FORMAT}')"
