@@ -55,6 +55,7 @@ from connectors.spec import (
     _collapse_unions,
     _message,
     _path,
+    endpoint_problems,
     strict_rules,
 )
 from connectors.stage import Window, staging_path
@@ -126,15 +127,9 @@ def sync_spec(
             path = _path(error["loc"])
             problems.append(ConfigError(file, path, _message(error, path)))
     vendor_def, endpoint_def = _endpoint(file, vendor, endpoint, options or {}, problems)
-    max_items = given_delivery.get("max_items")
-    if endpoint_def is not None and isinstance(max_items, int) and max_items > endpoint_def.max_items:
-        problems.append(ConfigError(file, "delivery.max_items",
-                                    f"{endpoint_def.qualified_name} accepts at most {endpoint_def.max_items} items per request"))
-    if endpoint_def is not None and not isinstance(strict, bool):
-        known_rules = [rule.name for rule in endpoint_def.opt_in_rules()]
-        problems += [ConfigError(file, "strict", f"{rule!r} is not an opt-in rule of {endpoint_def.qualified_name} "
-                                 f"(its opt-in rules: {', '.join(known_rules) or 'none'})")
-                     for rule in strict if rule not in known_rules]
+    if endpoint_def is not None:
+        problems += [ConfigError(file, where, message) for where, message in
+                     endpoint_problems(endpoint_def, given_delivery.get("max_items"), strict)]
     if problems:
         raise SyncFileError(file, problems)
     assert doc is not None and vendor_def is not None and endpoint_def is not None

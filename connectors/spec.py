@@ -593,21 +593,9 @@ def load_sync_file(path: Path) -> SyncSpec:
     if isinstance(raw_source, dict) and raw_source.get("cursor_unit") is not None and raw_source.get("cursor") is None:
         problems.add("source.cursor_unit", "is the unit of source.cursor: give the cursor column too")
     max_items = raw_delivery.get("max_items") if isinstance(raw_delivery, dict) else None
-    if endpoint is not None and isinstance(max_items, int) and max_items > endpoint.max_items:
-        problems.add(
-            "delivery.max_items", f"{endpoint.qualified_name} accepts at most {endpoint.max_items} items per request"
-        )
-
-    raw_strict = raw.get("strict")
-    if endpoint is not None and isinstance(raw_strict, list):
-        known_rules = [rule.name for rule in endpoint.opt_in_rules()]
-        for name in raw_strict:
-            if isinstance(name, str) and name not in known_rules:
-                problems.add(
-                    "strict",
-                    f"{name!r} is not an opt-in rule of {endpoint.qualified_name} "
-                    f"(its opt-in rules: {', '.join(known_rules) or 'none'})",
-                )
+    if endpoint is not None:
+        for where, message in endpoint_problems(endpoint, max_items, raw.get("strict")):
+            problems.add(where, message)
 
     problems.raise_if_any()
     assert doc is not None and vendor is not None and endpoint is not None
@@ -642,6 +630,24 @@ def load_sync_file(path: Path) -> SyncSpec:
         destination_name=dest.name,
         strict=strict_rules(doc.strict),
     )
+
+
+def endpoint_problems(endpoint: Endpoint, max_items: object, strict: object) -> list[tuple[str, str]]:
+    """The checks of a sync that need its endpoint, as (field, message): the same for a sync file and for
+    a ``deliver()`` call, so both say the same thing."""
+    problems: list[tuple[str, str]] = []
+    if isinstance(max_items, int) and max_items > endpoint.max_items:
+        problems.append(
+            ("delivery.max_items", f"{endpoint.qualified_name} accepts at most {endpoint.max_items} items per request")
+        )
+    if isinstance(strict, list | tuple):
+        known_rules = [rule.name for rule in endpoint.opt_in_rules()]
+        problems += [
+            ("strict", f"{name!r} is not an opt-in rule of {endpoint.qualified_name} "
+                       f"(its opt-in rules: {', '.join(known_rules) or 'none'})")
+            for name in strict if isinstance(name, str) and name not in known_rules
+        ]
+    return problems
 
 
 def strict_rules(value: bool | Sequence[str] | None) -> frozenset[str]:

@@ -271,9 +271,22 @@ class Emulator:
     def reset_state(self) -> None:
         """Clear vendor-specific state (stored feedback, uploads...)."""
 
+    # The bodies a validation error may take where the document does not show one: the first is the
+    # default, and the control ``error_shape {"shape": ...}`` picks another, so a test shows the connector
+    # reads any of them (set ``self.error_shape`` in ``reset_state``).
+    error_shapes: tuple[str, ...] = ()
+    error_shape: str = ""
+
     def control(self, action: str, args: dict[str, Any]) -> Any:
         """Vendor-specific test controls (e.g. Flux ``drop_events``), reachable over HTTP at
         ``POST /_sandbox/control {"vendor", "action", "args"}``. Return something JSON-able."""
+        if action == "error_shape" and self.error_shapes:
+            shape = str(args.get("shape", self.error_shapes[0]))
+            if shape not in self.error_shapes:
+                raise ValueError(f"unknown error shape {shape!r} (known: {', '.join(self.error_shapes)})")
+            with self.lock:
+                self.error_shape = shape
+            return {"error_shape": shape}
         raise ValueError(f"{self.vendor} emulator has no control action {action!r}")
 
     # -- dispatch --------------------------------------------------------------------------------------------

@@ -173,6 +173,7 @@ def _bad_request(problems: list[dict[str, Any]], shape: str = "details") -> Resp
 class ScreebEmulator(Emulator):
     vendor = "screeb"
     keys = {"api_token": "sandbox-screeb-api-token", "release_token": "sandbox-screeb-release-token"}
+    error_shapes = ERROR_SHAPES
 
     def __init__(self, record_items: bool = True, base_url: str = "") -> None:
         self._undercount_by = 0
@@ -205,13 +206,6 @@ class ScreebEmulator(Emulator):
                 self._undercount_by = int(args.get("by", 1))
                 self._undercount_left = int(args.get("requests", 1))
             return {"undercount_by": self._undercount_by, "requests": self._undercount_left}
-        if action == "error_shape":
-            shape = str(args.get("shape", "details"))
-            if shape not in ERROR_SHAPES:
-                raise ValueError(f"unknown error shape {shape!r} (known: {', '.join(ERROR_SHAPES)})")
-            with self.lock:
-                self.error_shape = shape
-            return {"error_shape": shape}
         return super().control(action, args)
 
     def _authorized(self, request: Request, credential: str) -> bool:

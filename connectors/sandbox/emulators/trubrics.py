@@ -70,6 +70,7 @@ def _type_ok(kind: str, value: Any) -> bool:
 class TrubricsEmulator(Emulator):
     vendor = "trubrics"
     keys = {"api_key": "sandbox-trubrics-key"}
+    error_shapes = ERROR_SHAPES
 
     def routes(self) -> list[Route]:
         return [
@@ -83,16 +84,6 @@ class TrubricsEmulator(Emulator):
 
     def reset_state(self) -> None:
         self.error_shape = "fastapi"
-
-    def control(self, action: str, args: dict[str, Any]) -> Any:
-        if action == "error_shape":
-            shape = str(args.get("shape", "fastapi"))
-            if shape not in ERROR_SHAPES:
-                raise ValueError(f"unknown error shape {shape!r} (known: {', '.join(ERROR_SHAPES)})")
-            with self.lock:
-                self.error_shape = shape
-            return {"error_shape": shape}
-        return super().control(action, args)
 
     def validation_error(self, endpoint: str, message: str) -> Response:
         return self._refuse([{"loc": ["body"], "msg": message, "type": "value_error"}])
