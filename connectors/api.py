@@ -427,7 +427,8 @@ def deliver(
         store = open_ledger(ledger if isinstance(ledger, str) else None) if own else ledger
         assert isinstance(store, Ledger)
         try:
-            with SyncPipeline(spec, win, run_id=run_id, files=staged.files) as pipeline:
+            with _InputPipeline(spec, win, run_id=run_id, files=staged.files,
+                                input_note=staged.nested_nan_note()) as pipeline:
                 pipeline.extract()
                 run = pipeline.deliver(ledger=store, credentials=credentials, base_url=base_url, dry_run=dry_run,
                                        announce=announce, on_wait=on_wait, progress=progress)
@@ -443,6 +444,19 @@ def deliver(
     if run.notes:
         result.notes.append(run.notes)
     return result
+
+
+class _InputPipeline(SyncPipeline):
+    """The one pipeline, with what staging the input found added to the run's notes (the ledger's run row,
+    ``syncline log``, the result's ``notes``): e.g. NaN inside a DataFrame's objects read as missing."""
+
+    def __init__(self, spec: SyncSpec, window: Window, *, run_id: str, files: list[str] | None,
+                 input_note: str | None) -> None:
+        super().__init__(spec, window, run_id=run_id, files=files)
+        self.input_note = input_note
+
+    def _notes(self) -> str | None:
+        return "; ".join(n for n in (self.input_note, super()._notes()) if n) or None
 
 
 def _inspect(staged: StagedInput) -> tuple[list[tuple[str, str]], int]:

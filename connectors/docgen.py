@@ -127,8 +127,9 @@ NOTES: dict[str, str] = {
   connection, 5xx) is not resent within the run; the item is `in_doubt` and the sync's `in_doubt` policy
   decides (`resend` by default, `hold` to check by hand with the status/history API).
 - Pseudo-fields `screenshot_path` and `attachments` (file paths, relative to `SYNCLINE_HOME` or
-  `options.files_root`; paths outside that root are refused) drive the uploads and are never sent. An
-  empty `screenshot_path` means "no screenshot"; a 0-byte file is uploaded unless `empty_files: reject`.
+  `options.files_root`; paths outside that root are refused) drive the uploads and are never sent. A
+  NULL, empty or blank `screenshot_path` (or `attachments` entry) means "no file" (a choice); any other path
+  is used untrimmed; a 0-byte file is uploaded unless `empty_files: reject`.
 - Text is sent untrimmed; a blank `message` and a fractional `emotion` (1-5, "number") are sent unless the
   sync opts in (`strict`). The document has no idempotency or dedup field.
 - Options: `files_root`, `finalize: screenshot|always`, `verify: true|false`, `empty_files: upload|reject`.
@@ -462,10 +463,15 @@ def checks_table(endpoint: Endpoint) -> list[str]:
 def values_sent(endpoint: Endpoint) -> list[str]:
     """Per field kind the endpoint uses: its fields and what the engine does to their values."""
     by_kind: dict[str, list[str]] = {}
+    never_sent = set(endpoint.never_sent)
     for field in endpoint.fields:
-        by_kind.setdefault(field.kind, []).append(_code(field.name))
-    return [f"- {', '.join(names)} (`{kind}`): {NORMALIZATIONS.get(kind, 'as DuckDB renders it')}"
-            for kind, names in by_kind.items()]
+        if field.name not in never_sent:
+            by_kind.setdefault(field.kind, []).append(_code(field.name))
+    lines = [f"- {', '.join(names)} (`{kind}`): {NORMALIZATIONS.get(kind, 'as DuckDB renders it')}"
+             for kind, names in by_kind.items()]
+    if never_sent:
+        lines.append(f"- {', '.join(_code(n) for n in sorted(never_sent))}: never sent (they drive the extra steps)")
+    return lines
 
 
 def describe_native_key(endpoint: Endpoint) -> str:

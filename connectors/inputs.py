@@ -9,19 +9,26 @@ they are. Then the run is an ordinary Parquet-sourced sync: extract, model, plan
 Data stays columnar throughout: a DataFrame becomes Arrow with ``pa.Table.from_pandas`` (pandas' missing
 values ``None``/``NaN``/``NaT`` become NULLs, as pandas means them), streams are written batch by batch,
 and nothing here loops over rows.
+
+A choice: a NaN *inside* a dict or list of an object column (``{"amount": nan}``) is read as pandas reads
+NaN, a missing value, so it becomes a NULL member (omitted from the payload unless ``keep_nulls``), where a
+real NaN in Arrow, DuckDB or Parquet data is rejected with a reason. Being silent about it is not: such
+values are counted (:func:`nested_nan_counts`, Arrow compute over the columns, no Python per row; it costs
+nothing unless a nested float member is NULL) and the run says how many were read as missing.
 """
 
 from __future__ import annotations
 
 import glob as globbing
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from connectors.errors import SynclineError
@@ -48,6 +55,16 @@ class StagedInput:
     parquet: str  # an absolute path or glob (for ``files`` too: the spec needs one; ``files`` wins)
     files: list[str] | None
     staged: bool  # True: written by us into the run's staging folder
+    nested_nan: tuple[tuple[str, int], ...] = ()  # (column, NaN members read as missing), DataFrames only
+
+    def nested_nan_note(self) -> str | None:
+        """The run note for :attr:`nested_nan`: how many NaN inside objects or lists became missing."""
+        total = sum(n for _, n in self.nested_nan)
+        if not total:
+            return None
+        where = ", ".join(f"{column}: {n}" for column, n in self.nested_nan)
+        return (f"{total} NaN value(s) inside objects or lists of the DataFrame ({where}) were read as missing, "
+                "as pandas means NaN, and left out (sent as null with keep_nulls)")
 
     def relation_sql(self) -> str:
         """``read_parquet(...)`` over the input, for DuckDB."""
@@ -84,8 +101,9 @@ def stage_input(data: object, folder: Path) -> StagedInput:
     out = folder / "input" / "data.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     if _is_pandas(data):
-        kind, table = "pandas", _from_pandas(data)
+        table = _from_pandas(data)
         _write_table(table, out)
+        return StagedInput("pandas", str(out), None, staged=True, nested_nan=nested_nan_counts(data, table))
     elif isinstance(data, pa.Table | pa.RecordBatch):
         kind = "arrow"
         _write_table(data if isinstance(data, pa.Table) else pa.Table.from_batches([data]), out)
@@ -114,6 +132,61 @@ def _from_pandas(df: Any) -> pa.Table:
         return pa.Table.from_pandas(df, preserve_index=False)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         raise SynclineError(f"the DataFrame cannot become an Arrow table: {exc}") from None
+
+
+def nested_nan_counts(df: Any, table: pa.Table) -> tuple[tuple[str, int], ...]:
+    """(column, how many NaN members) of ``df``'s object columns whose NaN inside dicts or lists
+    ``from_pandas`` turned into NULLs. Vectorized: a column is looked at only when its Arrow type nests a
+    float and a nested float is NULL (a NaN or a ``None``); only then is it converted once more, NaN kept
+    (``from_pandas=False``, the top-level missing values masked), and its NaN counted by Arrow compute."""
+    found = []
+    for index, name in enumerate(table.schema.names):  # preserve_index=False: the DataFrame's column order
+        column = table.column(index)
+        if not _nests_float(column.type) or not any(_float_leaves(chunk, _null_count) for chunk in column.chunks):
+            continue
+        series = df.iloc[:, index]
+        try:
+            raw = pa.array(series, type=column.type, from_pandas=False, mask=series.isna().to_numpy(dtype=bool))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            continue  # not re-readable without pandas' reading: nothing to count that we can be sure of
+        nans = _float_leaves(raw, _nan_count)
+        if nans:
+            found.append((name, nans))
+    return tuple(found)
+
+
+def _nests_float(kind: pa.DataType, nested: bool = False) -> bool:
+    if pa.types.is_floating(kind):
+        return nested
+    if pa.types.is_struct(kind):
+        return any(_nests_float(kind.field(i).type, True) for i in range(kind.num_fields))
+    if pa.types.is_map(kind):
+        return _nests_float(kind.key_type, True) or _nests_float(kind.item_type, True)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return _nests_float(kind.value_type, True)
+    return False
+
+
+def _null_count(values: pa.Array) -> int:
+    return int(values.null_count)
+
+
+def _nan_count(values: pa.Array) -> int:
+    return int(pc.sum(pc.is_nan(values)).as_py() or 0)
+
+
+def _float_leaves(values: pa.Array, count: Callable[[pa.Array], int], nested: bool = False) -> int:
+    """``count`` summed over the float arrays nested in ``values`` (a parent's NULL hides its children)."""
+    kind = values.type
+    if pa.types.is_floating(kind):
+        return int(count(values)) if nested else 0
+    if pa.types.is_struct(kind):
+        return sum(_float_leaves(child, count, True) for child in values.flatten())
+    if pa.types.is_map(kind):  # the entries of NULL maps are empty: keys and items are the maps' own
+        return _float_leaves(values.keys, count, True) + _float_leaves(values.items, count, True)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return _float_leaves(values.flatten(), count, True)
+    return 0
 
 
 def _write_table(table: pa.Table, out: Path) -> None:

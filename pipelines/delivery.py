@@ -44,7 +44,10 @@ MAX_NAME = 63
 
 
 def delivery_metadata(result: DeliveryResult) -> dict[str, Any]:
-    """The generated ``delivered`` asset's metadata for ``result``, plus the name, window and input size."""
+    """The generated ``delivered`` asset's metadata for ``result``, plus the name, window and input size.
+
+    A choice (docs/resources.md): in a single-run backfill the counts are the whole range's, and Dagster
+    attaches them to each partition of the range (``window`` names the range)."""
     metadata = run_metadata(result.run)
     metadata["rejection_reasons"] = reasons_markdown(result.reasons)
     metadata["sync_name"] = dg.MetadataValue.text(result.name)

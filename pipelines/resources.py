@@ -54,9 +54,19 @@ class VendorResource(dg.ConfigurableResource):
         return get_vendor(cls.vendor_name)
 
     def credentials(self) -> dict[str, str]:
-        """The credentials given (by name); the ones left empty are read from the environment at run time."""
-        found = {c.name: getattr(self, c.name, None) for c in self.vendor().credentials}
-        return {name: value for name, value in found.items() if isinstance(value, str)}
+        """The credentials given (by name); the ones left empty are read from the environment at run time.
+
+        An ``EnvVar`` field is its variable's value: Dagster resolves it when it initializes the resource
+        for a run, and here too for a resource used as is (a script calling ``publish_events`` on
+        ``TrubricsResource(api_key=dg.EnvVar(...))``), never the variable's name."""
+        found: dict[str, str] = {}
+        for cred in self.vendor().credentials:
+            value = getattr(self, cred.name, None)
+            if isinstance(value, dg.EnvVar):
+                value = value.get_value()
+            if isinstance(value, str):
+                found[cred.name] = value
+        return found
 
     def deliver(
         self,
@@ -74,7 +84,7 @@ class VendorResource(dg.ConfigurableResource):
         destination_name: str | None = None,
         keep_nulls: bool = False,
         null_cursor: NullCursor = "exclude",
-    cursor_unit: CursorUnit | None = None,
+        cursor_unit: CursorUnit | None = None,
         strict: bool | Sequence[str] = False,
         context: dg.AssetExecutionContext | None = None,
         dry_run: bool = False,

@@ -278,7 +278,7 @@ class ScreebResource(VendorResource):
 
         Fields (a column of ``data`` named like a field is sent; map others with ``model=``): ``name``
         (string; required), ``description`` (string), ``version`` (string; required), ``tags`` (array),
-        ``released_at`` (timestamp).
+        ``released_at`` (iso8601).
 
         The parameters and the result are :meth:`VendorResource.deliver`'s, for ``screeb.release``.
         """

@@ -35,7 +35,7 @@ def hostile_events() -> pd.DataFrame:
     })
     df.loc[2, "user_id"] = None  # missing user
     df.loc[5, "event"] = "   "  # blank event (strict: the connector's opt-in rule rejects it)
-    df.at[7, "properties"] = {"plan": "free", "amount": math.nan}  # pandas' NaN is a missing value: omitted
+    df.at[7, "properties"] = {"plan": "free", "amount": math.nan}  # a choice: pandas' NaN means missing
     df.loc[8, "timestamp"] = pd.NaT  # no timestamp
     return df
 
@@ -62,8 +62,14 @@ def test_a_dataframe_with_hostile_rows_delivers_the_valid_ones_and_explains_the_
     assert (result.delivered, result.rejected, result.skipped, result.pending) == (7, 3, 0, 0)
     received = _received(sandbox)
     assert {r["user_id"] for r in received} == VALID_USERS and len(received) == 7
+    # A choice (docs/resources.md, "Data conversion"): NaN is pandas' missing-value marker, so a NaN inside
+    # a dict of an object column is read as missing and the member omitted (never sent as NaN), where a real
+    # NaN in Arrow data is rejected (below). Not silently: the run's notes count such values.
     nan_row = next(r for r in received if r["user_id"] == "u7")
-    assert nan_row["properties"] == {"plan": "free"}  # the NaN member is omitted, never sent as NaN
+    assert nan_row["properties"] == {"plan": "free"}
+    nan_note = ("1 NaN value(s) inside objects or lists of the DataFrame (properties: 1) were read as missing, "
+                "as pandas means NaN, and left out (sent as null with keep_nulls)")
+    assert nan_note in result.notes[-1] and nan_note in (result.run.notes or "")
     assert all(r["timestamp"].endswith("+00:00") for r in received)
 
     reasons = {r.key: r.reason for r in result.rejects}
@@ -82,6 +88,7 @@ def test_a_dataframe_with_hostile_rows_delivers_the_valid_ones_and_explains_the_
         assert ledger.counts("events_out") == {"delivered": 7, "rejected": 3, "in_doubt": 0, "failed": 0}
         (run,) = ledger.runs("events_out")
         assert (run["status"], run["delivered"], run["span"]) == ("success", 7, "all")
+        assert nan_note in run["notes"]  # `syncline log events_out` shows it
     finally:
         ledger.close()
 
@@ -100,6 +107,26 @@ def test_the_result_carries_the_generated_assets_metadata(sandbox):
     assert {"events_per_s", "p95_latency_ms", "retries", "http_429", "bytes_sent", "destination", "ledger"} <= set(metadata)
     assert "user_id is required" in metadata["rejection_reasons"].value
     assert metadata["sync_name"].value == "events_out" and metadata["input_rows"].value == 10
+
+
+def test_nan_inside_a_dataframes_objects_and_lists_is_counted_as_missing_and_none_is_not(sandbox):
+    """The choice above, counted per column: NaN inside dicts and lists of object columns. A ``None`` there,
+    and a top-level NaN (pandas' everyday missing value), are not in the note."""
+    frame = hostile_events().drop(index=[2, 5, 8]).reset_index(drop=True)
+    frame["properties"] = [{"plan": "a", "amount": math.nan if i < 2 else (None if i == 2 else 1.0)} for i in range(7)]
+    frame["scores"] = [[1.0, math.nan], [], None, [math.nan, math.nan], [2.0], [None], [3.0]]
+    frame["ratio"] = [math.nan] * 7  # top level: not counted
+    model = ("SELECT _key, user_id, event, timestamp, {'scores': scores, 'amount': properties.amount, "
+             "'ratio': ratio} AS properties FROM source")
+    counted = _send(frame, name="nan_counted", model=model, keep_nulls=True)
+    assert counted.delivered == 7
+    assert any("5 NaN value(s) inside objects or lists of the DataFrame (properties: 2, scores: 3)" in n
+               for n in counted.notes), counted.notes
+    sent = {r["user_id"]: r["properties"] for r in _received(sandbox)}
+    assert sent["u0"] == {"scores": [1.0, None], "amount": None, "ratio": None}  # keep_nulls: null, never NaN
+
+    clean = frame.assign(properties=[{"plan": "a", "amount": None}] * 7, scores=[[1.0, None]] * 7)
+    assert not any("NaN" in n for n in _send(clean, name="nan_none", model=model).notes)
 
 
 def test_an_arrow_table_with_a_real_nan_inside_an_object_is_rejected_naming_the_field(sandbox):
@@ -218,7 +245,7 @@ def test_options_are_checked_with_the_sync_files_messages(sandbox):
 
 
 def test_a_partial_run_is_not_ok_and_lists_the_items_in_doubt(sandbox):
-    sandbox.set_fault("trubrics", "publish_events", Fault("store_503", count=-1))
+    sandbox.set_fault("trubrics", "publish_events", Fault("store_503", count=10))
     result = _send(hostile_events(), delivery={**FAST_DELIVERY, "in_doubt": "hold", "max_attempts": 1})
     assert result.status == "partial" and not result.ok
     assert result.in_doubt == 8 and result.pending == 8

@@ -1,7 +1,9 @@
 """The example project (examples/dataframe_project): ``dagster dev`` loads its own workspace.yaml, the UI's
 GraphQL shows its assets, checks and schedule, and its job runs as a queued run-worker process, delivering
-the DataFrame to Trubrics and Screeb in the sandbox; the checks it attaches pass. Uses the webserver test's
-``DagsterDev`` and helpers."""
+the DataFrame to Trubrics and Screeb in the sandbox: each vendor receives exactly the rows of the warehouse
+its rules accept (counted in the warehouse by those rules, not read back from the ledger), and the six
+checks the project attaches ran in that run and passed (their evaluations, read over GraphQL). Uses the
+webserver test's ``DagsterDev`` and helpers."""
 
 from __future__ import annotations
 
@@ -34,6 +36,15 @@ SCHEDULES = """query($selector: RepositorySelector!) { schedulesOrError(reposito
   __typename ... on Schedules { results { name cronSchedule } } ... on PythonError { message } } }"""
 CHECKS = """{ assetNodes { assetKey { path } assetChecksOrError { __typename
   ... on AssetChecks { checks { name } } } } }"""
+CHECK_EXECUTIONS = """query($key: AssetKeyInput!, $name: String!) {
+  assetCheckExecutions(assetKey: $key, checkName: $name, limit: 1) {
+    runId status evaluation { success severity description } } }"""
+# What each vendor's rules accept of analytics.product_events, as the example's models map it: Trubrics
+# requires user_id and event (event_name); Screeb's track events require event_name, and a row without
+# user_alias is sent (Screeb creates an anonymous user: the default, anonymous_users: true).
+ACCEPTED = {"example_events_to_trubrics": "user_id IS NOT NULL AND event_name IS NOT NULL",
+            "example_events_to_screeb": "event_name IS NOT NULL"}
+ROWS = 1200  # analytics.product_events
 
 
 @pytest.fixture
@@ -92,8 +103,13 @@ def _exercise(server: DagsterDev, sandbox: Any, home: Path, started: float) -> N
     assert {"product_events", "product_events_in_trubrics", "product_events_in_screeb"} <= nodes, nodes
     checks = {"/".join(n["assetKey"]["path"]): {c["name"] for c in n["assetChecksOrError"].get("checks", [])}
               for n in server.gql(CHECKS)["assetNodes"]}
-    assert "example_events_to_trubrics__no_items_in_doubt_or_failed" in checks["product_events_in_trubrics"]
-    assert "example_events_to_screeb__rejected_share_under_threshold" in checks["product_events_in_screeb"]
+    expected_checks = {asset: {f"{name}__{check}" for check in ("no_items_in_doubt_or_failed",
+                                                               "rejected_share_under_threshold",
+                                                               "no_possible_duplicates")}
+                       for asset, name in (("product_events_in_trubrics", "example_events_to_trubrics"),
+                                           ("product_events_in_screeb", "example_events_to_screeb"))}
+    for asset, names in expected_checks.items():
+        assert checks[asset] == names, (asset, checks[asset])
     schedules = server.gql(SCHEDULES, {"selector": selector})["schedulesOrError"]["results"]
     assert [(s["name"], s["cronSchedule"]) for s in schedules] == [("deliver_product_events_hourly", "25 * * * *")]
 
@@ -105,17 +121,29 @@ def _exercise(server: DagsterDev, sandbox: Any, home: Path, started: float) -> N
     run = _wait_for_run(server, run_id, remaining(150))
     assert run["status"] == "SUCCESS", f"run {run_id} ended {run['status']}:\n{server.run_errors(run_id)}"
 
+    # Every check of the project ran in this run and passed.
+    for asset, names in expected_checks.items():
+        for name in sorted(names):
+            executions = server.gql(CHECK_EXECUTIONS, {"key": {"path": [asset]}, "name": name})["assetCheckExecutions"]
+            assert executions, f"{asset}: check {name} never ran"
+            (latest,) = executions
+            evaluation = latest["evaluation"] or {}
+            assert (latest["runId"], latest["status"], evaluation.get("success")) == (run_id, "SUCCEEDED", True), \
+                (asset, name, latest)
+
+    # Each vendor holds exactly the warehouse rows its rules accept; the others are rejected with a reason.
     warehouse = home / "warehouse.duckdb"
-    to_trubrics = _deliverable(warehouse, "user_id IS NOT NULL AND event_name IS NOT NULL")
+    assert _deliverable(warehouse, "TRUE") == ROWS
+    expected = {name: _deliverable(warehouse, rule) for name, rule in ACCEPTED.items()}
+    assert ROWS > expected["example_events_to_screeb"] > expected["example_events_to_trubrics"] > 1000, expected
     received = {"example_events_to_trubrics": len(sandbox.records("trubrics", "publish_events")),
                 "example_events_to_screeb": len(sandbox.records("screeb", "event"))}
-    assert received["example_events_to_trubrics"] == to_trubrics > 1000
+    assert received == expected
     ledger = open_ledger()
     try:
-        for name, count in received.items():
+        for name, count in expected.items():
             counts = ledger.counts(name)
-            assert counts["delivered"] == count > 1000 and counts["in_doubt"] == counts["failed"] == 0, (name, counts)
-            assert counts["delivered"] + counts["rejected"] == 1200  # every row delivered or rejected with a reason
+            assert counts == {"delivered": count, "rejected": ROWS - count, "in_doubt": 0, "failed": 0}, (name, counts)
             assert ledger.runs(name, limit=1)[0]["status"] == "success"
     finally:
         ledger.close()

@@ -374,3 +374,81 @@ def test_a_vendor_slower_than_the_timeout_stops_the_run_and_sends_each_item_at_m
     assert view.counts["delivered"] == 0
     assert view.counts["in_doubt"] == len(copies)  # every item that may have landed is in doubt, none resent
     assert view.resent_runs == 0
+
+
+# --- the strict parser sees every JSON body -----------------------------------------------------------------
+NAN_BODY = b'{"events": [{"value": NaN}], "n": Infinity}'
+
+
+def _send(sandbox: Sandbox, method: str, path: str, body: bytes, headers: dict[str, str] | None = None) -> int | None:
+    """One raw request to the sandbox: the status, or None when the connection closed without an answer."""
+    import http.client
+
+    conn = http.client.HTTPConnection(sandbox.host, sandbox.port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+        return conn.getresponse().status
+    except (ConnectionError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+def _json_routes(sandbox: Sandbox) -> list[tuple[str, str, str, str]]:
+    """(vendor, endpoint, method, a concrete path) of every JSON route that takes a body."""
+    out = []
+    for vendor, emulator in sandbox.emulators.items():
+        for route in emulator._routes:
+            if route.json_body and route.method in ("POST", "PUT", "PATCH"):
+                path = route.pattern.replace("(?P<id>[^/]+)", "fb_missing")
+                out.append((vendor, route.endpoint, route.method, f"/{vendor}{path}"))
+    return out
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["503", "500", "429", "429_bare", "drop", "hang", "echo_400", "reject_matching", None])
+def test_a_body_that_is_not_strict_json_is_counted_whatever_answers_it(sandbox: Sandbox, mode: str | None) -> None:
+    """Issue 10 ("checked by a strict parser at every emulator"): a NaN body is counted in ``invalid_json``
+    (and kept in ``invalid_bodies``) at every JSON route of every emulator, whether a fault answers it
+    (nothing else runs), or, with no fault (``None``), the auth check refuses it (no credentials are sent),
+    and the answer is the fault's own."""
+    routes = _json_routes(sandbox)
+    assert {v for v, *_ in routes} == set(sandbox.emulators)
+    expected = {"503": 503, "500": 500, "429": 429, "429_bare": 429, "drop": None, "hang": None, "echo_400": 400}
+    for vendor, endpoint, method, path in routes:
+        if mode is not None:
+            sandbox.set_fault(vendor, endpoint, Fault(mode, count=1, match="NaN", delay=0.05 if mode == "hang" else 0))
+        status = _send(sandbox, method, path, NAN_BODY)
+        if mode == "reject_matching":  # the vendor's own validation error
+            assert status == sandbox.emulator(vendor).validation_error(endpoint, "").status, (vendor, endpoint)
+        elif mode is not None:
+            assert status == expected[mode], (vendor, endpoint, mode)
+        else:
+            assert status in (400, 401, 403), (vendor, endpoint, status)
+        stats = sandbox.stats()[vendor][endpoint]
+        assert stats["invalid_json"] == 1, (vendor, endpoint, mode, stats)
+        emulator = sandbox.emulator(vendor)
+        assert any(b["endpoint"] == endpoint and b["body"] == NAN_BODY for b in emulator.invalid_bodies)
+        assert stats["dropped"] == (1 if mode in ("drop", "hang") else 0)
+
+
+def test_a_body_refused_by_the_documented_rate_limit_is_still_parsed(sandbox: Sandbox) -> None:
+    """Screeb's 50 requests a second per token: a NaN body answered 429 by the limiter is counted."""
+    import time
+
+    token = "any-token"
+    emulator = sandbox.emulator("screeb")
+    with emulator.lock:
+        emulator._windows[("event", token)].extend([time.time()] * 50)  # the window is full
+    status = _send(sandbox, "POST", "/screeb/1.0/event", NAN_BODY, {"Authorization": f"Bearer {token}"})
+    stats = sandbox.stats()["screeb"]["event"]
+    assert (status, stats["rate_limited"], stats["invalid_json"]) == (429, 1, 1)
+
+
+def test_presigned_uploads_are_not_json_and_a_json_claim_on_a_get_is(sandbox: Sandbox) -> None:
+    """Presigned storage takes a file's bytes: ``NaN`` there is data, not a client bug (never counted).
+    A GET whose Content-Type claims a JSON body is parsed like any other JSON body."""
+    assert _send(sandbox, "PUT", "/streamback/_storage/screenshots/x.png?token=t", b"NaN") == 403
+    assert sandbox.stats()["streamback"]["storage"]["invalid_json"] == 0
+    _send(sandbox, "GET", "/flux/api/v1/events", NAN_BODY)
+    assert sandbox.stats()["flux"]["query"]["invalid_json"] == 1

@@ -3,8 +3,10 @@ the connector's code. Over real HTTP to the sandbox.
 
 For each documented rule of ``track`` and ``server_events``: (a) a row that breaks it is rejected locally,
 with the field (and rule, where it is a named Rule) in the reason, and never reaches the emulator; (b) a
-row at the edge of what the document allows is delivered unchanged, compared value for value with what
-the sandbox stored. No request carries NaN or Infinity: the emulator's strict parser counts ``invalid_json``.
+row at the edge of what the document allows is delivered unchanged: each value of the model is found, byte
+for byte, in the raw request body the sandbox received (``sandbox.bodies``), and the stored event equals it
+value for value. No request carries NaN or Infinity: the emulator's strict parser counts ``invalid_json``
+(every JSON body, whatever answered it).
 
 The document's rules used here:
 
@@ -14,12 +16,20 @@ The document's rules used here:
   pathname)"; ``eventType`` ends in ``| string`` (any text).
 - ServerEventRequest: ``eventType``/``eventName`` required; ``timestamp?: string; // ISO 8601 — defaults to
   ingestion time``; ``idempotencyKey?: string; // stable key for retry dedup``; ``visitor?: { id?: string;
-  ip?: string; userAgent?: string }``; ``properties?: Record<string, unknown>``; "Pass experimentId +
-  variantId"; "accepts one event at a time".
+  ip?: string; userAgent?: string }``; ``properties?: Record<string, unknown>``; "accepts one event at a
+  time".
+
+Choices and readings, each in a test that says so: the plausible range of epoch milliseconds (10^11 to
+10^14, the connector's own bounds: the sandbox accepts any JavaScript date); "Pass experimentId + variantId"
+read as "both or neither" (the document marks both optional and the sandbox stores a lone one); what a
+server does with an ``idempotencyKey`` reused with a different body (the document does not say).
 """
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from typing import Any
 
 import pytest
@@ -37,8 +47,56 @@ SERVER_SYNC = """
 """
 
 
+def _items(sync: str, state: str) -> list[dict[str, Any]]:
+    ledger = open_ledger()
+    try:
+        return list(ledger.items(sync, state=state))
+    finally:
+        ledger.close()
+
+
 def _reasons(sync: str) -> dict[str, str]:
-    return {r["source_key"]: r["reason"] for r in open_ledger().items(sync, state="rejected")}
+    return {r["source_key"]: r["reason"] for r in _items(sync, "rejected")}
+
+
+def _raw_events(bodies: list[bytes], array: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """Every event as it went over the wire: (its raw JSON text, cut out of the request body, and its value).
+    ``array``: the member of the body holding the events (``/track``); None: the body is one event."""
+    decoder = json.JSONDecoder()
+    out = []
+    for body in bodies:
+        text = body.decode("utf-8")
+        if array is None:
+            out.append((text, json.loads(text)))
+            continue
+        at = text.index(f'"{array}":[') + len(array) + 4
+        while text[at] != "]":
+            value, end = decoder.raw_decode(text, at)
+            out.append((text[at:end], value))
+            at = end + 1 if text[end] == "," else end
+    return out
+
+
+def _sent_as_written(raw: str, event: dict[str, Any], written: dict[str, str]) -> None:
+    """Each member the model wrote is in the raw event as ``"name":<the model's JSON text>`` (strings as JSON
+    strings in UTF-8, numbers and JSON columns exactly as the model wrote them), and there is no other."""
+    assert set(event) == set(written), (sorted(event), sorted(written))
+    for name, text in written.items():
+        assert f'"{name}":{text}' in raw, (name, text, raw)
+
+
+def _text(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _post(url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
 
 
 def _stats(sandbox: Any) -> dict[str, dict[str, Any]]:
@@ -92,6 +150,8 @@ def test_track_rows_that_break_a_documented_rule_are_rejected_locally_and_never_
         _track_row("no_session", session_id=None),
         _track_row("no_visitor", visitor_id=None),
         _track_row("no_timestamp", ts=None),
+        # Not milliseconds: the unit is documented; where seconds end and microseconds begin is the
+        # connector's choice (see the choice test of the bounds below).
         _track_row("ts_seconds", ts=str(MS // 1000)),
         _track_row("ts_microseconds", ts=str(MS * 1000)),
         _track_row("ts_text", ts="yesterday"),
@@ -135,8 +195,6 @@ def test_track_rows_at_the_edge_of_the_document_are_delivered_unchanged(sandbox,
         _track_row("custom_type", event_type="my_custom_event", event_name="  padded  "),  # `| string`
         _track_row("relative_path", pathname="pricing", full_url="acme.example/pricing"),  # `string`, nothing more
         _track_row("blanks", pathname="", referrer="", event_name=""),  # a blank text is text
-        _track_row("low_ms", ts="100000000000"),  # 1973-03-03, plausible milliseconds
-        _track_row("high_ms", ts="99999999999999"),  # year 5138, still milliseconds
         _track_row("rich_data", event_data='{"a": {"b": [1, 2.5, "é", null, true]}, "emoji": "😀", "big": 12345678901234}'),
         _track_row("utm_extra", utm='{"source": "ads", "gclid": "abc"}'),  # a member the type does not list
         _track_row("utm_null", utm='{"source": null, "medium": "cpc"}'),  # null: an absent member
@@ -148,20 +206,60 @@ def test_track_rows_at_the_edge_of_the_document_are_delivered_unchanged(sandbox,
 
     assert _reasons("t") == {}
     assert run.delivered == len(rows)
-    stored = {e["sessionId"]: e for e in sandbox.records("grademypage", "track")}
-    import json
+    _assert_track_sent_as_written(sandbox, rows)
+    _no_invalid_json(sandbox)
 
+
+def _assert_track_sent_as_written(sandbox: Any, rows: list[tuple[Any, ...]]) -> None:
+    """Byte for byte in the raw /track bodies, then value for value in what the sandbox stored."""
+    sent = {event["sessionId"]: (raw, event) for raw, event in _raw_events(sandbox.bodies("grademypage", "track"), "events")}
+    stored = {e["sessionId"]: e for e in sandbox.records("grademypage", "track")}
+    assert len(sent) == len(stored) == len(rows)
     for key, event_type, event_name, pathname, full_url, referrer, session, visitor, ts, data, utm in rows:
-        expected: dict[str, Any] = {"eventType": event_type, "pathname": pathname, "fullUrl": full_url,
-                                    "sessionId": session, "visitorId": visitor, "timestamp": int(ts)}
+        written = {"eventType": _text(event_type), "pathname": _text(pathname), "fullUrl": _text(full_url),
+                   "sessionId": _text(session), "visitorId": _text(visitor), "timestamp": ts}
         for name, value in (("eventName", event_name), ("referrer", referrer)):
             if value is not None:
-                expected[name] = value
-        if data is not None:
-            expected["eventData"] = json.loads(data)
-        if utm is not None:
-            expected["utm"] = json.loads(utm)
-        assert stored[session] == expected, key
+                written[name] = _text(value)
+        for name, value in (("eventData", data), ("utm", utm)):
+            if value is not None:
+                written[name] = value  # the model's JSON text, as it wrote it
+        raw, event = sent[session]
+        _sent_as_written(raw, event, written)
+        assert stored[session] == {name: json.loads(text) for name, text in written.items()}, key
+
+
+def test_choice_the_plausible_milliseconds_bounds_are_the_connectors_and_the_sandbox_takes_any_date(
+    sandbox, warehouse, write_sync
+):
+    """Choice: `timestamp: number; // epoch ms` names the unit, not a range. The connector reads a number
+    under 10^11 (1973-03-03 as ms) as seconds and one from 10^14 (year 5138) on as microseconds (kind
+    epoch_ms, EPOCH_MS_PLAUSIBLE); the edges inside are delivered as written, those outside rejected locally
+    naming the unit. The sandbox does not share the guess: it stores any number a JavaScript server can read
+    as a date in ms (|t| <= 8.64e15), seconds and microseconds included, and refuses only what cannot be one."""
+    rows = [
+        _track_row("low_ms", ts="100000000000"),  # 1973-03-03: the lowest plausible milliseconds
+        _track_row("high_ms", ts="99999999999999"),  # year 5138: the highest
+        _track_row("under_low", ts="99999999999"),
+        _track_row("at_high", ts="100000000000000"),
+    ]
+    warehouse(f"CREATE TABLE analytics.t AS {_values(rows, TRACK_COLUMNS)}")
+
+    run = run_sync(write_sync("t", TRACK_SYNC, TRACK_SQL))
+
+    reasons = _reasons("t")
+    assert sorted(reasons) == ["at_high", "under_low"]
+    assert reasons["under_low"].startswith("timestamp looks like seconds")
+    assert reasons["at_high"].startswith("timestamp looks like microseconds")
+    assert run.delivered == 2
+    _assert_track_sent_as_written(sandbox, rows[:2])
+    # The sandbox takes what the connector's bounds refuse: its 400 is not the test's oracle.
+    url = sandbox.base_url("grademypage") + "/api/analytics/track"
+    event = {"eventType": "pageview", "pathname": "/", "fullUrl": URL, "sessionId": "s", "visitorId": "v"}
+    for ts, status in ((MS // 1000, 200), (MS * 1000, 200), (-MS, 200), (10**11 - 1, 200), (MS * 1_000_000, 400)):
+        answer = _post(url, {"projectId": sandbox.accepted_keys("grademypage")["public_key"],
+                             "events": [{**event, "timestamp": ts}]})
+        assert answer[0] == status, (ts, answer)
     _no_invalid_json(sandbox)
 
 
@@ -216,8 +314,6 @@ def test_server_event_rows_that_break_a_documented_rule_are_rejected_locally_and
         _server_row("visitor_ua_object", visitor='{"id": "v", "userAgent": {"name": "x"}}'),
         _server_row("properties_array", properties="[1, 2]"),
         _server_row("properties_nan", properties='{"amount": NaN}'),
-        _server_row("experiment_alone", experiment="exp_signup_cta"),
-        _server_row("variant_alone", variant="var_cta_green"),
         _server_row("empty_key", idem=""),
     ]
     warehouse(f"CREATE TABLE analytics.s AS {_values(rows, SERVER_COLUMNS)}")
@@ -235,12 +331,42 @@ def test_server_event_rows_that_break_a_documented_rule_are_rejected_locally_and
     assert reasons["visitor_ua_object"].startswith("visitor.userAgent must be a string")
     assert reasons["properties_array"] == "properties must be a JSON object, got [1, 2]"
     assert reasons["properties_nan"].startswith("properties ")
-    assert reasons["experiment_alone"] == "variantId is required when experimentId is set (give both or neither)"
-    assert reasons["variant_alone"] == "experimentId is required when variantId is set (give both or neither)"
     assert reasons["empty_key"].startswith("idempotencyKey must not be empty")
     assert (run.delivered, run.rejected) == (1, len(rows) - 1)
     assert [e["properties"] for e in sandbox.records("grademypage", "server_events")] == [{"k": "ok"}]
     assert _stats(sandbox)["server_events"]["by_status"] == {200: 1}  # one request: nothing for the vendor to refuse
+    _no_invalid_json(sandbox)
+
+
+def test_choice_reading_experiment_and_variant_go_together_a_lone_one_is_rejected_locally(
+    sandbox, warehouse, write_sync
+):
+    """Choice (the connector's reading of an instruction, not a documented refusal): the document marks both
+    `experimentId?` and `variantId?` optional and says "Pass experimentId + variantId when you want the
+    conversion attributed to an A/B experiment variant"; the connector reads it as "both or neither" and
+    rejects a lone one locally (an attribution with half its key is useless). The sandbox stores a lone one
+    (shown below), so this test cannot agree with it by construction."""
+    rows = [
+        _server_row("ok", experiment="exp_signup_cta", variant="var_cta_green"),
+        _server_row("experiment_alone", experiment="exp_signup_cta"),
+        _server_row("variant_alone", variant="var_cta_green"),
+    ]
+    warehouse(f"CREATE TABLE analytics.s AS {_values(rows, SERVER_COLUMNS)}")
+
+    run = run_sync(write_sync("s", SERVER_SYNC, SERVER_SQL))
+
+    assert _reasons("s") == {
+        "experiment_alone": "variantId is required when experimentId is set (give both or neither)",
+        "variant_alone": "experimentId is required when variantId is set (give both or neither)",
+    }
+    assert (run.delivered, _stats(sandbox)["server_events"]["requests"]) == (1, 1)
+    url = sandbox.base_url("grademypage") + "/api/analytics/server-events"
+    secret = {"Authorization": "Bearer " + sandbox.accepted_keys("grademypage")["secret_key"]}
+    lone = [{"experimentId": "exp_signup_cta"}, {"variantId": "var_cta_green"}]
+    for n, attribution in enumerate(lone):
+        event = {"eventType": "conversion", "eventName": "signup", "idempotencyKey": f"lone_{n}", **attribution}
+        assert _post(url, event, secret)[0] == 200
+    assert len(sandbox.records("grademypage", "server_events")) == 3
     _no_invalid_json(sandbox)
 
 
@@ -264,33 +390,37 @@ def test_server_event_rows_at_the_edge_of_the_document_are_delivered_unchanged(s
 
     assert _reasons("s") == {}
     assert run.delivered == len(rows)
+    # One request per event: each raw body is one event, found by the key its properties carry.
+    sent = {event["properties"].get("k", "rich"): (raw, event)
+            for raw, event in _raw_events(sandbox.bodies("grademypage", "server_events"))}
     stored = {e["properties"].get("k", "rich"): e for e in sandbox.records("grademypage", "server_events")}
-    ledger_keys = {r["source_key"]: r["idem_key"] for r in open_ledger().items("s", state="delivered")}
-    import json
+    ledger_keys = {r["source_key"]: r["idem_key"] for r in _items("s", "delivered")}
+    assert len(sent) == len(stored) == len(rows)
 
     for key, event_type, event_name, ts, idem, visitor, page, properties, experiment, variant in rows:
-        expected: dict[str, Any] = {"eventType": event_type, "eventName": event_name,
-                                    "properties": json.loads(properties)}
+        written = {"eventType": _text(event_type), "eventName": _text(event_name), "properties": properties}
         for name, value in (("timestamp", ts), ("page", page), ("experimentId", experiment), ("variantId", variant)):
             if value is not None:
-                expected[name] = value
+                written[name] = _text(value)
         if visitor is not None:
-            expected["visitor"] = json.loads(visitor)
+            written["visitor"] = visitor  # the model's JSON text, as it wrote it
         # The model's key as written; where the model leaves it NULL, syncline's ledger key.
-        expected["idempotencyKey"] = idem if idem is not None else ledger_keys[key]
-        assert stored["rich" if key == "rich" else key] == expected, key
+        written["idempotencyKey"] = _text(idem if idem is not None else ledger_keys[key])
+        raw, event = sent[key]
+        _sent_as_written(raw, event, written)
+        assert stored[key] == {name: json.loads(text) for name, text in written.items()}, key
     _no_invalid_json(sandbox)
 
 
 def test_the_grademypage_replay_case_two_source_rows_with_one_model_key_end_as_one_stored_conversion(
     sandbox, warehouse, write_sync
 ):
-    """An upstream event replayed under a second source key (a webhook redelivery): the model selects the
-    upstream event id as idempotencyKey, so GradeMyPage stores it once (the document: "stable key for retry
-    dedup (Stripe event ID, etc.)")."""
+    """An upstream event replayed under a second source key (a webhook redelivery): the same event, so the
+    same body, under the upstream event id the model selects as idempotencyKey. GradeMyPage stores it once
+    (the document: "stable key for retry dedup (Stripe event ID, etc.)")."""
     rows = [
-        _server_row("delivery_1", idem="evt_stripe_123", properties='{"k": "first"}'),
-        _server_row("delivery_2", idem="evt_stripe_123", properties='{"k": "redelivered"}'),
+        _server_row("delivery_1", idem="evt_stripe_123", properties='{"order": "o_1"}'),
+        _server_row("delivery_2", idem="evt_stripe_123", properties='{"order": "o_1"}'),
         _server_row("other", idem="evt_stripe_456"),
     ]
     warehouse(f"CREATE TABLE analytics.s AS {_values(rows, SERVER_COLUMNS)}")
@@ -298,10 +428,47 @@ def test_the_grademypage_replay_case_two_source_rows_with_one_model_key_end_as_o
     run = run_sync(write_sync("s", SERVER_SYNC, SERVER_SQL))
 
     assert run.delivered == 3 and run.rejected == 0  # both were sent, under the vendor's key as written
+    replayed = [b for b in sandbox.bodies("grademypage", "server_events", status=200) if b"evt_stripe_123" in b]
+    assert len(replayed) == 2 and replayed[0] == replayed[1]  # the same request twice, byte for byte
     stored = sandbox.records("grademypage", "server_events")
     assert sorted(e["idempotencyKey"] for e in stored) == ["evt_stripe_123", "evt_stripe_456"]
     assert sum(1 for e in stored if e["idempotencyKey"] == "evt_stripe_123") == 1  # one stored conversion
     assert sandbox.emulator("grademypage").counters["server_events_deduplicated"] == 1
+    _no_invalid_json(sandbox)
+
+
+@pytest.mark.parametrize("answer", ["repeat", "422"])
+def test_assumption_a_model_key_reused_with_a_different_body_stores_one_conversion_either_way(
+    sandbox, warehouse, write_sync, answer
+):
+    """Assumption (the document does not say what a key reused with a different body gets): GradeMyPage
+    either treats it as a repeat (``repeat``: 200, the first body stays, both rows count delivered) or
+    refuses it as a conflict (``422``, Stripe-style: that row is rejected with the vendor's reason). Either
+    way one conversion is stored and no row is lost without a trace. (A 409 answer is not covered: the engine
+    reads an unexpected 409 as a wrong base URL and stops the sync.)"""
+    sandbox.emulator("grademypage").control("key_reuse", {"answer": answer})
+    rows = [
+        _server_row("delivery_1", idem="evt_stripe_123", properties='{"k": "first"}'),
+        _server_row("delivery_2", idem="evt_stripe_123", properties='{"k": "redelivered"}'),
+    ]
+    warehouse(f"CREATE TABLE analytics.s AS {_values(rows, SERVER_COLUMNS)}")
+
+    run = run_sync(write_sync("s", SERVER_SYNC, SERVER_SQL))
+
+    (stored,) = sandbox.records("grademypage", "server_events")
+    counters = sandbox.emulator("grademypage").counters
+    if answer == "repeat":
+        assert (run.delivered, run.rejected) == (2, 0) and _reasons("s") == {}
+        assert counters["server_events_deduplicated"] == 1
+    else:
+        reasons = _reasons("s")
+        assert (run.delivered, run.rejected) == (1, 1) and len(reasons) == 1
+        (refused,) = reasons
+        assert reasons[refused] == ("GradeMyPage refused the event (HTTP 422): idempotencyKey was already used "
+                                    "with a different body: idempotencyKey 'evt_stripe_123'")
+        (delivered,) = {"delivery_1", "delivery_2"} - {refused}
+        assert stored["properties"] == {"k": "first" if delivered == "delivery_1" else "redelivered"}
+        assert counters["idempotency_key_conflicts"] == 1
     _no_invalid_json(sandbox)
 
 

@@ -9,13 +9,16 @@ emulator, which must see no refusal at all):
   four names, ``conversation_id``/``copilot_session_id`` except for a conversion, ``prompt``, ``response``,
   ``rating``/``rating_scale`` for their event names; "max 100 chars" ids and "max 10 000 chars" texts;
 - ``context.locale``/``context.timezone`` strings; ``properties``/``context`` objects; JSON bodies (no NaN);
-- releases: ``name`` and ``version`` (the document marks only ``released_at`` optional), ``tags`` an array of
-  strings as in its example, ``released_at`` a date-time.
+- releases: ``name`` and ``version`` (the connector's reading: the document marks only ``released_at``
+  optional). ``tags`` a JSON array and ``released_at`` an ISO 8601 date or date-time are the shapes of the
+  document's example body, its only description of them: the connector's reading of the example (a
+  choice), which the emulator does not share (it accepts any value there).
 
-What it does not say, and so is delivered exactly as the model wrote it (compared value for value with the
-sandbox's records): a missing ``user_alias`` (an anonymous user, as documented), empty and blank strings,
-texts and ids at their maximum length, any Unicode, nested objects, extra context members, a field of
-another type (``url`` on a track event), a release without description or tags.
+What it does not say, and so is delivered exactly as the model wrote it (compared byte for byte with the
+request bodies the sandbox received, see :func:`assert_sent_as_written`): a missing ``user_alias`` (an
+anonymous user, as documented), empty and blank strings, texts and ids at their maximum length, any
+Unicode, nested objects, extra context members, a field of another type (``url`` on a track event), a
+release without description or tags, tags that are not strings, a ``released_at`` without an offset.
 
 The checks the document does not make are opt-in rules (``strict``); the tests of them say "choice".
 """
@@ -36,7 +39,7 @@ from connectors.ledger import open_ledger
 from connectors.runner import run_sync
 from connectors.sandbox import Fault, Sandbox
 from connectors.sandbox.emulators.screeb import ERROR_SHAPES, ScreebEmulator
-from connectors.vendors.screeb import EVENT
+from connectors.vendors.screeb import EVENT, RELEASE
 
 FIELDS = ("user_alias", "type", "event_name", "group_type", "group_name", "url", "screen_name", "conversation_id",
           "copilot_session_id", "prompt", "response", "rating", "rating_scale", "context", "properties")
@@ -75,6 +78,29 @@ def expected_item(values: Sequence[Any], columns: Sequence[str], objects: Sequen
 
 def canonical(items: Sequence[Any]) -> list[str]:
     return sorted(json.dumps(item, sort_keys=True, ensure_ascii=False) for item in items)
+
+
+def wire_text(values: Sequence[Any], columns: Sequence[str], objects: Sequence[str], order: Sequence[str]) -> str:
+    """The exact JSON text of the item a row must become: fields in the endpoint's declared order, JSON text
+    columns byte for byte as the model wrote them (JSON ``null`` omitted, like NULL), strings JSON-encoded
+    (UTF-8 as is, only what JSON requires escaped), nothing added."""
+    given = dict(zip(columns, values[1:], strict=True))
+    parts = []
+    for name in order:
+        value = given.get(name)
+        if value is None or (name in objects and value.strip() == "null"):
+            continue
+        parts.append(json.dumps(name) + ":" + (value if name in objects else json.dumps(value, ensure_ascii=False)))
+    return "{" + ",".join(parts) + "}"
+
+
+def assert_sent_as_written(sandbox: Sandbox, endpoint: str, rows: Sequence[Sequence[Any]],
+                           columns: Sequence[str], objects: Sequence[str]) -> None:
+    """Item 8 of the review: every row's item appears, byte for byte, in a request body the sandbox received."""
+    order = [f.name for f in (EVENT if endpoint == "event" else RELEASE).fields]
+    wire = b"\n".join(sandbox.bodies("screeb", endpoint, status=200)).decode("utf-8")
+    missing = [r[0] for r in rows if wire_text(r, columns, objects, order) not in wire]
+    assert not missing, (missing, wire[:2000])
 
 
 def rejections(sync: str) -> dict[str, str]:
@@ -187,8 +213,9 @@ def test_edge_events_are_delivered_exactly_as_the_model_wrote_them(sandbox, ware
 
     assert rejections("edge_events") == {}
     assert run.delivered == len(EVENT_EDGE)
+    assert_sent_as_written(sandbox, "event", rows, FIELDS, OBJECTS)
     expected = [expected_item(r, FIELDS, OBJECTS) for r in rows]
-    assert canonical(sandbox.records("screeb", "event")) == canonical(expected)
+    assert canonical(sandbox.records("screeb", "event")) == canonical(expected)  # and stored as sent
     assert_nothing_refused_at_the_vendor(sandbox, "event")
     assert sandbox.stats()["screeb"]["event"]["max_items_per_request"] <= 100
 
@@ -235,11 +262,9 @@ RELEASE_SQL = "SELECT _key, name, description, version, CAST(tags AS JSON) AS ta
 RELEASE_BAD: dict[str, tuple[tuple[Any, ...], str]] = {
     "no_name": ((None, "d", "1.0", None, None), "name is required"),
     "no_version": (("Spring", "d", None, '["a"]', None), "version is required"),
-    "number_tags": (("Spring", None, "1.0", "[1, 2]", None), "tags must be an array of strings"),
-    "nested_tags": (("Spring", None, "1.0", '[["a"]]', None), "tags must be an array of strings"),
-    "tags_not_array": (("Spring", None, "1.0", '"API"', None), "tags must be"),
-    "released_without_offset": (("Spring", None, "1.0", None, "2023-03-22T15:22:41"), "released_at must be"),
-    "released_not_a_time": (("Spring", None, "1.0", None, "next week"), "released_at must be"),
+    # The example's shapes (the connector's reading of the example body, its only description of these):
+    "tags_not_array": (("Spring", None, "1.0", '"API"', None), "tags must be a JSON array"),
+    "released_not_a_time": (("Spring", None, "1.0", None, "next week"), "released_at must be an ISO 8601"),
 }
 RELEASE_EDGE: list[tuple[Any, ...]] = [
     ("blank_name_and_version", "", None, "", None, None),
@@ -249,6 +274,12 @@ RELEASE_EDGE: list[tuple[Any, ...]] = [
      "1970-01-01T00:00:00+00:00"),
     ("example", "My release name", "My release description", "1.0", '["API", "V1"]', "2023-03-22T15:22:41+00:00"),
     ("long", "n" * 20_000, "d" * 100_000, "1" * 1_000, json.dumps(["t"] * 500), "9999-12-31T23:59:59.999+14:00"),
+    # Not forbidden by the document (it shows one example body): sent as written unless the sync opts in.
+    ("number_tags", "Spring", None, "1.0", "[1, 2.50, true, null]", None),
+    ("nested_tags", "Spring", None, "1.0", '[["a"], {"b": "c"}]', None),
+    ("released_without_offset", "Spring", None, "1.0", None, "2023-03-22T15:22:41"),
+    ("released_date_only", "Spring", None, "1.0", None, "2023-03-22"),
+    ("released_basic_format", "Spring", None, "1.0", None, "20230322T152241Z"),
 ]
 
 
@@ -273,8 +304,9 @@ def test_edge_releases_are_delivered_exactly_as_the_model_wrote_them(sandbox, wa
 
     assert rejections("edge_releases") == {}
     assert run.delivered == len(RELEASE_EDGE)
+    assert_sent_as_written(sandbox, "release", RELEASE_EDGE, RELEASE_COLUMNS, ("tags",))
     expected = [expected_item(r, RELEASE_COLUMNS, ("tags",)) for r in RELEASE_EDGE]
-    assert canonical(sandbox.records("screeb", "release")) == canonical(expected)
+    assert canonical(sandbox.records("screeb", "release")) == canonical(expected)  # and stored as sent
     assert_nothing_refused_at_the_vendor(sandbox, "release")
 
 
@@ -303,14 +335,43 @@ def test_choice_releases_without_description_or_tags_are_rejected_only_when_name
     load(warehouse, RELEASE_COLUMNS, RELEASE_EDGE, table="releases")
     spec = write_sync("strict_releases", RELEASE_SYNC + "    strict: [description_required, tags_required]\n", RELEASE_SQL)
     run = run_sync(spec)
+    missing = ("description is missing (the sync asks for one on every release) (rule description_required); "
+               "tags are missing (the sync asks for them on every release) (rule tags_required)")
+    without_description = "description is missing (the sync asks for one on every release) (rule description_required)"
     assert rejections("strict_releases") == {
+        "number_tags": without_description,
+        "nested_tags": without_description,
+        "released_without_offset": missing,
+        "released_date_only": missing,
+        "released_basic_format": missing,
         "blank_name_and_version": "description is missing (the sync asks for one on every release) "
                                   "(rule description_required); tags are missing (the sync asks for them on every "
                                   "release) (rule tags_required)",
         "bare": "description is missing (the sync asks for one on every release) (rule description_required); "
                 "tags are missing (the sync asks for them on every release) (rule tags_required)",
     }
-    assert run.delivered == len(RELEASE_EDGE) - 2
+    assert run.delivered == len(RELEASE_EDGE) - 7
+
+
+def test_choice_release_tags_strings_and_released_at_offset_only_when_opted_in(sandbox, warehouse, write_sync):
+    """Choices (review item 5): the document shows tags as strings and released_at with an offset in its
+    one example body, and says no more. ``strict: [tags_strings, released_at_has_offset]`` rejects the
+    others, each reason naming its rule; by default they are delivered (see the edge releases test)."""
+    load(warehouse, RELEASE_COLUMNS, RELEASE_EDGE, table="releases")
+    spec = write_sync("opt_in_releases", RELEASE_SYNC + "    strict: [tags_strings, released_at_has_offset]\n",
+                      RELEASE_SQL)
+    run = run_sync(spec)
+    assert rejections("opt_in_releases") == {
+        "number_tags": "tags must be an array of strings, got [1, 2.50, true, null] (rule tags_strings)",
+        "nested_tags": 'tags must be an array of strings, got [["a"], {"b": "c"}] (rule tags_strings)',
+        "released_without_offset": "released_at has no UTC offset (a date alone or a local time), and Screeb's "
+                                   "time zone for it is not documented; got 2023-03-22T15:22:41 "
+                                   "(rule released_at_has_offset)",
+        "released_date_only": "released_at has no UTC offset (a date alone or a local time), and Screeb's time "
+                              "zone for it is not documented; got 2023-03-22 (rule released_at_has_offset)",
+    }
+    assert run.delivered == len(RELEASE_EDGE) - 4  # 20230322T152241Z has its offset (Z)
+    assert_nothing_refused_at_the_vendor(sandbox, "release")
 
 
 # --- the emulator must not copy the connector's guesses ------------------------------------------------------
@@ -379,8 +440,13 @@ def test_the_emulator_accepts_what_the_document_allows(sandbox):
         {"type": "identify", "context": {"locale": "", "timezone": None, "extra": [1]}, "properties": {"a": {"b": None}}},
     ]
     assert post("/1.0/event", json.dumps(allowed).encode(), events).status_code == 200
-    for release in ({"name": "", "version": ""}, {"name": "x", "version": "1", "tags": []}):
-        assert post("/1.0/release", json.dumps(release).encode(), releases).status_code == 200
+    for release in ({"name": "", "version": ""}, {"name": "x", "version": "1", "tags": []},
+                    # tags and released_at: the document gives only an example, so any value is accepted
+                    {"name": "x", "version": "1", "tags": [1, None, ["a"]], "released_at": "2023-03-22T15:22:41"},
+                    {"name": "x", "version": "1", "tags": "API, V1", "released_at": "2023-03-22"},
+                    {"name": "x", "version": "1", "tags": {"a": 1}, "released_at": 1679498561},
+                    {"name": "x", "version": "1", "tags": None, "released_at": "next week"}):
+        assert post("/1.0/release", json.dumps(release).encode(), releases).status_code == 200, release
     assert post("/1.0/release", json.dumps({"name": "x", "description": "no version"}).encode(), releases).status_code == 400
 
     before = sandbox.stats()["screeb"]["event"]["invalid_json"]

@@ -3,8 +3,10 @@ connector's code. Over real HTTP to the sandbox, screenshot/attachment steps inc
 
 For each documented rule of ``feedback``: (a) a row that breaks it is rejected locally, with the field (and
 rule) in the reason, and never reaches the emulator; (b) a row at the edge of what the document allows is
-delivered unchanged, compared value for value (files byte for byte) with what the sandbox stored. No request
-carries NaN or Infinity: the emulator's strict parser counts ``invalid_json``.
+delivered unchanged: each value of the model is found byte for byte in the raw feedback body the sandbox
+received (``sandbox.bodies``), the stored feedback equals it value for value, and files are stored byte for
+byte. No request carries NaN or Infinity: the emulator's strict parser counts ``invalid_json`` (every JSON
+body, whatever answered it).
 
 The document's rules used here (the Submit Feedback table and example):
 
@@ -15,6 +17,10 @@ The document's rules used here (the Submit Feedback table and example):
 - ``surveyResponse | object``; ``snapshot`` and ``user`` objects in the example;
 - a screenshot is uploaded through Get Upload URL and Finalize Feedback; "Mark feedback as complete after
   screenshot upload" (a feedback without a screenshot has nothing to finalize).
+
+A choice, in a test that says so: ``screenshot_path`` is syncline's pseudo-field (the document has none),
+and NULL, an empty text or a whitespace-only text there all mean "no screenshot" (documented per field in
+``connectors/vendors/streamback.py``); any other path is used as written.
 """
 
 from __future__ import annotations
@@ -57,8 +63,26 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return f"CREATE TABLE analytics.fb AS SELECT {typed} FROM (VALUES {body}) t({COLUMNS})"
 
 
+def _items(sync: str, state: str) -> list[dict[str, Any]]:
+    ledger = open_ledger()
+    try:
+        return list(ledger.items(sync, state=state))
+    finally:
+        ledger.close()
+
+
 def _reasons(sync: str) -> dict[str, str]:
-    return {r["source_key"]: r["reason"] for r in open_ledger().items(sync, state="rejected")}
+    return {r["source_key"]: r["reason"] for r in _items(sync, "rejected")}
+
+
+def _sent_bodies(sandbox: Any) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The raw feedback bodies the sandbox received (text, value), by the user id each carries."""
+    sent = {}
+    for body in sandbox.bodies("streamback", "feedback"):
+        text = body.decode("utf-8")
+        value = json.loads(text)
+        sent[value["user"]["id"]] = (text, value)
+    return sent
 
 
 def _emulator(sandbox: Any) -> StreamBackEmulator:
@@ -137,8 +161,6 @@ def test_feedback_rows_at_the_edge_of_the_document_are_delivered_unchanged(
         _row("related_trigger", type="question", trigger="rageClick"),  # "and related types"
         _row("no_trigger", type="suggestion", trigger=None),
         _row("other_type", type="other", snapshot='{"viewportWidth": 375, "viewportHeight": 812.5, "extra": [1, null]}'),
-        _row("empty_screenshot", screenshot=""),  # "" means no screenshot
-        _row("blank_screenshot", screenshot="   "),
         _row("with_screenshot", screenshot="shots/a.png"),
         _row("user_email", usr='{"id": "u9", "email": "u9@example.com"}'),
     ]
@@ -149,25 +171,52 @@ def test_feedback_rows_at_the_edge_of_the_document_are_delivered_unchanged(
     assert _reasons("fb") == {}
     assert run.delivered == len(rows)
     emu = _emulator(sandbox)
-    ids = {i["source_key"]: i["vendor_id"] for i in open_ledger().items("fb", state="delivered")}
+    ids = {i["source_key"]: i["vendor_id"] for i in _items("fb", "delivered")}
+    sent = _sent_bodies(sandbox)
+    assert len(sent) == len(rows) == _requests(sandbox, "feedback")
     for row in rows:
-        expected: dict[str, Any] = {"type": row["type"]}
+        # What the model wrote, as JSON text: strings as JSON strings in UTF-8, JSON columns as written.
+        written: dict[str, str] = {"type": json.dumps(row["type"])}
         if row["message"] is not None:
-            expected["message"] = row["message"]
+            written["message"] = json.dumps(row["message"], ensure_ascii=False)
         if row["emotion"] is not None:
-            expected["emotion"] = float(row["emotion"])
+            written["emotion"] = repr(float(row["emotion"]))  # the model casts it to DOUBLE
         if row["trigger"] is not None:
-            expected["triggerSource"] = row["trigger"]
+            written["triggerSource"] = json.dumps(row["trigger"])
         for column, name in (("survey", "surveyResponse"), ("snapshot", "snapshot"), ("usr", "user")):
             if row[column] is not None:
-                expected[name] = json.loads(row[column])
-        assert emu.feedback[ids[row["id"]]]["body"] == expected, row["id"]
-    # Only the row with a real path got a screenshot: uploaded byte for byte, then finalized.
+                written[name] = row[column]
+        raw, value = sent[json.loads(row["usr"])["id"]]
+        assert set(value) == set(written), row["id"]  # screenshot_path never went into a body
+        for name, text in written.items():
+            assert f'"{name}":{text}' in raw, (row["id"], name, raw)
+        assert emu.feedback[ids[row["id"]]]["body"] == {n: json.loads(t) for n, t in written.items()}, row["id"]
+    # The row with a screenshot: uploaded byte for byte, then finalized; the others have nothing to finalize.
     with_shot = emu.feedback[ids["with_screenshot"]]
     assert with_shot["finalized"] is True and emu.objects[with_shot["objectKey"]] == shot
-    for key in ("empty_screenshot", "blank_screenshot"):
-        assert emu.feedback[ids[key]]["objectKey"] is None and emu.feedback[ids[key]]["finalized"] is False
     assert _requests(sandbox, "upload_url") == 1 and _requests(sandbox, "finalize") == 1
+    assert not emu.unknown_fields
+    _no_invalid_json(sandbox)
+
+
+def test_choice_an_empty_or_blank_screenshot_path_means_no_screenshot(sandbox, warehouse, write_sync):
+    """Choice (documented per field in connectors/vendors/streamback.py): ``screenshot_path`` is syncline's
+    pseudo-field, not the document's; NULL, an empty text and a whitespace-only text all mean "no
+    screenshot". The feedback is delivered without one, and with nothing uploaded there is nothing to
+    finalize ("Mark feedback as complete after screenshot upload")."""
+    rows = [_row("no_screenshot"), _row("empty_screenshot", screenshot=""), _row("blank_screenshot", screenshot="   ")]
+    warehouse(_table(rows))
+
+    run = run_sync(write_sync("fb", SYNC, SQL))
+
+    assert (run.delivered, _reasons("fb")) == (3, {})
+    emu = _emulator(sandbox)
+    ids = {i["source_key"]: i["vendor_id"] for i in _items("fb", "delivered")}
+    for row in rows:
+        stored = emu.feedback[ids[row["id"]]]
+        assert (stored["objectKey"], stored["finalized"]) == (None, False), row["id"]
+        assert stored["body"]["message"] == row["message"]
+    assert _requests(sandbox, "upload_url") == 0 and _requests(sandbox, "finalize") == 0
     assert not emu.unknown_fields  # screenshot_path never went into a body
     _no_invalid_json(sandbox)
 

@@ -8,8 +8,9 @@ emulator, which must see no refusal at all):
   ``properties: type: object``;
 - ``maxItems: 100`` per request; JSON bodies (so no NaN/Infinity anywhere).
 
-What it does not say, and so is delivered exactly as the model wrote it (compared value for value with the
-sandbox's records): empty and blank strings, a negative latency, a ``$thread_id`` that is not a string,
+What it does not say, and so is delivered exactly as the model wrote it (compared byte for byte with the
+request bodies the sandbox received, see :func:`assert_sent_as_written`, and value for value with what it
+stored): empty and blank strings, a negative latency, a ``$thread_id`` that is not a string,
 very long strings, any Unicode, nested objects, timestamps from year 1 to 9999 with any offset.
 
 The checks the document does not make are opt-in rules (``strict``); the tests of them say "choice".
@@ -18,6 +19,7 @@ The checks the document does not make are opt-in rules (``strict``); the tests o
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from connectors.ledger import open_ledger
 from connectors.runner import run_sync
 from connectors.sandbox import Fault, Sandbox
 from connectors.sandbox.emulators.trubrics import ERROR_SHAPES, TrubricsEmulator
+from connectors.vendors.trubrics import PUBLISH_EVENTS, PUBLISH_LLM_EVENTS
 
 EVENT_COLUMNS = {"id": "VARCHAR", "user_id": "VARCHAR", "event": "VARCHAR", "ts": "VARCHAR", "props": "VARCHAR"}
 EVENTS_SYNC = """
@@ -53,6 +56,7 @@ LLM_SQL = (
     "generation_event_name, props AS properties FROM source"
 )
 T = "2026-06-20T12:00:00Z"
+RENAME = {"ts": "timestamp", "props": "properties"}
 
 
 def load(warehouse: Callable[..., Path], columns: dict[str, str], rows: Sequence[Sequence[Any]],
@@ -79,6 +83,40 @@ def expected_item(row: Sequence[Any], columns: dict[str, str], rename: dict[str,
 
 def canonical(items: Sequence[Any]) -> list[str]:
     return sorted(json.dumps(item, sort_keys=True, ensure_ascii=False) for item in items)
+
+
+def wire_pattern(row: Sequence[Any], columns: dict[str, str], rename: dict[str, str], endpoint: str) -> re.Pattern[str]:
+    """The exact JSON text of the item a row must become, as a pattern: fields in the endpoint's declared
+    order, JSON text (``props``) byte for byte as the model wrote it (JSON ``null`` omitted, like NULL),
+    strings JSON-encoded (UTF-8 as is, only what JSON requires escaped), nothing added. A DOUBLE column has
+    no text of its own: its number is captured, and compared exactly by :func:`assert_sent_as_written`."""
+    given = {rename.get(c, c): (v, t) for (c, t), v in zip(columns.items(), row, strict=True) if c != "id"}
+    order = [f.name for f in (PUBLISH_EVENTS if endpoint == "publish_events" else PUBLISH_LLM_EVENTS).fields]
+    parts = []
+    for name in order:
+        value, sql_type = given.get(name, (None, None))
+        if value is None or (name == "properties" and value.strip() == "null"):
+            continue
+        if sql_type == "DOUBLE":
+            text = "(-?[0-9][0-9.eE+-]*)"
+        else:
+            text = re.escape(value if name == "properties" else json.dumps(value, ensure_ascii=False))
+        parts.append(re.escape(json.dumps(name) + ":") + text)
+    return re.compile(re.escape("{") + re.escape(",").join(parts) + re.escape("}"))
+
+
+def assert_sent_as_written(sandbox: Sandbox, endpoint: str, rows: Sequence[Sequence[Any]],
+                           columns: dict[str, str], rename: dict[str, str]) -> None:
+    """Review item 8: every row's item appears byte for byte in a request body the sandbox received (its
+    DOUBLE values as the same doubles)."""
+    wire = b"\n".join(sandbox.bodies("trubrics", endpoint, status=200)).decode("utf-8")
+    missing = []
+    for row in rows:
+        found = wire_pattern(row, columns, rename, endpoint).search(wire)
+        doubles = [v for (c, t), v in zip(columns.items(), row, strict=True) if t == "DOUBLE" and v is not None]
+        if found is None or [float(g) for g in found.groups()] != doubles:
+            missing.append(row[0])
+    assert not missing, (missing, wire[:2000])
 
 
 def rejections(sync: str) -> dict[str, str]:
@@ -154,8 +192,9 @@ def test_publish_events_edge_rows_are_delivered_exactly_as_the_model_wrote_them(
 
     assert rejections("edge_events") == {}
     assert run.delivered == len(EVENT_EDGE_ROWS)
-    expected = [expected_item(r, EVENT_COLUMNS, {"ts": "timestamp", "props": "properties"}) for r in EVENT_EDGE_ROWS]
-    assert canonical(sandbox.records("trubrics", "publish_events")) == canonical(expected)
+    assert_sent_as_written(sandbox, "publish_events", EVENT_EDGE_ROWS, EVENT_COLUMNS, RENAME)
+    expected = [expected_item(r, EVENT_COLUMNS, RENAME) for r in EVENT_EDGE_ROWS]
+    assert canonical(sandbox.records("trubrics", "publish_events")) == canonical(expected)  # and stored as sent
     assert_nothing_refused_at_the_vendor(sandbox, "publish_events")
 
 
@@ -248,8 +287,9 @@ def test_llm_edge_rows_are_delivered_exactly_as_the_model_wrote_them(sandbox, wa
 
     assert rejections("edge_llm") == {}
     assert run.delivered == len(LLM_EDGE_ROWS)
-    expected = [expected_item(r, LLM_COLUMNS, {"ts": "timestamp", "props": "properties"}) for r in LLM_EDGE_ROWS]
-    assert canonical(sandbox.records("trubrics", "publish_llm_events")) == canonical(expected)
+    assert_sent_as_written(sandbox, "publish_llm_events", LLM_EDGE_ROWS, LLM_COLUMNS, RENAME)
+    expected = [expected_item(r, LLM_COLUMNS, RENAME) for r in LLM_EDGE_ROWS]
+    assert canonical(sandbox.records("trubrics", "publish_llm_events")) == canonical(expected)  # and stored as sent
     assert_nothing_refused_at_the_vendor(sandbox, "publish_llm_events")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 import pyarrow as pa
@@ -22,7 +23,7 @@ import pytest
 
 from connectors.check import check_model
 from connectors.errors import ConfigError, SynclineError
-from connectors.ledger import open_ledger
+from connectors.ledger import Ledger, open_ledger
 from connectors.runner import SyncPipeline, run_sync
 from connectors.spec import SyncFileError
 from connectors.stage import Window, duckdb_cursor, extract_window, parquet_cursor_days, staging_path
@@ -40,8 +41,24 @@ def records(sandbox):
     return sandbox.records("trubrics", "publish_events")
 
 
+@contextmanager
+def ledger() -> Iterator[Ledger]:
+    """The test's ledger, closed afterwards (try/finally)."""
+    found = open_ledger()
+    try:
+        yield found
+    finally:
+        found.close()
+
+
 def delivered_items(sync: str) -> dict[str, str | None]:
-    return {r["source_key"]: r["cursor"] for r in open_ledger().items(sync, state="delivered", limit=10_000)}
+    with ledger() as found:
+        return {r["source_key"]: r["cursor"] for r in found.items(sync, state="delivered", limit=10_000)}
+
+
+def delivered_in_window(sync: str, window: Window) -> int:
+    with ledger() as found:
+        return found.delivered_in_window(sync, window.start, window.end)
 
 
 # --- joining other warehouse tables: DuckDB -------------------------------------------------------------
@@ -176,8 +193,8 @@ def test_a_fan_out_model_delivers_three_items_per_row_once_each_keyed_per_item(s
     spec = write_sync("fan", EVENTS_SYNC.format(extra="") + "    partitions: {daily: {start: 2026-06-01}}\n", FAN_OUT_SQL)
     assert check_model(spec) is None
 
-    with SyncPipeline(spec, DAY) as pipeline:
-        run = pipeline.deliver(ledger=open_ledger())
+    with SyncPipeline(spec, DAY) as pipeline, ledger() as store:
+        run = pipeline.deliver(ledger=store)
         assert (pipeline.counts.extracted, pipeline.counts.items) == (3, 9)
 
     assert (run.status, run.source_rows, run.delivered, run.rejected, run.skipped) == ("success", 9, 9, 0, 0)
@@ -187,7 +204,7 @@ def test_a_fan_out_model_delivers_three_items_per_row_once_each_keyed_per_item(s
     assert len(items) == 9 and {k.split(":")[0] for k in items} == {"e1", "e2", "e3"}
     # each item carries its source row's cursor: the ledger places it in its window
     assert items["e2:clicked"] == "2026-06-01T11:00:00.000000Z" and None not in items.values()
-    assert open_ledger().delivered_in_window("fan", DAY.start, DAY.end) == 9
+    assert delivered_in_window("fan", DAY) == 9
 
     again = run_sync(spec, DAY)
     assert (again.delivered, again.skipped, again.rejected) == (0, 9, 0)
@@ -203,7 +220,8 @@ def test_a_fan_out_of_a_repeated_source_key_keeps_the_newest_rows_items(sandbox,
     assert (run.delivered, run.rejected) == (9, 3)  # the older e1's three items are duplicates
     assert {r["event"] for r in records(sandbox) if r["user_id"] == "u1"} == {
         "Upgraded viewed", "Upgraded clicked", "Upgraded converted"}
-    reasons = [r["reason"] for r in open_ledger().items("fan2", state="rejected")]
+    with ledger() as found:
+        reasons = [r["reason"] for r in found.items("fan2", state="rejected")]
     assert len(reasons) == 3 and all(r.startswith("duplicate source key e1:") for r in reasons)
 
 
@@ -269,7 +287,7 @@ def test_an_epoch_ms_cursor_selects_exactly_the_rows_of_each_day_in_duckdb(sandb
     assert sorted(r["timestamp"] for r in records(sandbox))[-1].startswith("2026-06-01T23:59:59.999")
 
     assert run_sync(spec, Window.days(D(2026, 5, 31), D(2026, 6, 2))).delivered == 2  # before, next
-    assert open_ledger().delivered_in_window("clicks", DAY.start, DAY.end) == 3
+    assert delivered_in_window("clicks", DAY) == 3
 
 
 def test_the_window_filter_on_an_epoch_cursor_is_numeric_bounds_of_the_column(warehouse, write_sync):

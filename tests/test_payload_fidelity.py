@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -355,6 +356,75 @@ def test_audit_every_rule_and_checked_field_has_a_basis_and_every_choice_is_opt_
     section = _rendered()
     for rule in endpoint.rules:
         assert f"rule `{rule.name}`" in section and docgen._cell(rule.basis) in section
+
+
+VENDOR_DOCS = Path(__file__).resolve().parents[1] / "docs" / "vendor-api"
+
+
+def _normalized(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _quotes(basis: str) -> list[str]:
+    """The document's words a basis quotes: every backticked fragment, and (in a ``doc:`` basis) every
+    double-quoted span outside backticks."""
+    quoted = re.findall(r"`([^`]+)`", basis)
+    if basis.startswith("doc:"):
+        quoted += [q for q in re.findall(r'"([^"]+)"', re.sub(r"`[^`]*`", "`", basis)) if q.strip()]
+    return quoted
+
+
+def _in_document(quote: str, document: str) -> bool:
+    """Whether ``quote`` appears word for word in the (whitespace-normalized) document. A table row may be
+    quoted with `` | `` between its cells: the capture of some documents (Flux, Screeb) flattened their
+    tables, so there the cells abut (``namestringYesEvent name``)."""
+    wanted = _normalized(quote)
+    return wanted in document or wanted.replace(" | ", "") in document
+
+
+@functools.cache
+def _document(vendor: str) -> str:
+    return _normalized((VENDOR_DOCS / f"{vendor}.md").read_text(encoding="utf-8"))
+
+
+def _basis_quote_problems(endpoint: Endpoint) -> list[str]:
+    document = _document(endpoint.vendor)
+    problems: list[str] = []
+    for what, basis in [*((f"field {f.name}", f.basis) for f in endpoint.fields if f.basis),
+                        *((f"rule {r.name}", r.basis) for r in endpoint.rules)]:
+        quotes = _quotes(basis)
+        if basis.startswith("doc:") and not re.search(r"`[^`]+`", basis):
+            problems.append(f"{what}: a doc: basis quotes the document's words in backticks, got {basis!r}")
+        for quote in quotes:
+            if not _in_document(quote, document):
+                problems.append(f"{what}: {quote!r} is not in docs/vendor-api/{endpoint.vendor}.md")
+    return problems
+
+
+@pytest.mark.parametrize("endpoint", _endpoints(), ids=lambda e: e.qualified_name)
+def test_audit_every_quote_in_a_basis_is_the_documents_words(endpoint):
+    """Issue 10 review, item 10: a basis's quotes are checked against the vendor's document, not trusted.
+    Every backticked fragment of every basis (and every double-quoted span of a ``doc:`` basis) must appear
+    word for word in docs/vendor-api/<vendor>.md, whitespace normalized; a ``doc:`` basis must quote at
+    least one fragment (a section's title, in backticks, counts). Every mismatch is listed."""
+    problems = _basis_quote_problems(endpoint)
+    assert not problems, f"{endpoint.qualified_name}:\n  " + "\n  ".join(problems)
+
+
+def test_the_quote_audit_catches_words_that_are_not_the_documents():
+    def problems(basis: str) -> list[str]:
+        return _basis_quote_problems(Endpoint(vendor="flux", name="e", path="/e",
+                                              fields=(Field("name", "string", required=True, basis=basis),)))
+
+    assert problems("doc: Track Event, Parameters: `name | string | Yes | Event name (e.g., user.signup)`") == []
+    assert problems("doc: `Errors`: `missing_name | Event name is required`") == []
+    assert problems("doc: `Batch:   10 requests/minute,\n up to 500 events per request`") == []  # whitespace
+    assert problems("doc: `name | string | Yes | Event name (e.g. user.signup)`") == [
+        "field name: 'name | string | Yes | Event name (e.g. user.signup)' is not in docs/vendor-api/flux.md"]
+    assert problems('doc: Parameters: "a name is mandatory"') == [
+        "field name: a doc: basis quotes the document's words in backticks, got 'doc: Parameters: \"a name is mandatory\"'",
+        "field name: 'a name is mandatory' is not in docs/vendor-api/flux.md"]
+    assert len(problems("doc: `Event name` and `events are deduped` and `name: required`")) == 2
 
 
 def test_docs_list_every_check_with_its_basis_the_normalizations_and_the_native_key():

@@ -400,12 +400,17 @@ def test_releases_go_one_object_per_request_with_the_release_token(sandbox, ware
     assert vendor_ids == {"rel_1", "rel_2"}
 
 
-def test_release_tags_must_be_strings(sandbox, warehouse, write_sync):
+def test_choice_release_tags_must_be_strings_only_when_the_sync_opts_in(sandbox, warehouse, write_sync):
+    """A choice: the document shows string tags in its example and says nothing else about them, so a list
+    of numbers is sent as written unless the sync names ``tags_strings`` in ``strict``."""
     warehouse("CREATE TABLE analytics.rel AS SELECT 'r1' AS release_id, 'Beta' AS name, '1.0' AS version, [1, 2] AS tags")
-    spec = write_sync("rel", RELEASES_SYNC, "SELECT _key, name, version, tags FROM source")
-    run = run_sync(spec)
+    sql = "SELECT _key, name, version, tags FROM source"
+    assert run_sync(write_sync("rel", RELEASES_SYNC, sql)).delivered == 1
+    assert sandbox.records("screeb", "release") == [{"name": "Beta", "version": "1.0", "tags": [1, 2]}]
+
+    run = run_sync(write_sync("rel_strict", RELEASES_SYNC + "    strict: [tags_strings]\n", sql))
     assert run.rejected == 1
-    assert _rejections("rel") == {"r1": "tags must be an array of strings, got [1, 2] (rule tags_strings)"}
+    assert _rejections("rel_strict") == {"r1": "tags must be an array of strings, got [1, 2] (rule tags_strings)"}
 
 
 def test_the_event_token_is_refused_on_release(sandbox, warehouse, write_sync, monkeypatch):

@@ -210,6 +210,7 @@ class Endpoint:
     # declared Field, the engine always fills it in (Flux ``syncline_key``, moved by the vendor's encode).
     idempotency_field: str | None = None
     steps: bool = False  # multi-step items: the engine calls deliver_item() for each item
+    never_sent: tuple[str, ...] = ()  # declared fields that drive deliver_item() and are not in the body
     single: Endpoint | None = None  # a single-item sibling used for chunks smaller than single_below
     single_below: int = 0
     dedup: Dedup = "none"

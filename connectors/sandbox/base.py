@@ -1,6 +1,7 @@
 """The emulator framework: routes, strict auth, documented rate limits, fault injection and records.
 
-An emulator declares routes; the framework applies, in order: the endpoint's fault (if one is set), its
+An emulator declares routes; the framework applies, in order: the strict JSON parse of the body (JSON
+routes: counted in ``invalid_json`` whatever the answer), the endpoint's fault (if one is set), its
 documented rate limit (sliding window per credential, 429 when exceeded), then the handler. Every request
 is counted per endpoint, with the largest batch seen and the most requests seen in any rate window, so a
 test can assert that syncline stayed inside the documented limits, measured at the server.
@@ -8,6 +9,7 @@ test can assert that syncline stayed inside the documented limits, measured at t
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
@@ -20,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
+_UNPARSED: Any = object()  # Request._parsed before the body was parsed
+
 
 @dataclass
 class Request:
@@ -30,14 +34,27 @@ class Request:
     body: bytes
     params: dict[str, str] = field(default_factory=dict)  # named groups of the route pattern
     invalid_json: str | None = None  # why the body did not parse, once :meth:`json` refused it
+    _parsed: Any = field(default=_UNPARSED, repr=False)  # the body's value, once parsed
+    _refusal: ValueError | None = field(default=None, repr=False)  # why it did not parse, once tried
 
     def json(self) -> Any:
-        """The body parsed strictly, as a validating server would: see :func:`strict_json`."""
+        """The body parsed strictly, as a validating server would: see :func:`strict_json`. Parsed once:
+        a later call returns the same value (or raises the same error)."""
+        if self._refusal is not None:
+            raise self._refusal
+        if self._parsed is not _UNPARSED:
+            return self._parsed
         try:
-            return strict_json(self.body)
+            self._parsed = strict_json(self.body)
         except ValueError as exc:
             self.invalid_json = f"{exc.__class__.__name__}: {exc}"
+            self._refusal = exc
             raise
+        return self._parsed
+
+    def claims_json(self) -> bool:
+        """Whether the ``Content-Type`` says the body is JSON (``application/json``, ``*/*+json``...)."""
+        return "json" in self.headers.get("content-type", "").lower()
 
     def arg(self, name: str) -> str | None:
         values = self.query.get(name)
@@ -130,6 +147,10 @@ class Route:
     handler: Callable[[Request], Response]
     endpoint: str  # a stable name for records, faults and stats, e.g. "publish_events"
     rate: RateRule | None = None
+    # Whether the route takes JSON bodies: then every non-empty body of a POST/PUT/PATCH, and any body whose
+    # Content-Type claims JSON, is parsed strictly before faults, rate limits and auth decide the answer
+    # (see ``Emulator._handle``). False for routes whose bodies are not JSON (presigned binary uploads).
+    json_body: bool = True
     regex: re.Pattern[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -299,7 +320,20 @@ class Emulator:
         known = any(r.regex.match(request.path) for r in self._routes)
         return Response(405 if known else 404, {"error": "method not allowed" if known else "not found"})
 
+    @staticmethod
+    def _parse_body(route: Route, request: Request) -> None:
+        """Parse a JSON body strictly before anything decides the answer, so a body that is not strict JSON
+        is counted in ``invalid_json`` whatever the answer (a fault, a 429, an auth refusal, a drop): a
+        client that retries or is refused still must never send NaN. The answer is not changed here; the
+        handler, if it runs, gets the parsed value (or the same error) from ``request.json()``."""
+        if not route.json_body or not request.body:
+            return
+        if request.method in ("POST", "PUT", "PATCH") or request.claims_json():
+            with contextlib.suppress(ValueError):
+                request.json()
+
     def _handle(self, route: Route, request: Request) -> Response:
+        self._parse_body(route, request)
         now = time.time()
         name = route.endpoint
         with self.lock:

@@ -738,21 +738,21 @@ def _iso(value: TimeArg) -> str | None:
 # the opt-in RULES are checks it does not make (a sync turns them on with ``strict``).
 FIELDS = (
     Field("name", "string", required=True,
-          basis='doc: Track Event, Parameters: "name | string | Yes | Event name (e.g., user.signup)"; '
-                'Errors: "missing_name | Event name is required"'),
+          basis="doc: Track Event, Parameters: `name | string | Yes | Event name (e.g., user.signup)`; "
+                "Errors: `missing_name | Event name is required`"),
     Field("timestamp", "iso8601",
-          basis='doc: Track Event, Parameters: "timestamp | string | No | ISO8601 timestamp (defaults to '
-                'now)"; Errors: "invalid_timestamp | Timestamp format invalid". Any ISO 8601 date or date-time: '
-                'the document asks for no offset and no time of day'),
+          basis="doc: Track Event, Parameters: `timestamp | string | No | ISO8601 timestamp (defaults to now)`; "
+                "Errors: `invalid_timestamp | Timestamp format invalid`. Any ISO 8601 date or date-time: the "
+                "document asks for no offset and no time of day"),
     Field("user_id", "string",
-          basis='doc: Track Event, Parameters: "user_id | string | No | Associated user identifier"'),
+          basis="doc: Track Event, Parameters: `user_id | string | No | Associated user identifier`"),
     Field("value", "number",
-          basis='doc: Track Event, Parameters: "value | number | No | Numeric value for aggregations"'),
+          basis="doc: Track Event, Parameters: `value | number | No | Numeric value for aggregations`"),
     Field("properties", "object",
-          basis='doc: Track Event, Parameters: "properties | object | No | Arbitrary event data"'),
+          basis="doc: Track Event, Parameters: `properties | object | No | Arbitrary event data`"),
     Field("tags", "string_map",
-          basis='doc: Track Event, Parameters: "tags | object | No | Indexed metadata for filtering"; '
-                'Errors: "invalid_tags | Tags must be string values"'),
+          basis="doc: Track Event, Parameters: `tags | object | No | Indexed metadata for filtering`; "
+                "Errors: `invalid_tags | Tags must be string values`"),
 )
 RULES: tuple[Rule, ...] = (
     not_blank("name", basis="choice: the document requires a name (missing_name) without saying whether an "

@@ -30,9 +30,10 @@ What is checked before sending, and where it comes from (every Field and Rule de
   ingestion time") and, when given, any ISO 8601 date or date-time (kind ``iso8601``: an offset is not
   required); the documented ``visitor`` members ``id``/``ip``/``userAgent`` are strings (rule
   ``visitor_member_strings``); ``properties`` is an object; ``experimentId`` and ``variantId`` go together
-  ("Pass experimentId + variantId", "Grab both"). A conversion of an experiment that has ended, or one
-  GradeMyPage does not list, is delivered: the document has no rule against it (and a backfill after an
-  experiment ends must deliver its conversions).
+  ("Pass experimentId + variantId", "Grab both"): the connector's reading of an instruction, since the
+  document marks both optional and states no refusal (the sandbox stores a lone one). A conversion of an
+  experiment that has ended, or one GradeMyPage does not list, is delivered: the document has no rule
+  against it (and a backfill after an experiment ends must deliver its conversions).
 
 Native key (``idempotencyKey``, ``Endpoint.idempotency_field``), per endpoint:
 
@@ -172,8 +173,8 @@ TRACK_RULES: tuple[Rule, ...] = (
             "': GradeMyPage keeps one event per tuple and would drop this one silently'"
         ),
         name="same_event_tuple",
-        basis="doc: Track event payload: \"Events are deduped server-side on (visitorId, timestamp, eventType, "
-        "pathname).\" The vendor would store one and drop the others while the ledger counted them delivered",
+        basis="doc: Track event payload: `Events are deduped server-side on (visitorId, timestamp, eventType, "
+        "pathname).` The vendor would store one and drop the others while the ledger counted them delivered",
     ),
     Rule(
         when="\"pathname\" IS NOT NULL AND NOT starts_with(CAST(\"pathname\" AS VARCHAR), '/')",
@@ -386,7 +387,8 @@ def _reason(what: str, response: HttpResponse) -> str | None:
 
 
 SERVER_DOC = "doc: Server event payload"
-VISITOR_DOC = "visitor?: { id?: string; ip?: string; userAgent?: string; }"
+VISITOR_DOC = ("visitor?: { id?: string; // any stable anonymous ID (user ID, gmp_vid, hashed email) ip?: string; "
+               "userAgent?: string; }")
 
 SERVER_EVENTS = ServerEventsEndpoint(
     vendor="grademypage",

@@ -11,7 +11,8 @@ Every documented rule is checked in SQL before sending, so a bad row is rejected
 field (and the rule) and never costs a request: ``type`` one of the seven documented types, the
 type-specific required fields, the copilot ``event_name`` values, which copilot ids/texts each of them
 requires, the length limits (ids <= 100, prompt/response <= 10 000 characters), ``context.locale`` and
-``context.timezone`` strings, and the release's ``name`` and ``version``. Each Field's and Rule's
+``context.timezone`` strings, and the release's ``name`` and ``version``, a JSON array as ``tags`` and
+an ISO 8601 ``released_at`` (the example's shapes: see below). Each Field's and Rule's
 ``basis`` quotes the document. Nothing else is refused by default: a blank string is a string (``""`` is
 sent as ``""``), a row without ``user_alias`` is sent without one (the document: "If omitted, an
 anonymous user is created automatically server-side"). Values go out as the model wrote them; the only
@@ -26,6 +27,10 @@ Opt-in rules (``strict: true`` or ``strict: [name, ...]`` in the sync file):
 - Release ``description_required`` and ``tags_required``: the document's only statement about release
   fields is "The released_at field is optional"; name and version are required (a release is a name and a
   version), while a release without a description or tags is sent unless the sync opts in.
+- Release ``tags_strings`` (every tag a JSON string) and ``released_at_has_offset`` (a text ``released_at``
+  carries ``Z`` or an offset): the document describes both fields only by its example body
+  (``"tags": ["API", "V1"]``, ``"released_at": "2023-03-22T15:22:41+00:00"``), so by default any array
+  and any ISO 8601 form (a date alone, a local time) go out as the model wrote them.
 
 Choices where the document is silent:
 - A property set to ``null`` on identify deletes the trait. NULLs inside ``properties`` (and ``context``)
@@ -53,9 +58,11 @@ Choices where the document is silent:
   ``errors``, ``detail``...; ``message``/``error`` strings or objects; a bare string or list), and a body
   that is not JSON, or JSON with nothing recognizable, is quoted as it came. Either way the bad item is
   rejected with a readable reason.
-- ``released_at`` is optional (Screeb defaults it to the send time); when given it is sent as ISO 8601
-  with an offset. ``tags`` must be an array of strings (the document's example). The release response body
-  is undocumented: an ``id`` in it is kept as the vendor id when present, anything else is ignored.
+- ``released_at`` is optional (Screeb defaults it to the send time); when given it is an ISO 8601 date or
+  date-time (the example's format, the only description; kind ``iso8601``): text as written, TIMESTAMP
+  columns in UTC with ``+00:00``. ``tags`` is a JSON array (the example's shape: a LIST column, or JSON
+  text), members as written. The release response body is undocumented: an ``id`` in it is kept as the
+  vendor id when present, anything else is ignored.
 - No timestamp field exists on events: they land at send time, so a backfill of an old partition shows
   up at Screeb as of the day it is sent.
 """
@@ -67,6 +74,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from connectors.engine import iso8601
 from connectors.engine.endpoint import (
     BatchOutcome,
     Credential,
@@ -94,7 +102,7 @@ MAX_TEXT_CHARS = 10_000
 _TYPE = 'CAST("type" AS VARCHAR)'
 _EVENT = "CAST(event_name AS VARCHAR)"
 
-_COPILOT_TABLE = "doc: Type-specific fields, copilot table"
+_COPILOT_TABLE = "doc: Type-specific fields, `copilot` table"
 
 
 def _in(expr: str, values: Sequence[str]) -> str:
@@ -108,48 +116,56 @@ def _copilot(*event_names: str) -> str:
 
 def _event_fields() -> tuple[Field, ...]:
     ids_needed = _copilot(COPILOT_PROMPT, COPILOT_RESPONSE, COPILOT_SATISFACTION)
-    ids_basis = (
-        f"{_COPILOT_TABLE}: string, 'yes (except when event_name is screeb_copilot_conversion)', "
-        "'(max 100 chars)'"
-    )
+    def ids_basis(name: str, what: str) -> str:
+        return (f"{_COPILOT_TABLE}: `{name} | string | yes (except when event_name is {COPILOT_CONVERSION}) | "
+                f"Unique identifier for the {what} (max 100 chars)`")
+
     return (
         Field(
             "user_alias",
             "string",
-            basis="doc: Common fields: user_alias string, Required no ('If omitted, an anonymous user is created "
-            "automatically server-side')",
+            basis="doc: Common fields: `user_alias | string | no | An alias to identify the user. If omitted, an "
+            "anonymous user is created automatically server-side`",
         ),
         Field(
             "type",
             "string",
             required=True,
             choices=EVENT_TYPES,
-            basis="doc: Common fields: type string, Required yes ('The event type'); Event types table",
+            basis="doc: Request body: `Each item in the array must contain at least type.`; Common fields: "
+            "`type | string | yes | The event type (see table above)`; the `Event types` table lists seven: "
+            "`identify | Set or update properties on a user`, `track | Track a custom event`, `group.assign | "
+            "Assign a user to a group`, `group.unassign | Unassign a user from a group`, `page | Track a page "
+            "view`, `screen | Track a screen view (mobile)`, `copilot | Track a Screeb Copilot interaction`",
         ),
-        Field("properties", "object", basis="doc: Common fields: properties object, no ('Key-value pairs')"),
-        Field("context", "object", basis="doc: Common fields: context object, no; Context object table"),
+        Field("properties", "object",
+              basis="doc: Common fields: `properties | object | no | Key-value pairs attached to the event`"),
+        Field("context", "object",
+              basis="doc: Common fields: `context | object | no | Optional context (see below)`; `Context object`"),
         Field(
             "event_name",
             "string",
             required_when=_in(_TYPE, ("track", "copilot")),
             required_because="for track and copilot events",
-            basis="doc: track table 'event_name string yes'; copilot table 'event_name string yes'",
+            basis="doc: `track` table: `event_name | string | yes | Name of the event`; `copilot` table: "
+            "`event_name | string | yes | One of`",
         ),
-        Field("group_type", "string", basis="doc: group.assign / group.unassign table: group_type string, no"),
+        Field("group_type", "string",
+              basis="doc: `group.assign / group.unassign` table: `group_type | string | no | Type/category of the group`"),
         Field(
             "group_name",
             "string",
             required_when=_in(_TYPE, ("group.assign", "group.unassign")),
             required_because="for group.assign and group.unassign events",
-            basis="doc: group.assign / group.unassign table: group_name string, yes",
+            basis="doc: `group.assign / group.unassign` table: `group_name | string | yes | Name of the group`",
         ),
         Field(
             "url", "string", required_when=f"{_TYPE} = 'page'", required_because="for page events",
-            basis="doc: page table: url string, yes",
+            basis="doc: `page` table: `url | string | yes | The page URL`",
         ),
         Field(
             "screen_name", "string", required_when=f"{_TYPE} = 'screen'", required_because="for screen events",
-            basis="doc: screen table: screen_name string, yes",
+            basis="doc: `screen` table: `screen_name | string | yes | The screen name`",
         ),
         Field(
             "conversation_id",
@@ -157,7 +173,7 @@ def _event_fields() -> tuple[Field, ...]:
             required_when=ids_needed,
             required_because=f"for copilot events other than {COPILOT_CONVERSION}",
             max_length=MAX_ID_CHARS,
-            basis=ids_basis,
+            basis=ids_basis("conversation_id", "conversation"),
         ),
         Field(
             "copilot_session_id",
@@ -165,7 +181,7 @@ def _event_fields() -> tuple[Field, ...]:
             required_when=ids_needed,
             required_because=f"for copilot events other than {COPILOT_CONVERSION}",
             max_length=MAX_ID_CHARS,
-            basis=ids_basis,
+            basis=ids_basis("copilot_session_id", "copilot session"),
         ),
         Field(
             "prompt",
@@ -173,7 +189,8 @@ def _event_fields() -> tuple[Field, ...]:
             required_when=_copilot(COPILOT_PROMPT),
             required_because=f"for {COPILOT_PROMPT} events",
             max_length=MAX_TEXT_CHARS,
-            basis=f"{_COPILOT_TABLE}: prompt string, 'yes (when event_name is {COPILOT_PROMPT})', '(max 10 000 chars)'",
+            basis=f"{_COPILOT_TABLE}: `prompt | string | yes (when event_name is {COPILOT_PROMPT}) | The user's "
+            "prompt text (max 10 000 chars)`",
         ),
         Field(
             "response",
@@ -181,33 +198,36 @@ def _event_fields() -> tuple[Field, ...]:
             required_when=_copilot(COPILOT_RESPONSE),
             required_because=f"for {COPILOT_RESPONSE} events",
             max_length=MAX_TEXT_CHARS,
-            basis=f"{_COPILOT_TABLE}: response string, 'yes (when event_name is {COPILOT_RESPONSE})', '(max 10 000 chars)'",
+            basis=f"{_COPILOT_TABLE}: `response | string | yes (when event_name is {COPILOT_RESPONSE}) | The "
+            "copilot's response text (max 10 000 chars)`",
         ),
         Field(
             "rating",
             "string",
             required_when=_copilot(COPILOT_SATISFACTION),
             required_because=f"for {COPILOT_SATISFACTION} events",
-            basis=f"{_COPILOT_TABLE}: rating string, 'yes (when event_name is {COPILOT_SATISFACTION})'",
+            basis=f"{_COPILOT_TABLE}: `rating | string | yes (when event_name is {COPILOT_SATISFACTION}) | The "
+            "satisfaction rating value`",
         ),
         Field(
             "rating_scale",
             "string",
             required_when=_copilot(COPILOT_SATISFACTION),
             required_because=f"for {COPILOT_SATISFACTION} events",
-            basis=f"{_COPILOT_TABLE}: rating_scale string, 'yes (when event_name is {COPILOT_SATISFACTION})'",
+            basis=f"{_COPILOT_TABLE}: `rating_scale | string | yes (when event_name is {COPILOT_SATISFACTION}) | "
+            "The scale used for the rating`",
         ),
     )
 
 
-def _member_is_string(column: str, member: str) -> Rule:
+def _member_is_string(column: str, member: str, row: str) -> Rule:
     """A member of an object column, when present and not null, must be a JSON string."""
     return Rule(
         when=f"json_type(TRY_CAST({column} AS JSON), '$.{member}') NOT IN ('VARCHAR', 'NULL')",
         reason=f"'{column}.{member} must be a string, got ' || json_extract(TRY_CAST({column} AS JSON), '$.{member}')",
         name=f"{column}_{member}_string",
         field=column,
-        basis=f"doc: Context object table: '{member} string'",
+        basis=f"doc: `Context object` table: `{row}`",
     )
 
 
@@ -220,8 +240,8 @@ USER_ALIAS_REQUIRED = Rule(
     name="user_alias_required",
     field="user_alias",
     basis=(
-        "choice: the document makes user_alias optional ('If omitted, an anonymous user is created "
-        "automatically server-side'); a missing alias in a warehouse is usually a broken join"
+        "choice: the document makes user_alias optional (`If omitted, an anonymous user is created "
+        "automatically server-side`); a missing alias in a warehouse is usually a broken join"
     ),
     opt_in=True,
 )
@@ -236,19 +256,21 @@ EVENT_RULES = (
         ),
         name="copilot_event_name",
         field="event_name",
-        basis=f"{_COPILOT_TABLE}: event_name 'One of {', '.join(COPILOT_EVENTS)}'",
+        basis=f"{_COPILOT_TABLE}: `event_name | string | yes | One of {', '.join(COPILOT_EVENTS)}`",
     ),
-    _member_is_string("context", "locale"),
-    _member_is_string("context", "timezone"),
+    _member_is_string("context", "locale", "locale | string | User locale (e.g. en-US)"),
+    _member_is_string("context", "timezone", "timezone | string | User timezone (e.g. Europe/Paris)"),
     USER_ALIAS_REQUIRED,
     *(
-        not_blank(name, basis=f"choice: the document types {name} as a string and sets no minimum length")
+        not_blank(name, basis=f"choice: the document types {name} as a string (`{name} | string`) and sets no "
+                              "minimum length")
         for name in ("user_alias", "event_name", "group_name", "url", "screen_name")
     ),
 )
 
-_RELEASE_DOC = "doc: Releases API: 'The released_at field is optional and will default to the current date'"
+_RELEASE_DOC = "doc: Releases API: `The released_at field is optional and will default to the current date.`"
 _TAGS_JSON = "TRY_CAST(tags AS JSON)"
+_RELEASED_AT = 'CAST("released_at" AS VARCHAR)'
 RELEASE_RULES = (
     Rule(
         when=(
@@ -258,7 +280,29 @@ RELEASE_RULES = (
         reason="'tags must be an array of strings, got ' || left(CAST(tags AS VARCHAR), 60)",
         name="tags_strings",
         field="tags",
-        basis='doc: Releases API example: `"tags": ["API", "V1"]` (the only description of tags)',
+        basis=(
+            'choice: the document describes tags only by its example (`"tags": ["API", "V1"]`), strings; it '
+            "never says other members are refused"
+        ),
+        opt_in=True,
+    ),
+    Rule(
+        when=(
+            f"typeof(\"released_at\") = 'VARCHAR' AND regexp_matches({_RELEASED_AT}, '^[0-9]{{4}}') "
+            f"AND NOT {iso8601.has_offset_sql(_RELEASED_AT)}"
+        ),
+        reason=(
+            "'released_at has no UTC offset (a date alone or a local time), and Screeb''s time zone for it is "
+            "not documented; got ' || " + _RELEASED_AT
+        ),
+        name="released_at_has_offset",
+        field="released_at",
+        basis=(
+            'choice: the document\'s only released_at is its example (`"released_at": '
+            '"2023-03-22T15:22:41+00:00"`), with an offset, but it never says one is required, nor which zone '
+            "Screeb gives a time without one (a TIMESTAMP column always goes out with one)"
+        ),
+        opt_in=True,
     ),
     Rule(
         when="description IS NULL",
@@ -439,9 +483,13 @@ RELEASE = ScreebReleaseEndpoint(
         Field("description", "string", basis=f'{_RELEASE_DOC}; example `"description": "My release description"`'),
         Field("version", "string", required=True,
               basis=f'{_RELEASE_DOC}; the example\'s `"version": "1.0"` (a release is a name and a version)'),
-        Field("tags", "array", basis=f'{_RELEASE_DOC}; example `"tags": ["API", "V1"]`'),
-        Field("released_at", "timestamp",
-              basis=f'{_RELEASE_DOC}; example `"released_at": "2023-03-22T15:22:41+00:00"`'),
+        Field("tags", "array",
+              basis=f'{_RELEASE_DOC}; example `"tags": ["API", "V1"]` (a JSON array: the document\'s only '
+                    "description of tags; its members are checked only by the opt-in rule tags_strings)"),
+        Field("released_at", "iso8601",
+              basis=f'{_RELEASE_DOC}; example `"released_at": "2023-03-22T15:22:41+00:00"` (an ISO 8601 '
+                    "date-time, the only description; any ISO 8601 form is sent as written, the offset is the "
+                    "opt-in rule released_at_has_offset)"),
     ),
     rules=RELEASE_RULES,
     max_items=1,

@@ -25,7 +25,18 @@ What is checked before sending, and where it comes from (every Field and Rule de
   emotion/survey provided"); ``surveyResponse``, ``snapshot`` and ``user`` are objects.
 
 Text goes out as the model wrote it: syncline never trims a ``message`` (or anything else), and a blank
-``message`` is a message (the document does not say otherwise).
+``message`` is a message (the document does not say otherwise). The feedback POST body is the item's JSON as
+the payload encoded it, less the two pseudo-fields: strings in UTF-8, JSON columns (``surveyResponse``,
+``snapshot``, ``user``) byte for byte as the model wrote them.
+
+Normalizations, per field (the only ones):
+
+- ``screenshot_path`` (a pseudo-field, never sent): NULL, an empty text or a whitespace-only text all mean
+  "no screenshot" (a *choice*: the document has no such field; an empty path in a warehouse row means the
+  feedback had none, and a path of spaces names no file anyone meant). Any other text is used as written,
+  never trimmed (``" a.png"`` names the file ``" a.png"``).
+- ``attachments`` (a pseudo-field, never sent): entries that are NULL, empty or whitespace-only are skipped
+  (the same choice), and a path listed twice is uploaded once; others are used as written.
 
 Native key: the document has no idempotency or dedup field for any StreamBack endpoint, so there is none to
 declare or to take from the model (``idempotency_field`` is unset); lost answers are handled by the history
@@ -39,9 +50,9 @@ Choices where the document is silent (options under ``destination.options`` are 
   labels five points, 1=Awful .. 5=Great).
 - Opt-in ``trigger_source_required``: the table does not mark ``triggerSource`` Optional either, but its list
   is open ("and related types") and the SDK sets it from the trigger, so it is not required by default.
-- An empty or whitespace-only ``screenshot_path`` means "no screenshot": the feedback is delivered without
-  one (and, with ``finalize: screenshot``, not finalized). Empty entries of ``attachments`` are skipped
-  likewise.
+- An empty or whitespace-only ``screenshot_path`` means "no screenshot" (see Normalizations above): the
+  feedback is delivered without one (and, with ``finalize: screenshot``, not finalized). Empty entries of
+  ``attachments`` are skipped likewise.
 - File paths: relative paths are resolved against the files root, which is ``$SYNCLINE_HOME`` unless
   ``files_root`` says otherwise; a path that resolves outside the root (``/etc/...``, ``../..``) is refused,
   so a warehouse row can never make syncline upload an arbitrary file of the machine it runs on. A missing
@@ -85,9 +96,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import mimetypes
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote, urlencode, urlsplit
@@ -187,7 +199,8 @@ class FeedbackEndpoint(Endpoint):
         # on a resumed item only the files still to upload are checked.
         screenshot, attachments = self._pending_files(payload, progress, feedback_id)
         if feedback_id is None:
-            feedback_id = self._submit(ctx, {k: v for k, v in payload.items() if k not in PSEUDO_FIELDS})
+            body = {k: v for k, v in payload.items() if k not in PSEUDO_FIELDS}
+            feedback_id = self._submit(ctx, body, _without_members(ctx.item.payload, PSEUDO_FIELDS))
         if screenshot is not None:
             self._upload_screenshot(ctx, feedback_id, screenshot)
         progress.setdefault("attachments", {})
@@ -198,9 +211,9 @@ class FeedbackEndpoint(Endpoint):
         return feedback_id
 
     # --- steps -----------------------------------------------------------------------------------------
-    def _submit(self, ctx: ItemContext, body: dict[str, Any]) -> str:
+    def _submit(self, ctx: ItemContext, body: dict[str, Any], raw: bytes) -> str:
         # No idempotency key: a POST that may have landed is never resent before the user's history says
-        # it did not (see the module docstring).
+        # it did not (see the module docstring). ``raw`` is ``body`` as the payload encoded it (sent as is).
         for _round in range(2):
             if ctx.progress.get("submitted_at"):
                 found = self._look_up(ctx, body)
@@ -209,7 +222,7 @@ class FeedbackEndpoint(Endpoint):
             ctx.progress["submitted_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
             ctx.save()
             try:
-                response = ctx.call("POST", FEEDBACK_PATH, step="feedback", json_body=body, idempotent=False)
+                response = ctx.call("POST", FEEDBACK_PATH, step="feedback", body=raw, idempotent=False)
             except GiveUp as give_up:
                 if not give_up.maybe_sent or not _user_of(body):
                     raise
@@ -481,6 +494,29 @@ def _user_of(body: Mapping[str, Any]) -> dict[str, str]:
     return {k: str(user[k]) for k in ("id", "email") if isinstance(user.get(k), str | int) and str(user[k])}
 
 
+def _without_members(payload: bytes, names: Sequence[str]) -> bytes:
+    """The item's JSON object exactly as the payload encoded it (the model's values byte for byte: strings in
+    UTF-8, JSON columns as written), less the top-level members ``names`` (the pseudo-fields)."""
+    text = payload.decode("utf-8")
+    decoder = json.JSONDecoder()
+    kept: list[str] = []
+    at = text.index("{") + 1
+    while True:
+        while text[at] in " \t\r\n,":
+            at += 1
+        if text[at] == "}":
+            break
+        name, colon = decoder.raw_decode(text, at)
+        start = text.index(":", colon) + 1
+        while text[start] in " \t\r\n":
+            start += 1
+        _, end = decoder.raw_decode(text, start)
+        if name not in names:
+            kept.append(text[at:end])
+        at = end
+    return ("{" + ",".join(kept) + "}").encode("utf-8")
+
+
 def _given_path(value: Any) -> str | None:
     """A file path as the row gave it, or None for no file (NULL, or an empty or whitespace-only text)."""
     return value if isinstance(value, str) and value.strip() else None
@@ -606,11 +642,13 @@ FEEDBACK = FeedbackEndpoint(
         Field("user", "object", basis=f"{FEEDBACK_DOC}: the request body example's `user` object (id, email)"),
         # Pseudo-fields: never sent in the body; they drive the documented upload steps.
         Field("screenshot_path", "string",
-              basis="doc: Get Upload URL (\"a presigned URL for screenshot upload\") and Finalize Feedback; a "
-              "syncline pseudo-field naming a local file, never sent; empty means no screenshot"),
+              basis="doc: `Get Upload URL` (`Get a presigned URL for screenshot upload.`) and `Finalize "
+              "Feedback`; a syncline pseudo-field naming a local file, never sent. Choice: NULL, empty or "
+              "whitespace-only means no screenshot (the document has no such field)"),
         Field("attachments", "array",
-              basis="doc: Get Attachment Upload URL (POST /v1/sdk/feedback/:id/attachments/presign); a syncline "
-              "pseudo-field: a list of local file paths, never sent"),
+              basis="doc: `Get Attachment Upload URL` (`POST /v1/sdk/feedback/:id/attachments/presign`); a "
+              "syncline pseudo-field: a list of local file paths, never sent. Choice: NULL, empty or "
+              "whitespace-only entries are skipped"),
     ),
     rules=(
         not_blank("message", basis="choice: the document does not forbid an empty message; a blank one is "
@@ -636,6 +674,7 @@ FEEDBACK = FeedbackEndpoint(
     ),
     max_items=1,
     steps=True,
+    never_sent=PSEUDO_FIELDS,
     dedup="read_back",
 )
 

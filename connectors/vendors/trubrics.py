@@ -66,7 +66,7 @@ class TrubricsEndpoint(Endpoint):
 
 def _texts_not_blank(*names: str) -> tuple[Rule, ...]:
     return tuple(
-        not_blank(name, basis=f"choice: {DOC} types {name} as `type: string` and sets no minLength")
+        not_blank(name, basis=f"choice: {DOC} types {name} as `{name}: type: string` and sets no minLength")
         for name in names
     )
 
@@ -77,8 +77,8 @@ _THREAD_ID_IS_STRING = Rule(
     name="thread_id_string",
     field="properties",
     basis=(
-        "choice: the document calls $thread_id 'the reserved $thread_id property' and shows a string "
-        "(thread_abc) but gives it no type"
+        "choice: the document calls $thread_id `the reserved $thread_id property` and shows a string "
+        "(`$thread_id: thread_abc`) but gives it no type"
     ),
     opt_in=True,
 )
@@ -89,13 +89,18 @@ _LATENCY_NOT_NEGATIVE = Rule(
     name="latency_not_negative",
     field="latency",
     basis=(
-        "choice: LLMEvent.latency is `type: number, format: float`, 'Seconds elapsed between the prompt "
-        "and the generation', with no minimum"
+        "choice: LLMEvent.latency is `latency: type: number format: float description: Seconds elapsed "
+        "between the prompt and the generation.`, with no minimum"
     ),
     opt_in=True,
 )
 
-_PROPERTIES = "doc: `properties: type: object, additionalProperties: true` (Custom event/user properties)"
+_PROPERTIES = ("doc: `properties: type: object additionalProperties: true description: >- Custom event/user "
+               "properties` (Event; LLMEvent's: `properties: type: object additionalProperties: true "
+               "description: >- Custom properties.`)")
+
+_EVENT_REQUIRED = "doc: Event schema `Event: type: object required: - user_id - event - timestamp`"
+_LLM_REQUIRED = "doc: LLMEvent schema `LLMEvent: type: object required: - user_id - prompt - generation`"
 
 PUBLISH_EVENTS = TrubricsEndpoint(
     vendor="trubrics",
@@ -104,15 +109,16 @@ PUBLISH_EVENTS = TrubricsEndpoint(
     description="Product analytics events (user_id, event, timestamp, properties).",
     fields=(
         Field("user_id", "string", required=True,
-              basis="doc: Event `required: [user_id, event, timestamp]`; `user_id: type: string`"),
+              basis=f"{_EVENT_REQUIRED}; `user_id: type: string`"),
         Field("event", "string", required=True,
-              basis="doc: Event `required: [user_id, event, timestamp]`; `event: type: string`"),
+              basis=f"{_EVENT_REQUIRED}; `event: type: string`"),
         Field("timestamp", "timestamp", required=True,
-              basis="doc: Event `required: [...timestamp]`; `timestamp: type: string, format: date-time` (RFC 3339)"),
+              basis=f"{_EVENT_REQUIRED}; `timestamp: type: string format: date-time description: Event timestamp.` "
+                    "(OpenAPI's date-time is RFC 3339: a date, a time and an offset)"),
         Field("properties", "object", basis=_PROPERTIES),
     ),
     rules=(*_texts_not_blank("user_id", "event"), _THREAD_ID_IS_STRING),
-    max_items=100,  # doc: requestBody schema `type: array, maxItems: 100`
+    max_items=100,  # doc: requestBody schema `type: array maxItems: 100`
 )
 
 PUBLISH_LLM_EVENTS = TrubricsEndpoint(
@@ -122,21 +128,22 @@ PUBLISH_LLM_EVENTS = TrubricsEndpoint(
     description="LLM events (prompt + generation); Trubrics expands each into a prompt and a generation event.",
     fields=(
         Field("user_id", "string", required=True,
-              basis="doc: LLMEvent `required: [user_id, prompt, generation]`; `user_id: type: string`"),
+              basis=f"{_LLM_REQUIRED}; `user_id: type: string`"),
         Field("prompt", "string", required=True,
-              basis="doc: LLMEvent `required: [user_id, prompt, generation]`; `prompt: type: string`"),
+              basis=f"{_LLM_REQUIRED}; `prompt: type: string`"),
         Field("generation", "string", required=True,
-              basis="doc: LLMEvent `required: [user_id, prompt, generation]`; `generation: type: string`"),
+              basis=f"{_LLM_REQUIRED}; `generation: type: string`"),
         Field("assistant_id", "string", basis="doc: LLMEvent `assistant_id: type: string` (optional)"),
         Field("timestamp", "timestamp",
-              basis="doc: LLMEvent `timestamp: type: string, format: date-time` (optional: 'Defaults to the current time')"),
-        Field("latency", "number", basis="doc: LLMEvent `latency: type: number, format: float` (optional, no minimum)"),
+              basis="doc: LLMEvent `timestamp: type: string format: date-time description: Generation timestamp. "
+                    "Defaults to the current time.` (optional; OpenAPI's date-time is RFC 3339, with an offset)"),
+        Field("latency", "number", basis="doc: LLMEvent `latency: type: number format: float` (optional, no minimum)"),
         Field("prompt_event_name", "string", basis="doc: LLMEvent `prompt_event_name: type: string` (optional)"),
         Field("generation_event_name", "string", basis="doc: LLMEvent `generation_event_name: type: string` (optional)"),
         Field("properties", "object", basis=_PROPERTIES),
     ),
     rules=(*_texts_not_blank("user_id", "prompt", "generation"), _LATENCY_NOT_NEGATIVE, _THREAD_ID_IS_STRING),
-    max_items=100,  # doc: requestBody schema `type: array, maxItems: 100`
+    max_items=100,  # doc: requestBody schema `type: array maxItems: 100`
 )
 
 VENDOR = Vendor(

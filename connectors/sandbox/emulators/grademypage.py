@@ -11,18 +11,17 @@ What it enforces, from the document:
   403 when it is anything else). The secret key anywhere in the request (headers, query, body) is refused
   with 403 and counted in ``counters["secret_key_refused"]``. ``events`` is an array of objects with
   ``eventType``, ``pathname``, ``fullUrl``, ``sessionId``, ``visitorId`` (strings) and ``timestamp`` (a
-  number of epoch milliseconds); optional members have their documented types (``eventName``/``referrer``
-  strings, ``eventData`` an object, ``utm`` an object of string values). Any problem refuses the whole batch
-  with 400 and stores nothing. Stored events are deduplicated on (visitorId, timestamp, eventType,
+  number; which numbers: see the assumptions); optional members have their documented types
+  (``eventName``/``referrer`` strings, ``eventData`` an object, ``utm`` an object of string values). Any
+  problem refuses the whole batch with 400 and stores nothing. Stored events are deduplicated on (visitorId, timestamp, eventType,
   pathname), within and across requests; each drop is counted in ``counters["track_duplicates_dropped"]``
   and the answer says how many were stored.
 - ``POST /server-events``: the secret key in ``Authorization`` (401 when missing or wrong; 403 and
   ``counters["public_key_refused"]`` when the public key is offered). One JSON object (an array is refused:
   "accepts one event at a time") with ``eventType`` and ``eventName`` strings; ``timestamp`` an ISO 8601
   string when given; ``idempotencyKey``, ``page``, ``experimentId``, ``variantId`` strings; ``visitor``
-  members strings; ``properties`` an object; ``experimentId`` and ``variantId`` together ("Pass experimentId
-  + variantId"). A repeated ``idempotencyKey`` ("stable key for retry dedup") answers 200 without storing the
-  event again (``counters["server_events_deduplicated"]``).
+  members strings; ``properties`` an object. A repeated ``idempotencyKey`` ("stable key for retry dedup")
+  answers 200 without storing the event again (``counters["server_events_deduplicated"]``).
 - ``GET /experiments/active?projectId=<public key>``: the fixed :data:`EXPERIMENTS` (401 without projectId,
   403 for any other value, and 403 + ``secret_key_refused`` if the secret key shows up).
 
@@ -32,9 +31,14 @@ Assumptions where the document is silent (each accepts every plausible variant):
   ``Authorization: Bearer <secret key>`` (any case of ``Bearer``) and the bare ``Authorization: <secret key>``
   are accepted.
 - Blank strings are strings: an empty ``pathname`` or ``eventName`` is accepted.
-- ``timestamp`` (/track) is any number that is plausible as epoch milliseconds: from 10^11 (1973) to 10^14
-  (year 5138); a value in seconds or microseconds is refused with 400, as the vendor refused them (issue 10).
-  A fraction of a millisecond is accepted (``number``).
+- ``timestamp`` (/track): ``number; // epoch ms`` names the unit but no range, so any number a JavaScript
+  server can turn into a date as milliseconds is accepted: ``|timestamp| <= 8.64e15`` (ECMAScript's
+  ``new Date(ms)`` range, :data:`JS_DATE_MS`; the vendor serves from Node/Next.js). Only a value that cannot be
+  a date in milliseconds at all is refused with 400 (e.g. nanoseconds, ~1.8e18 today). So a value in seconds
+  (1.8e9: January 1970 as ms) or in microseconds (1.8e15: year 58000 as ms) is *stored*: the connector's
+  plausible-ms bounds (10^11..10^14, kind ``epoch_ms``) are its own choice, and a test of them cannot agree
+  with the sandbox by construction. A fraction of a millisecond and a negative value (before 1970) are
+  accepted (``number``).
 - ``timestamp`` (/server-events): any ISO 8601 date or date-time, with or without an offset.
 - Members the document does not list (a TrackEvent, ``utm`` or ``visitor`` member, a top-level
   ServerEventRequest member) are accepted and stored, and counted in ``counters["unknown_members"]``; JSON
@@ -42,14 +46,22 @@ Assumptions where the document is silent (each accepts every plausible variant):
 - An empty ``events`` array is accepted (200, nothing stored).
 - ``experimentId``/``variantId`` naming an experiment that is not running (or not listed) is accepted and
   stored: the document has no rule against it.
+- A lone ``experimentId`` or a lone ``variantId`` is accepted and stored: the document marks both optional
+  (``experimentId?: string; variantId?: string;``) and "Pass experimentId + variantId when you want the
+  conversion attributed" is an instruction to clients, not a stated refusal. (The connector rejects a lone one
+  locally: that is its reading of the instruction, not something this server enforces.)
 - ``idempotencyKey`` dedup has no window (a key is remembered until the emulator is reset) and compares
-  keys exactly; a repeat with a different body is still a repeat. The answer to a repeat is 200
-  ``{"success": true, "deduplicated": true}`` (the document shows no response bodies).
+  keys exactly. The answer to a repeat is 200 ``{"success": true, "deduplicated": true}`` (the document
+  shows no response bodies). A key reused with a *different* body: the document does not say; by default it
+  is a repeat like any other (200, the first body stays stored), and the control ``key_reuse`` ``{"answer":
+  "repeat" | "409" | "422"}`` makes it a conflict instead, as a Stripe-style server answers (409 or 422
+  ``{"error", "details"}``, nothing stored; counted in ``counters["idempotency_key_conflicts"]``).
 - Bodies over 1 MiB are refused with 413 (a typical Node framework's default; the document names no limit).
 
 ``key_log`` records, for every request that reaches the emulator, which sandbox keys appeared anywhere in it
 (headers, query, body), the ``Authorization`` header and the ``projectId``, so tests can prove which key went
-where. The control action ``state`` returns the counters and the key log to another process.
+where. The control action ``state`` returns the counters and the key log to another process; ``key_reuse``
+is described above.
 """
 
 from __future__ import annotations
@@ -107,7 +119,8 @@ TRACK_OPTIONAL_STRINGS = ("eventName", "referrer")
 TRACK_MEMBERS = {*TRACK_REQUIRED, *TRACK_OPTIONAL_STRINGS, "timestamp", "eventData", "utm"}
 SERVER_EVENT_MEMBERS = {"eventType", "eventName", "timestamp", "idempotencyKey", "visitor", "page", "properties",
                         "experimentId", "variantId"}
-PLAUSIBLE_MS = (10**11, 10**14)  # 1973-03-03 .. year 5138: seconds are below, microseconds above
+JS_DATE_MS = 8.64e15  # ECMAScript's Date range in ms (±100,000,000 days): beyond it, surely not epoch ms
+KEY_REUSE_ANSWERS = ("repeat", "409", "422")
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -142,7 +155,8 @@ class GradeMyPageEmulator(Emulator):
         self.counters: dict[str, int] = defaultdict(int)
         self.key_log: list[dict[str, Any]] = []
         self._track_seen: set[tuple[Any, ...]] = set()
-        self._idempotency_keys: set[str] = set()
+        self._idempotency_keys: dict[str, dict[str, Any]] = {}  # key -> the event first stored under it
+        self.key_reuse = "repeat"  # what a key reused with a different body gets: repeat | 409 | 422
 
     def routes(self) -> list[Route]:
         return [
@@ -154,6 +168,13 @@ class GradeMyPageEmulator(Emulator):
     def control(self, action: str, args: dict[str, Any]) -> Any:
         if action == "state":
             return {"counters": dict(self.counters), "key_log": list(self.key_log)}
+        if action == "key_reuse":
+            answer = str(args.get("answer", "repeat"))
+            if answer not in KEY_REUSE_ANSWERS:
+                raise ValueError(f"key_reuse answer must be one of {', '.join(KEY_REUSE_ANSWERS)}, got {answer!r}")
+            with self.lock:
+                self.key_reuse = answer
+            return {"key_reuse": answer}
         return super().control(action, args)
 
     # -- which key went where -------------------------------------------------------------------------------
@@ -243,7 +264,7 @@ class GradeMyPageEmulator(Emulator):
             if not isinstance(event.get(name), str):
                 problems.append(f"{name} is required (a string)")
         ts = event.get("timestamp")
-        if not (isinstance(ts, int | float) and not isinstance(ts, bool) and PLAUSIBLE_MS[0] <= ts < PLAUSIBLE_MS[1]):
+        if not (isinstance(ts, int | float) and not isinstance(ts, bool) and abs(ts) <= JS_DATE_MS):
             problems.append(f"timestamp must be a number of epoch milliseconds, got {ts!r}")
         for name in TRACK_OPTIONAL_STRINGS:
             if event.get(name) is not None and not isinstance(event[name], str):
@@ -286,10 +307,15 @@ class GradeMyPageEmulator(Emulator):
             if unknown := self._unknown_members(event, SERVER_EVENT_MEMBERS, "visitor", VISITOR_MEMBERS):
                 self.counters["unknown_members"] += unknown
             if key is not None and key in self._idempotency_keys:
+                if self.key_reuse != "repeat" and self._idempotency_keys[key] != event:
+                    self.counters["idempotency_key_conflicts"] += 1
+                    return Response(int(self.key_reuse), {
+                        "error": "idempotencyKey was already used with a different body",
+                        "details": [f"idempotencyKey {key!r}"]})
                 self.counters["server_events_deduplicated"] += 1
                 return Response(200, {"success": True, "deduplicated": True})
             if key is not None:
-                self._idempotency_keys.add(key)
+                self._idempotency_keys[key] = event
         self.record("server_events", [event])
         return Response(200, {"success": True, "id": uuid.uuid4().hex})
 
@@ -311,8 +337,6 @@ class GradeMyPageEmulator(Emulator):
             else:
                 problems += [f"visitor.{k} must be a string" for k, v in visitor.items()
                              if k in VISITOR_MEMBERS and v is not None and not isinstance(v, str)]
-        if (event.get("experimentId") is None) != (event.get("variantId") is None):
-            problems.append("experimentId and variantId must be given together")
         return problems
 
     def _experiments(self, request: Request) -> Response:

@@ -102,8 +102,9 @@ class StreamBackEmulator(Emulator):
             Route("POST", f"/v1/sdk/feedback/{fid}/attachments/presign", self._presign, "attachments_presign"),
             Route("GET", "/v1/sdk/config", self._config, "config"),
             Route("GET", "/v1/sdk/user/history", self._history, "user_history"),
-            Route("PUT", "/_storage/(?P<key>.+)", self._put, "storage"),
-            Route("GET", "/_storage/(?P<key>.+)", self._get_object, "storage_get"),
+            # Presigned storage takes the file's bytes, not JSON: never parsed (nor counted in invalid_json).
+            Route("PUT", "/_storage/(?P<key>.+)", self._put, "storage", json_body=False),
+            Route("GET", "/_storage/(?P<key>.+)", self._get_object, "storage_get", json_body=False),
         ]
 
     def reset_state(self) -> None:
