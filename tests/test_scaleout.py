@@ -44,7 +44,7 @@ def test_two_runs_sharing_a_credential_stay_under_its_limit_together(sandbox, wa
     assert [run.returncode for run in runs] == [0, 0], outputs
 
     stats = sandbox.stats()["screeb"]["event"]
-    assert stats["requests"] == 100 and stats["items_accepted"] == 10_000
+    assert stats["requests"] == 100 and stats["items_accepted"] == 10_000, stats
     assert stats["rate_limited"] == 0  # no 429 from the documented 50 requests/s per token
     assert stats["max_in_window"] <= 50  # most requests seen in any 1 s window, both runs together
     log = sandbox.emulator("screeb").request_log["event"]

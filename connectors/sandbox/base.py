@@ -333,8 +333,8 @@ class Emulator:
                 request.json()
 
     def _handle(self, route: Route, request: Request) -> Response:
+        now = time.time()  # the arrival, for rate windows: before parsing, whose time varies with load
         self._parse_body(route, request)
-        now = time.time()
         name = route.endpoint
         with self.lock:
             stats = self.stats[name]
