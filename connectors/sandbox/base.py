@@ -333,8 +333,7 @@ class Emulator:
                 request.json()
 
     def _handle(self, route: Route, request: Request) -> Response:
-        now = time.time()  # the arrival, for rate windows: before parsing, whose time varies with load
-        self._parse_body(route, request)
+        now = time.time()  # the arrival, for rate windows
         name = route.endpoint
         with self.lock:
             stats = self.stats[name]
@@ -363,6 +362,9 @@ class Emulator:
                 stats.dropped += 1
             raise
         finally:
+            # Parsed after the answer (a handler that ran has parsed it already: cached), so the strict
+            # check counts bodies a fault, a 429 or an auth refusal answered without adding time before them.
+            self._parse_body(route, request)
             with self.lock:
                 self.active -= 1
                 if request.invalid_json is not None:
