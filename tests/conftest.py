@@ -6,6 +6,7 @@ import os
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -102,3 +103,28 @@ def postgres_ledger_url() -> Iterator[str]:
     yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
         admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+# --- reading what a run left, shared by the per-vendor tests ----------------------------------------------
+def ledger_items(sync: str, state: str) -> list[dict[str, Any]]:
+    """The ledger's items of ``sync`` in ``state`` (the ledger of the test's SYNCLINE_HOME), closed after."""
+    from connectors.ledger import open_ledger
+
+    ledger = open_ledger()
+    try:
+        return list(ledger.items(sync, state=state, limit=10_000))
+    finally:
+        ledger.close()
+
+
+def rejection_reasons(sync: str) -> dict[str, str]:
+    """source key -> reject reason, for every rejected item of ``sync``."""
+    return {r["source_key"]: r["reason"] for r in ledger_items(sync, "rejected")}
+
+
+def assert_nothing_refused_at_the_vendor(sandbox: Sandbox, vendor: str, endpoint: str) -> None:
+    """Only 200s at the emulator, and every body strict JSON: the engine did the rejecting."""
+    assert sandbox.wait_idle(30)
+    stats = sandbox.stats()[vendor].get(endpoint, {})
+    assert stats.get("invalid_json", 0) == 0, sandbox.emulator(vendor).invalid_bodies[:2]
+    assert set(stats.get("by_status", {})) <= {200}, stats

@@ -34,8 +34,8 @@ from typing import Any
 
 import pytest
 
-from connectors.ledger import open_ledger
 from connectors.runner import run_sync
+from tests.conftest import ledger_items, rejection_reasons
 
 TRACK_SYNC = """
     source: {table: analytics.t, key: id}
@@ -47,16 +47,7 @@ SERVER_SYNC = """
 """
 
 
-def _items(sync: str, state: str) -> list[dict[str, Any]]:
-    ledger = open_ledger()
-    try:
-        return list(ledger.items(sync, state=state))
-    finally:
-        ledger.close()
 
-
-def _reasons(sync: str) -> dict[str, str]:
-    return {r["source_key"]: r["reason"] for r in _items(sync, "rejected")}
 
 
 def _raw_events(bodies: list[bytes], array: str | None = None) -> list[tuple[str, dict[str, Any]]]:
@@ -166,7 +157,7 @@ def test_track_rows_that_break_a_documented_rule_are_rejected_locally_and_never_
 
     run = run_sync(write_sync("t", TRACK_SYNC, TRACK_SQL))
 
-    reasons = _reasons("t")
+    reasons = rejection_reasons("t")
     assert set(reasons) == {key for key, *_ in rows} - {"ok"}
     assert reasons["no_event_type"] == "eventType is required"
     assert reasons["no_pathname"] == "pathname is required"
@@ -204,7 +195,7 @@ def test_track_rows_at_the_edge_of_the_document_are_delivered_unchanged(sandbox,
 
     run = run_sync(write_sync("t", TRACK_SYNC, TRACK_SQL))
 
-    assert _reasons("t") == {}
+    assert rejection_reasons("t") == {}
     assert run.delivered == len(rows)
     _assert_track_sent_as_written(sandbox, rows)
     _no_invalid_json(sandbox)
@@ -247,7 +238,7 @@ def test_choice_the_plausible_milliseconds_bounds_are_the_connectors_and_the_san
 
     run = run_sync(write_sync("t", TRACK_SYNC, TRACK_SQL))
 
-    reasons = _reasons("t")
+    reasons = rejection_reasons("t")
     assert sorted(reasons) == ["at_high", "under_low"]
     assert reasons["under_low"].startswith("timestamp looks like seconds")
     assert reasons["at_high"].startswith("timestamp looks like microseconds")
@@ -275,7 +266,7 @@ def test_nan_and_infinity_inside_track_objects_are_rejected_locally(sandbox, war
 
     run = run_sync(write_sync("t", TRACK_SYNC, sql))
 
-    reasons = _reasons("t")
+    reasons = rejection_reasons("t")
     assert sorted(reasons) == ["inf", "minus_inf", "nan"]
     assert all(r.startswith("eventData ") and "NaN" in r for r in reasons.values())
     assert run.delivered == 1
@@ -320,7 +311,7 @@ def test_server_event_rows_that_break_a_documented_rule_are_rejected_locally_and
 
     run = run_sync(write_sync("s", SERVER_SYNC, SERVER_SQL))
 
-    reasons = _reasons("s")
+    reasons = rejection_reasons("s")
     assert set(reasons) == {key for key, *_ in rows} - {"ok"}
     assert reasons["no_event_type"] == "eventType is required"
     assert reasons["no_event_name"] == "eventName is required"
@@ -355,7 +346,7 @@ def test_choice_reading_experiment_and_variant_go_together_a_lone_one_is_rejecte
 
     run = run_sync(write_sync("s", SERVER_SYNC, SERVER_SQL))
 
-    assert _reasons("s") == {
+    assert rejection_reasons("s") == {
         "experiment_alone": "variantId is required when experimentId is set (give both or neither)",
         "variant_alone": "experimentId is required when variantId is set (give both or neither)",
     }
@@ -388,13 +379,13 @@ def test_server_event_rows_at_the_edge_of_the_document_are_delivered_unchanged(s
 
     run = run_sync(write_sync("s", SERVER_SYNC, SERVER_SQL))
 
-    assert _reasons("s") == {}
+    assert rejection_reasons("s") == {}
     assert run.delivered == len(rows)
     # One request per event: each raw body is one event, found by the key its properties carry.
     sent = {event["properties"].get("k", "rich"): (raw, event)
             for raw, event in _raw_events(sandbox.bodies("grademypage", "server_events"))}
     stored = {e["properties"].get("k", "rich"): e for e in sandbox.records("grademypage", "server_events")}
-    ledger_keys = {r["source_key"]: r["idem_key"] for r in _items("s", "delivered")}
+    ledger_keys = {r["source_key"]: r["idem_key"] for r in ledger_items("s", "delivered")}
     assert len(sent) == len(stored) == len(rows)
 
     for key, event_type, event_name, ts, idem, visitor, page, properties, experiment, variant in rows:
@@ -458,10 +449,10 @@ def test_assumption_a_model_key_reused_with_a_different_body_stores_one_conversi
     (stored,) = sandbox.records("grademypage", "server_events")
     counters = sandbox.emulator("grademypage").counters
     if answer == "repeat":
-        assert (run.delivered, run.rejected) == (2, 0) and _reasons("s") == {}
+        assert (run.delivered, run.rejected) == (2, 0) and rejection_reasons("s") == {}
         assert counters["server_events_deduplicated"] == 1
     else:
-        reasons = _reasons("s")
+        reasons = rejection_reasons("s")
         assert (run.delivered, run.rejected) == (1, 1) and len(reasons) == 1
         (refused,) = reasons
         assert reasons[refused] == ("GradeMyPage refused the event (HTTP 422): idempotencyKey was already used "
@@ -502,7 +493,7 @@ def test_nan_and_infinity_inside_server_event_objects_are_rejected_locally(sandb
 
     run = run_sync(write_sync("s", SERVER_SYNC, sql))
 
-    reasons = _reasons("s")
+    reasons = rejection_reasons("s")
     assert sorted(reasons) == ["inf", "nan"] and all(r.startswith("properties ") for r in reasons.values())
     assert run.delivered == 1
     assert [e["properties"] for e in sandbox.records("grademypage", "server_events")] == [
@@ -521,7 +512,7 @@ def test_choice_opt_in_server_event_rules_reject_only_when_the_sync_asks(sandbox
 
     run = run_sync(write_sync("s", SERVER_SYNC + f"    strict: {strict}\n", SERVER_SQL))
 
-    assert _reasons("s") == {
+    assert rejection_reasons("s") == {
         "no_ts": "timestamp is missing: GradeMyPage would stamp the event with the time it is sent "
                  "(rule timestamp_required)",
         "typo": "visitor has unknown member(s) user_agent (allowed: id, ip, userAgent) (rule visitor_known_members)",

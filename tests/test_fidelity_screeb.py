@@ -35,11 +35,11 @@ import pytest
 import requests
 
 from connectors.engine.endpoint import HttpResponse
-from connectors.ledger import open_ledger
 from connectors.runner import run_sync
 from connectors.sandbox import Fault, Sandbox
 from connectors.sandbox.emulators.screeb import ERROR_SHAPES, ScreebEmulator
 from connectors.vendors.screeb import EVENT, RELEASE
+from tests.conftest import assert_nothing_refused_at_the_vendor, rejection_reasons
 
 FIELDS = ("user_alias", "type", "event_name", "group_type", "group_name", "url", "screen_name", "conversation_id",
           "copilot_session_id", "prompt", "response", "rating", "rating_scale", "context", "properties")
@@ -103,20 +103,7 @@ def assert_sent_as_written(sandbox: Sandbox, endpoint: str, rows: Sequence[Seque
     assert not missing, (missing, wire[:2000])
 
 
-def rejections(sync: str) -> dict[str, str]:
-    ledger = open_ledger()
-    try:
-        return {r["source_key"]: r["reason"] for r in ledger.items(sync, state="rejected", limit=10_000)}
-    finally:
-        ledger.close()
 
-
-def assert_nothing_refused_at_the_vendor(sandbox: Sandbox, endpoint: str) -> None:
-    """Only 200s at the emulator, and every body strict JSON: the engine did the rejecting."""
-    assert sandbox.wait_idle(30)
-    stats = sandbox.stats()["screeb"].get(endpoint, {})
-    assert stats.get("invalid_json", 0) == 0, sandbox.emulator("screeb").invalid_bodies[:2]
-    assert set(stats.get("by_status", {})) <= {200}, stats
 
 
 # key -> (row values, what the reason must contain: the field and, for a named rule, the rule)
@@ -197,13 +184,13 @@ def test_events_breaking_a_documented_rule_are_rejected_locally_naming_the_field
     load(warehouse, FIELDS, [good, *[row(key, **values) for key, (values, _) in EVENT_BAD.items()]])
     run = run_sync(write_sync("bad_events", EVENT_SYNC, EVENT_SQL))
 
-    found = rejections("bad_events")
+    found = rejection_reasons("bad_events")
     assert set(found) == set(EVENT_BAD)
     for key, (_, reason) in EVENT_BAD.items():
         assert reason in found[key], (key, found[key])
     assert run.delivered == 1
     assert sandbox.records("screeb", "event") == [{"user_alias": "u1", "type": "track", "event_name": "Signed up"}]
-    assert_nothing_refused_at_the_vendor(sandbox, "event")
+    assert_nothing_refused_at_the_vendor(sandbox, "screeb", "event")
 
 
 def test_edge_events_are_delivered_exactly_as_the_model_wrote_them(sandbox, warehouse, write_sync):
@@ -211,12 +198,12 @@ def test_edge_events_are_delivered_exactly_as_the_model_wrote_them(sandbox, ware
     load(warehouse, FIELDS, rows)
     run = run_sync(write_sync("edge_events", EVENT_SYNC, EVENT_SQL))
 
-    assert rejections("edge_events") == {}
+    assert rejection_reasons("edge_events") == {}
     assert run.delivered == len(EVENT_EDGE)
     assert_sent_as_written(sandbox, "event", rows, FIELDS, OBJECTS)
     expected = [expected_item(r, FIELDS, OBJECTS) for r in rows]
     assert canonical(sandbox.records("screeb", "event")) == canonical(expected)  # and stored as sent
-    assert_nothing_refused_at_the_vendor(sandbox, "event")
+    assert_nothing_refused_at_the_vendor(sandbox, "screeb", "event")
     assert sandbox.stats()["screeb"]["event"]["max_items_per_request"] <= 100
 
 
@@ -234,7 +221,7 @@ def test_json_null_objects_are_omitted_not_rejected(sandbox, warehouse, write_sy
     """``properties`` and ``context`` are optional: a JSON ``null`` there means "none", like a NULL column."""
     load(warehouse, FIELDS, [row("nulls", user_alias="u", type="identify", properties="null", context="null")])
     run = run_sync(write_sync("null_objects", EVENT_SYNC, EVENT_SQL))
-    assert rejections("null_objects") == {} and run.delivered == 1
+    assert rejection_reasons("null_objects") == {} and run.delivered == 1
     assert sandbox.records("screeb", "event") == [{"user_alias": "u", "type": "identify"}]
 
 
@@ -245,11 +232,11 @@ def test_nan_and_infinity_in_structs_are_rejected_locally_and_never_reach_the_wi
         ('ok', {'score': 0.5, 'deep': {'l': [-1.0]}})) t(id, props)""")
     spec = write_sync("nan", EVENT_SYNC, "SELECT _key, 'u' AS user_alias, 'identify' AS type, props AS properties FROM source")
     run = run_sync(spec)
-    found = rejections("nan")
+    found = rejection_reasons("nan")
     assert set(found) == {"nan", "inf"} and all("properties" in reason for reason in found.values())
     assert run.delivered == 1
     assert sandbox.records("screeb", "event")[0]["properties"] == {"score": 0.5, "deep": {"l": [-1.0]}}
-    assert_nothing_refused_at_the_vendor(sandbox, "event")
+    assert_nothing_refused_at_the_vendor(sandbox, "screeb", "event")
 
 
 # --- releases ------------------------------------------------------------------------------------------
@@ -289,25 +276,25 @@ def test_releases_breaking_the_document_are_rejected_locally(sandbox, warehouse,
          table="releases")
     run = run_sync(write_sync("bad_releases", RELEASE_SYNC, RELEASE_SQL))
 
-    found = rejections("bad_releases")
+    found = rejection_reasons("bad_releases")
     assert set(found) == set(RELEASE_BAD)
     for key, (_, reason) in RELEASE_BAD.items():
         assert reason in found[key], (key, found[key])
     assert run.delivered == 1
     assert sandbox.records("screeb", "release") == [{"name": "Spring", "version": "2.4.0"}]
-    assert_nothing_refused_at_the_vendor(sandbox, "release")
+    assert_nothing_refused_at_the_vendor(sandbox, "screeb", "release")
 
 
 def test_edge_releases_are_delivered_exactly_as_the_model_wrote_them(sandbox, warehouse, write_sync):
     load(warehouse, RELEASE_COLUMNS, RELEASE_EDGE, table="releases")
     run = run_sync(write_sync("edge_releases", RELEASE_SYNC, RELEASE_SQL))
 
-    assert rejections("edge_releases") == {}
+    assert rejection_reasons("edge_releases") == {}
     assert run.delivered == len(RELEASE_EDGE)
     assert_sent_as_written(sandbox, "release", RELEASE_EDGE, RELEASE_COLUMNS, ("tags",))
     expected = [expected_item(r, RELEASE_COLUMNS, ("tags",)) for r in RELEASE_EDGE]
     assert canonical(sandbox.records("screeb", "release")) == canonical(expected)  # and stored as sent
-    assert_nothing_refused_at_the_vendor(sandbox, "release")
+    assert_nothing_refused_at_the_vendor(sandbox, "screeb", "release")
 
 
 # --- choices: opt-in rules ------------------------------------------------------------------------------
@@ -317,7 +304,7 @@ def test_choice_strict_rejects_blank_texts_and_rows_without_alias(sandbox, wareh
     rows = [row(key, **values) for key, values in EVENT_EDGE.items()]
     load(warehouse, FIELDS, rows)
     run = run_sync(write_sync("strict_events", EVENT_SYNC + "    strict: true\n", EVENT_SQL))
-    found = rejections("strict_events")
+    found = rejection_reasons("strict_events")
     no_alias = "(rule user_alias_required)"
     assert {key for key, reason in found.items() if no_alias in reason} == {
         "anonymous_identify", "blank_url", "blank_screen", "conversion_bare", "satisfaction_blank_rating"}
@@ -327,7 +314,7 @@ def test_choice_strict_rejects_blank_texts_and_rows_without_alias(sandbox, wareh
     assert "url is blank (rule url_not_blank)" in found["blank_url"]
     assert "screen_name is blank (rule screen_name_not_blank)" in found["blank_screen"]
     assert run.delivered == len(EVENT_EDGE) - len(found)
-    assert_nothing_refused_at_the_vendor(sandbox, "event")
+    assert_nothing_refused_at_the_vendor(sandbox, "screeb", "event")
 
 
 def test_choice_releases_without_description_or_tags_are_rejected_only_when_named(sandbox, warehouse, write_sync):
@@ -338,7 +325,7 @@ def test_choice_releases_without_description_or_tags_are_rejected_only_when_name
     missing = ("description is missing (the sync asks for one on every release) (rule description_required); "
                "tags are missing (the sync asks for them on every release) (rule tags_required)")
     without_description = "description is missing (the sync asks for one on every release) (rule description_required)"
-    assert rejections("strict_releases") == {
+    assert rejection_reasons("strict_releases") == {
         "number_tags": without_description,
         "nested_tags": without_description,
         "released_without_offset": missing,
@@ -361,7 +348,7 @@ def test_choice_release_tags_strings_and_released_at_offset_only_when_opted_in(s
     spec = write_sync("opt_in_releases", RELEASE_SYNC + "    strict: [tags_strings, released_at_has_offset]\n",
                       RELEASE_SQL)
     run = run_sync(spec)
-    assert rejections("opt_in_releases") == {
+    assert rejection_reasons("opt_in_releases") == {
         "number_tags": "tags must be an array of strings, got [1, 2.50, true, null] (rule tags_strings)",
         "nested_tags": 'tags must be an array of strings, got [["a"], {"b": "c"}] (rule tags_strings)',
         "released_without_offset": "released_at has no UTC offset (a date alone or a local time), and Screeb's "
@@ -371,7 +358,7 @@ def test_choice_release_tags_strings_and_released_at_offset_only_when_opted_in(s
                               "zone for it is not documented; got 2023-03-22 (rule released_at_has_offset)",
     }
     assert run.delivered == len(RELEASE_EDGE) - 4  # 20230322T152241Z has its offset (Z)
-    assert_nothing_refused_at_the_vendor(sandbox, "release")
+    assert_nothing_refused_at_the_vendor(sandbox, "screeb", "release")
 
 
 # --- the emulator must not copy the connector's guesses ------------------------------------------------------
@@ -387,7 +374,7 @@ def test_any_400_body_still_rejects_the_right_item_with_a_readable_reason(sandbo
     run = run_sync(write_sync("shapes", EVENT_SYNC, EVENT_SQL))
 
     assert run.delivered == 99 and run.rejected == 1
-    found = rejections("shapes")
+    found = rejection_reasons("shapes")
     assert list(found) == ["e042"]
     reason = found["e042"]
     assert reason.startswith("Screeb refused the item (HTTP 400): "), reason

@@ -29,10 +29,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from connectors.ledger import open_ledger
 from connectors.runner import run_sync
 from connectors.sandbox.emulators.streamback import StreamBackEmulator
 from pipelines.sample_data import streamback as sample
+from tests.conftest import ledger_items, rejection_reasons
 
 SYNC = """
     source: {table: analytics.fb, key: id}
@@ -63,16 +63,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return f"CREATE TABLE analytics.fb AS SELECT {typed} FROM (VALUES {body}) t({COLUMNS})"
 
 
-def _items(sync: str, state: str) -> list[dict[str, Any]]:
-    ledger = open_ledger()
-    try:
-        return list(ledger.items(sync, state=state))
-    finally:
-        ledger.close()
 
-
-def _reasons(sync: str) -> dict[str, str]:
-    return {r["source_key"]: r["reason"] for r in _items(sync, "rejected")}
 
 
 def _sent_bodies(sandbox: Any) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -123,7 +114,7 @@ def test_feedback_rows_that_break_a_documented_rule_are_rejected_locally_and_nev
 
     run = run_sync(write_sync("fb", SYNC, SQL))
 
-    reasons = _reasons("fb")
+    reasons = rejection_reasons("fb")
     assert set(reasons) == {r["id"] for r in rows} - {"ok"}
     assert reasons["no_type"] == "type is required"
     assert reasons["type_outside_list"] == "type must be one of bug, suggestion, praise, question, other; got complaint"
@@ -168,10 +159,10 @@ def test_feedback_rows_at_the_edge_of_the_document_are_delivered_unchanged(
 
     run = run_sync(write_sync("fb", SYNC, SQL))
 
-    assert _reasons("fb") == {}
+    assert rejection_reasons("fb") == {}
     assert run.delivered == len(rows)
     emu = _emulator(sandbox)
-    ids = {i["source_key"]: i["vendor_id"] for i in _items("fb", "delivered")}
+    ids = {i["source_key"]: i["vendor_id"] for i in ledger_items("fb", "delivered")}
     sent = _sent_bodies(sandbox)
     assert len(sent) == len(rows) == _requests(sandbox, "feedback")
     for row in rows:
@@ -209,9 +200,9 @@ def test_choice_an_empty_or_blank_screenshot_path_means_no_screenshot(sandbox, w
 
     run = run_sync(write_sync("fb", SYNC, SQL))
 
-    assert (run.delivered, _reasons("fb")) == (3, {})
+    assert (run.delivered, rejection_reasons("fb")) == (3, {})
     emu = _emulator(sandbox)
-    ids = {i["source_key"]: i["vendor_id"] for i in _items("fb", "delivered")}
+    ids = {i["source_key"]: i["vendor_id"] for i in ledger_items("fb", "delivered")}
     for row in rows:
         stored = emu.feedback[ids[row["id"]]]
         assert (stored["objectKey"], stored["finalized"]) == (None, False), row["id"]
@@ -233,7 +224,7 @@ def test_nan_and_infinity_inside_feedback_objects_are_rejected_locally(sandbox, 
 
     run = run_sync(write_sync("fb", SYNC, sql))
 
-    reasons = _reasons("fb")
+    reasons = rejection_reasons("fb")
     assert sorted(reasons) == ["inf", "minus_inf", "nan"]
     assert all("NaN" in r and ("snapshot" in r or "surveyResponse" in r) for r in reasons.values())
     assert run.delivered == 1 and _requests(sandbox, "feedback") == 1

@@ -29,11 +29,11 @@ import pytest
 import requests
 
 from connectors.errors import ConfigError
-from connectors.ledger import open_ledger
 from connectors.runner import run_sync
 from connectors.sandbox import Fault, Sandbox
 from connectors.sandbox.emulators.trubrics import ERROR_SHAPES, TrubricsEmulator
 from connectors.vendors.trubrics import PUBLISH_EVENTS, PUBLISH_LLM_EVENTS
+from tests.conftest import assert_nothing_refused_at_the_vendor, rejection_reasons
 
 EVENT_COLUMNS = {"id": "VARCHAR", "user_id": "VARCHAR", "event": "VARCHAR", "ts": "VARCHAR", "props": "VARCHAR"}
 EVENTS_SYNC = """
@@ -119,20 +119,7 @@ def assert_sent_as_written(sandbox: Sandbox, endpoint: str, rows: Sequence[Seque
     assert not missing, (missing, wire[:2000])
 
 
-def rejections(sync: str) -> dict[str, str]:
-    ledger = open_ledger()
-    try:
-        return {r["source_key"]: r["reason"] for r in ledger.items(sync, state="rejected", limit=10_000)}
-    finally:
-        ledger.close()
 
-
-def assert_nothing_refused_at_the_vendor(sandbox: Sandbox, endpoint: str) -> None:
-    """Only 200s at the emulator, and every body strict JSON: the engine did the rejecting."""
-    assert sandbox.wait_idle(30)
-    stats = sandbox.stats()["trubrics"].get(endpoint, {})
-    assert stats.get("invalid_json", 0) == 0, sandbox.emulator("trubrics").invalid_bodies[:2]
-    assert set(stats.get("by_status", {})) <= {200}, stats
 
 
 EVENT_BAD_ROWS: dict[str, tuple[tuple[Any, ...], str]] = {
@@ -176,33 +163,33 @@ def test_publish_events_rows_breaking_a_documented_rule_are_rejected_locally_nam
     load(warehouse, EVENT_COLUMNS, [good, *[(key, *values) for key, (values, _) in EVENT_BAD_ROWS.items()]])
     run = run_sync(write_sync("bad_events", EVENTS_SYNC, EVENTS_SQL))
 
-    found = rejections("bad_events")
+    found = rejection_reasons("bad_events")
     assert set(found) == set(EVENT_BAD_ROWS)
     for key, (_, reason) in EVENT_BAD_ROWS.items():
         assert found[key].startswith(reason), (key, found[key])
     assert run.delivered == 1
     assert sandbox.records("trubrics", "publish_events") == [
         {"user_id": "u1", "event": "Signed up", "timestamp": T, "properties": {"country": "US"}}]
-    assert_nothing_refused_at_the_vendor(sandbox, "publish_events")
+    assert_nothing_refused_at_the_vendor(sandbox, "trubrics", "publish_events")
 
 
 def test_publish_events_edge_rows_are_delivered_exactly_as_the_model_wrote_them(sandbox, warehouse, write_sync):
     load(warehouse, EVENT_COLUMNS, EVENT_EDGE_ROWS)
     run = run_sync(write_sync("edge_events", EVENTS_SYNC, EVENTS_SQL))
 
-    assert rejections("edge_events") == {}
+    assert rejection_reasons("edge_events") == {}
     assert run.delivered == len(EVENT_EDGE_ROWS)
     assert_sent_as_written(sandbox, "publish_events", EVENT_EDGE_ROWS, EVENT_COLUMNS, RENAME)
     expected = [expected_item(r, EVENT_COLUMNS, RENAME) for r in EVENT_EDGE_ROWS]
     assert canonical(sandbox.records("trubrics", "publish_events")) == canonical(expected)  # and stored as sent
-    assert_nothing_refused_at_the_vendor(sandbox, "publish_events")
+    assert_nothing_refused_at_the_vendor(sandbox, "trubrics", "publish_events")
 
 
 def test_json_null_properties_are_omitted_not_rejected(sandbox, warehouse, write_sync):
     """``properties`` is optional: a JSON ``null`` there means "no properties", like a NULL column."""
     load(warehouse, EVENT_COLUMNS, [("json_null", "u1", "E", T, "null"), ("sql_null", "u2", "E", T, None)])
     run = run_sync(write_sync("null_props", EVENTS_SYNC, EVENTS_SQL))
-    assert rejections("null_props") == {} and run.delivered == 2
+    assert rejection_reasons("null_props") == {} and run.delivered == 2
     assert canonical(sandbox.records("trubrics", "publish_events")) == canonical(
         [{"user_id": "u1", "event": "E", "timestamp": T}, {"user_id": "u2", "event": "E", "timestamp": T}])
 
@@ -229,11 +216,11 @@ def test_nan_and_infinity_at_any_depth_are_rejected_locally_and_never_reach_the_
     spec = write_sync("nan", EVENTS_SYNC, f"SELECT _key, 'u' AS user_id, 'e' AS event, '{T}' AS timestamp, props AS properties FROM source")
     run = run_sync(spec)
 
-    found = rejections("nan")
+    found = rejection_reasons("nan")
     assert set(found) == {"nan", "inf", "minus_inf"} and all("properties" in r for r in found.values())
     assert run.delivered == 1
     assert sandbox.records("trubrics", "publish_events")[0]["properties"] == {"x": 1.5, "inner": {"l": [2.0, -0.5]}}
-    assert_nothing_refused_at_the_vendor(sandbox, "publish_events")
+    assert_nothing_refused_at_the_vendor(sandbox, "trubrics", "publish_events")
 
 
 def test_at_most_100_events_per_request(sandbox, warehouse, write_sync):
@@ -272,25 +259,25 @@ def test_llm_events_rows_breaking_a_documented_rule_are_rejected_locally_naming_
     load(warehouse, LLM_COLUMNS, [good, *[(key, *values) for key, (values, _) in LLM_BAD_ROWS.items()]])
     run = run_sync(write_sync("bad_llm", LLM_SYNC, LLM_SQL))
 
-    found = rejections("bad_llm")
+    found = rejection_reasons("bad_llm")
     assert set(found) == set(LLM_BAD_ROWS)
     for key, (_, reason) in LLM_BAD_ROWS.items():
         assert found[key].startswith(reason), (key, found[key])
     assert run.delivered == 1
     assert sandbox.records("trubrics", "publish_llm_events") == [{"user_id": "u", "prompt": "p", "generation": "g"}]
-    assert_nothing_refused_at_the_vendor(sandbox, "publish_llm_events")
+    assert_nothing_refused_at_the_vendor(sandbox, "trubrics", "publish_llm_events")
 
 
 def test_llm_edge_rows_are_delivered_exactly_as_the_model_wrote_them(sandbox, warehouse, write_sync):
     load(warehouse, LLM_COLUMNS, LLM_EDGE_ROWS)
     run = run_sync(write_sync("edge_llm", LLM_SYNC, LLM_SQL))
 
-    assert rejections("edge_llm") == {}
+    assert rejection_reasons("edge_llm") == {}
     assert run.delivered == len(LLM_EDGE_ROWS)
     assert_sent_as_written(sandbox, "publish_llm_events", LLM_EDGE_ROWS, LLM_COLUMNS, RENAME)
     expected = [expected_item(r, LLM_COLUMNS, RENAME) for r in LLM_EDGE_ROWS]
     assert canonical(sandbox.records("trubrics", "publish_llm_events")) == canonical(expected)  # and stored as sent
-    assert_nothing_refused_at_the_vendor(sandbox, "publish_llm_events")
+    assert_nothing_refused_at_the_vendor(sandbox, "trubrics", "publish_llm_events")
 
 
 @pytest.mark.parametrize(
@@ -319,7 +306,7 @@ def test_choice_strict_rejects_blank_texts_negative_latency_and_non_string_threa
     """Choices, not documented rules: each opt-in rule rejects only when the sync names it (or ``strict: true``)."""
     load(warehouse, LLM_COLUMNS, LLM_EDGE_ROWS)
     run = run_sync(write_sync("strict_llm", LLM_SYNC + "    strict: true\n", LLM_SQL))
-    found = rejections("strict_llm")
+    found = rejection_reasons("strict_llm")
     assert found == {
         "blank": "user_id is blank (rule user_id_not_blank); prompt is blank (rule prompt_not_blank); "
                  "generation is blank (rule generation_not_blank)",
@@ -335,7 +322,7 @@ def test_choice_strict_rejects_blank_texts_negative_latency_and_non_string_threa
         "thread_only", EVENTS_SYNC.replace("analytics.rows", "analytics.events") + "    strict: [thread_id_string]\n",
         EVENTS_SQL)
     run = run_sync(only_thread)
-    assert rejections("thread_only") == {"thread": "properties.$thread_id must be a string, got 42 (rule thread_id_string)"}
+    assert rejection_reasons("thread_only") == {"thread": "properties.$thread_id must be a string, got 42 (rule thread_id_string)"}
     assert run.delivered == 2  # the blank user_id is not checked: that rule was not named
 
 
@@ -357,8 +344,8 @@ def test_any_422_body_still_rejects_the_right_item_with_a_readable_reason(sandbo
     run = run_sync(write_sync("shapes", EVENTS_SYNC, EVENTS_SQL))
 
     assert run.delivered == 99 and run.rejected == 1
-    (reason,) = rejections("shapes").values()
-    assert list(rejections("shapes")) == ["e042"]
+    (reason,) = rejection_reasons("shapes").values()
+    assert list(rejection_reasons("shapes")) == ["e042"]
     assert "422" in reason
     if shape != "empty":
         assert "item refused by server-side rule" in reason, reason
