@@ -198,8 +198,18 @@ def strip_values(text: str) -> str:
     return _NUMBER.sub("N", text)
 
 
+_NAMED_RULE = re.compile(r"^(?P<body>.*) \(rule (?P<name>[a-z][a-z0-9_]*)\)$", re.S)
+_FIELD_FIRST = re.compile(rf"^{_F} (?P<rule>.*)$", re.S)
+
+
 def parse_one(text: str) -> Reason:
     text = text.strip()
+    named = _NAMED_RULE.match(text)
+    if named:  # an endpoint rule: "<field> <says what> (rule <name>)" (payload.py appends the name)
+        inner = parse_one(named["body"])
+        if inner.field is None and (lead := _FIELD_FIRST.match(named["body"])):
+            inner = Reason(strip_values(lead["rule"]), lead["field"])
+        return Reason(f"{inner.rule} (rule {named['name']})", inner.field, inner.value)
     vendor = _vendor(text)
     if vendor is not None:
         return vendor

@@ -73,6 +73,11 @@ def test_reason_parser_splits_rule_field_and_value():
     first, second = parse_reason("type must be one of bug, praise; got complaint; user_id is required")
     assert (first.rule, first.field, first.value) == ("must be one of bug, praise", "type", "complaint")
     assert (second.rule, second.field) == ("is required", "user_id")
+    # An endpoint rule carries its name (payload.py): the field and value still come apart from the rule.
+    (named,) = parse_reason("latency must be at least 0, got -2 (rule latency_not_negative)")
+    assert (named.rule, named.field, named.value) == ("must be at least 0 (rule latency_not_negative)", "latency", "-2")
+    (said,) = parse_reason("user_alias is missing: an anonymous user would be made (rule user_alias_required)")
+    assert (said.field, said.rule) == ("user_alias", "is missing: an anonymous user would be made (rule user_alias_required)")
     (flux,) = parse_reason("Flux rejected the event: name is required (missing_name)")
     assert flux.field == "name" and flux.rule == "Flux rejected the event: name is required (missing_name)"
     (long,) = parse_reason("prompt is 10519 characters, over the limit of 10000")
