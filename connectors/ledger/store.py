@@ -533,15 +533,21 @@ class Ledger:
         return len(dead)
 
     def take_dead_staging(self) -> list[str]:
-        """Staging folders of crashed runs of this host (raw source rows), forgotten as they are handed to
-        the caller, which removes them."""
+        """Staging folders of this host's runs whose process is gone (raw source rows), forgotten as they are
+        handed to the caller, which removes them: crashed runs, and finished ones killed after recording
+        their end but before removing their folder."""
         self.reap_dead_runs()
-        where = "status = 'crashed' AND host = ? AND staging <> ''"
-        rows = self._query(f"SELECT staging FROM syncline_runs WHERE {where}", [socket.gethostname()])
-        if rows:
+        host = socket.gethostname()
+        rows = self._query("SELECT run_id, sync, status, pid, staging FROM syncline_runs "
+                           "WHERE host = ? AND staging <> '' AND status <> 'running'", [host])
+        dead = [(run_id, sync, staging) for run_id, sync, status, pid, staging in rows
+                if status == "crashed" or not pid or not process_alive(int(pid))]
+        if dead:
             with self._write() as cur:
-                cur.execute(self._sql(f"UPDATE syncline_runs SET staging = '' WHERE {where}"), (socket.gethostname(),))
-        return [r[0] for r in rows]
+                for run_id, sync, _ in dead:
+                    cur.execute(self._sql("UPDATE syncline_runs SET staging = '' WHERE run_id = ? AND sync = ?"),
+                                (run_id, sync))
+        return [staging for _, _, staging in dead]
 
     def runs(self, sync: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         self.reap_dead_runs()
