@@ -513,7 +513,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     print(f"syncline sandbox listening on {sandbox.url} (Ctrl-C to stop). To point syncline at it:")
     for name, value in sandbox.env().items():
         print(f"export {name}={value}")
-    sys.stdout.flush()
+    print(flush=True)  # the end of the block, for a program reading it
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with contextlib.suppress(KeyboardInterrupt):
         sandbox.serve_forever()

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import textwrap
+import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +52,42 @@ def sandbox(_sandbox_server: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Sandbo
     for name, value in _sandbox_server.env().items():
         monkeypatch.setenv(name, value)
     return _sandbox_server
+
+
+@dataclass
+class SandboxProcess:
+    """A sandbox in its own process, as a vendor is: nothing in the test's process (its threads, its GIL)
+    delays or bunches the arrivals it times, which rate-window tests measure."""
+
+    url: str
+    env: dict[str, str]
+
+    def stats(self) -> dict[str, dict[str, dict[str, Any]]]:
+        with urllib.request.urlopen(f"{self.url}/_sandbox/stats", timeout=10) as resp:
+            return dict(json.load(resp))
+
+
+@pytest.fixture
+def sandbox_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[SandboxProcess]:
+    """``syncline sandbox --port 0`` in a child process, its variables in the environment; stopped after."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "sandbox", "--port", "0", "--counts-only"],
+                            cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert " listening on " in first, first
+        env: dict[str, str] = {}
+        for line in iter(proc.stdout.readline, ""):
+            if not line.startswith("export "):
+                break
+            name, _, value = line.removeprefix("export ").strip().partition("=")
+            env[name] = value
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        yield SandboxProcess(first.split(" on ")[1].split(" ")[0], env)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 @pytest.fixture
