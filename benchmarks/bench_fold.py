@@ -25,14 +25,25 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_compare import postgres_admin  # noqa: E402
 from connectors.ledger import Ledger, open_ledger  # noqa: E402
+from connectors.ledger.store import Store  # noqa: E402
 from connectors.ledger.writer import FOLD_LAG_GROUPS, FOLD_SLICE_ITEMS  # noqa: E402
 
 DESTINATION = "bench-" + "0" * 26
 
 
 def write_journal(ledger: Ledger, items: int, group: int, per_request: int) -> list[int]:
-    """The journal rows of one run: returns each claim group's seq (what the writer folds up to)."""
+    """The journal rows of one run, where a run's writer puts them (:meth:`Ledger.open_journal`): returns
+    each claim group's seq (what the writer folds up to)."""
     seqs: list[int] = []
+    journal = ledger.open_journal()
+    try:
+        _write_groups(journal, items, group, per_request, seqs)
+    finally:
+        journal.close()
+    return seqs
+
+
+def _write_groups(ledger: Store, items: int, group: int, per_request: int, seqs: list[int]) -> None:
     with ledger.batch():
         for g in range(0, items, group):
             rows = sorted(
@@ -46,7 +57,6 @@ def write_journal(ledger: Ledger, items: int, group: int, per_request: int) -> l
                 keys = [row[0] for row in rows[r:r + per_request]]
                 ledger.journal("delivered", DESTINATION, "bench", "publish_events", "run1", claim,
                                json.dumps(keys), len(keys))
-    return seqs
 
 
 def main() -> None:

@@ -177,7 +177,7 @@ def test_a_version_1_ledger_migrates_in_place_and_is_adopted(syncline_home):
     conn.commit()
     conn.close()
     ledger = open_ledger(str(path))
-    assert ledger.migrated == [2, 3, 4]
+    assert ledger.migrated == [2, 3, 4, 5]
     (version,) = ledger._query("SELECT max(version) FROM syncline_schema_version")
     assert version[0] == LATEST
     dest = resolve_destination("trubrics", "http://127.0.0.1:1", {"api_key": "k"}, "api_key")
@@ -199,3 +199,93 @@ def test_bulk_rows_are_written_whole_and_keep_deliveries(ledger_url):
     assert ledger.items("s", state="delivered")[0]["vendor_id"] == "v0"
     ledger.write_attempts([AttemptRow("r1", "s", "ep", f"c{i}", 1, 100, 5000, 200, 3.2) for i in range(200)])
     assert len(ledger.attempts(run_id="r1", limit=500)) == 200
+
+
+# --- the journal: appended by a run's writer on its own connection, folded on another -----------------------
+def _journal_claim(journal, claim: str, keys: list[str]) -> int:
+    doc = json.dumps([[k, f"src-{k}", "hash", "2026-06-01T00:00:00.000000Z"] for k in keys])
+    return journal.journal("claim", DEST, "s", "ep", "r1", claim, doc, len(keys), state="in_doubt")
+
+
+def test_a_fold_applies_each_journal_row_once_while_the_writer_appends(ledger_url):
+    """Claims, deliveries and attempts appended through the writer's journal connection while folds run
+    on two other connections: every item ends delivered, every attempt is stored once, nothing is left."""
+    import threading
+
+    ledger = open_ledger(ledger_url)
+    journal = ledger.open_journal()
+    folders = [ledger.open_another(), ledger.open_another()]
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def fold_until_done(conn) -> None:
+        try:
+            while not done.is_set():
+                conn.fold()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fold_until_done, args=(f,)) for f in folders]
+    for t in threads:
+        t.start()
+    try:
+        for g in range(40):
+            keys = [f"g{g}-{i:03d}" for i in range(50)]
+            with journal.batch():
+                _journal_claim(journal, f"c{g}", keys)
+            with journal.batch():
+                journal.journal("delivered", DEST, "s", "ep", "r1", f"c{g}", json.dumps(keys), len(keys))
+                attempt = AttemptRow("r1", "s", "ep", f"c{g}.0", 1, len(keys), 999, 200, 1.5, destination=DEST)
+                from connectors.ledger.rows import attempt_values
+
+                journal.journal("attempts", DEST, "s", "ep", "r1", f"c{g}", json.dumps([attempt_values(attempt)]), 1)
+    finally:
+        done.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert not errors, errors
+    ledger.fold()
+    assert ledger.counts("s", destination=DEST) == {"delivered": 2000, "rejected": 0, "in_doubt": 0, "failed": 0}
+    attempts = ledger.attempts(sync="s", limit=1000)
+    assert len(attempts) == 40 and {a["status"] for a in attempts} == {200}
+    assert {a["chunk_id"] for a in attempts} == {f"c{g}.0" for g in range(40)}
+    assert attempts[0]["latency_ms"] == 1.5 and attempts[0]["items"] == 50
+    assert ledger.fold() == 0  # nothing left to fold
+    for conn in (journal, *folders, ledger):
+        conn.close()
+
+
+def test_a_sqlite_journal_lives_beside_the_ledger_and_a_new_journal_file_starts_over(syncline_home):
+    """The journal file is ``ledger.sqlite.journal``; a fold's mark is kept per journal file, so a journal
+    deleted and recreated (seqs from 1 again) is folded from its start, not skipped under the old mark."""
+    path = syncline_home / "ledger.sqlite"
+    ledger = open_ledger(str(path))
+    journal = ledger.open_journal()
+    assert journal.path == syncline_home / "ledger.sqlite.journal"
+    for g in range(3):
+        _journal_claim(journal, f"a{g}", [f"a{g}-{i}" for i in range(10)])
+    journal.close()
+    assert ledger.fold() == 3
+    for suffix in ("", "-wal", "-shm"):
+        (syncline_home / f"ledger.sqlite.journal{suffix}").unlink(missing_ok=True)
+    journal = ledger.open_journal()
+    assert _journal_claim(journal, "b0", ["b0-0", "b0-1"]) == 1
+    journal.close()
+    ledger.close()
+    ledger = open_ledger(str(path))  # opening folds what a run left
+    assert ledger.counts("s", destination=DEST)["in_doubt"] == 32
+    ledger.close()
+
+
+def test_journal_rows_left_in_the_ledger_file_by_version_4_are_folded(syncline_home):
+    """A run of the previous version killed mid-delivery left its journal inside the ledger file."""
+    path = syncline_home / "ledger.sqlite"
+    ledger = open_ledger(str(path))
+    _journal_claim(ledger, "old", ["k1", "k2"])  # the ledger's own syncline_journal, as version 4 wrote it
+    ledger.journal("delivered", DEST, "s", "ep", "r1", "old", json.dumps(["k1"]), 1)
+    ledger.close()
+    ledger = open_ledger(str(path))
+    assert ledger.lookup(DEST, ["k1", "k2"]) == {"k1": ("delivered", "hash"), "k2": ("in_doubt", "hash")}
+    (left,) = ledger._query("SELECT count(*) FROM main.syncline_journal")
+    assert left[0] == 0
+    ledger.close()

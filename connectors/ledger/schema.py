@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-LATEST = 4
+LATEST = 5
 
 V1 = [
     """CREATE TABLE IF NOT EXISTS syncline_items (
@@ -40,10 +40,12 @@ V1 = [
     "CREATE INDEX IF NOT EXISTS syncline_runs_sync ON syncline_runs (sync, started_at)",
 ]
 
-_JOURNAL = """CREATE TABLE syncline_journal (
+JOURNAL_TABLE = """CREATE TABLE {table} (
         seq {serial} PRIMARY KEY, destination TEXT NOT NULL, sync TEXT NOT NULL, endpoint TEXT NOT NULL,
         run_id TEXT NOT NULL, claim_id TEXT NOT NULL, kind TEXT NOT NULL, state TEXT, reason TEXT,
         over_delivered BOOLEAN NOT NULL DEFAULT FALSE, items INTEGER NOT NULL, doc TEXT NOT NULL, at TEXT NOT NULL)"""
+JOURNAL_COLUMNS = "seq, destination, sync, endpoint, run_id, claim_id, kind, state, reason, over_delivered, items, doc, at"
+_JOURNAL = JOURNAL_TABLE.replace("{table}", "syncline_journal")
 
 _V2_COMMON = [
     """CREATE TABLE syncline_destinations (
@@ -111,6 +113,12 @@ V4 = [
 ]
 
 
+# Version 5: a SQLite ledger's journal moves to a file of its own (``journal.py``; a fold here must not hold
+# the writer's claims up); this table keeps, per journal file, the last seq folded. Also a journal kind
+# ``attempts``: a run's HTTP attempts ride in the journal and are folded into ``syncline_attempts``.
+V5 = ["CREATE TABLE syncline_fold_mark (journal TEXT PRIMARY KEY, seq BIGINT NOT NULL)"]
+
+
 def migrate(cur: Any, dialect: str, table_exists: Callable[[str], bool], now: str) -> list[int]:
     """Bring the schema to :data:`LATEST`; returns the versions applied (empty when up to date)."""
     if table_exists("syncline_schema_version"):
@@ -123,7 +131,7 @@ def migrate(cur: Any, dialect: str, table_exists: Callable[[str], bool], now: st
         if current:
             cur.execute(f"INSERT INTO syncline_schema_version VALUES (1, '{now}')")
     applied: list[int] = []
-    steps: dict[int, list[str]] = {1: V1, 2: V2[dialect], 3: V3, 4: V4}
+    steps: dict[int, list[str]] = {1: V1, 2: V2[dialect], 3: V3, 4: V4, 5: V5}
     for version in range(current + 1, LATEST + 1):
         for statement in steps[version]:
             cur.execute(statement)

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -42,14 +42,18 @@ from connectors.ledger.rows import (
     now_text,
     run_values,
 )
-from connectors.ledger.schema import migrate
+from connectors.ledger.schema import JOURNAL_COLUMNS, JOURNAL_TABLE, migrate
+
+if TYPE_CHECKING:
+    from connectors.ledger.journal import JournalFile as JournalFileType
 
 SMALL_SNAPSHOT = 50_000  # below this many items a snapshot is read through the ledger's own connection
 CLAIM_REASON = "claimed by run {run}: sent, or about to be; the outcome is unknown if the run stopped here"
 
 
-class Ledger:
-    """A DB-API connection behind a lock. Use :func:`connectors.ledger.open_ledger` to get one."""
+class Store:
+    """A DB-API connection behind a lock, with write transactions that group-commit inside :meth:`batch`,
+    and the delivery journal's append (the ledger and the SQLite journal file share both)."""
 
     placeholder = "?"
     dialect = "sqlite"
@@ -59,10 +63,6 @@ class Ledger:
         self._lock = threading.RLock()
         self._tx: Any = None  # the open write cursor while a batch (group commit) is in progress
         self.description = description
-        self.migrated: list[int] = []
-        with self._write() as cur:
-            self._lock_schema(cur)
-            self.migrated = migrate(cur, self.dialect, lambda t: self._table_exists(cur, t), now_text())
 
     # -- plumbing ------------------------------------------------------------------------------------
     def _sql(self, statement: str) -> str:
@@ -134,6 +134,36 @@ class Ledger:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    def journal(
+        self, kind: str, destination: str, sync: str, endpoint: str, run_id: str, claim_id: str, doc: str,
+        items: int, *, state: str | None = None, reason: str | None = None, over_delivered: bool = False,
+    ) -> int:
+        """Append one journal row (returns its seq): ``claim`` (doc: ``[[idem_key, source_key, payload_hash, cursor], ...]``,
+        ``state`` in_doubt or failed), ``delivered`` (doc: the keys of one accepted request) or ``rows``
+        (doc: ``[[idem_key, source_key, payload_hash, state, reason, vendor_id, excerpt, cursor], ...]``)."""
+        with self._write() as cur:
+            cur.execute(
+                self._sql(
+                    "INSERT INTO syncline_journal (destination, sync, endpoint, run_id, claim_id, kind, state, reason, "
+                    "over_delivered, items, doc, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq"
+                ),
+                (destination, sync, endpoint, run_id, claim_id, kind, state,
+                 reason if reason is not None or kind != "claim" or state != "in_doubt" else CLAIM_REASON.format(run=run_id),
+                 over_delivered, items, doc, now_text()),
+            )
+            return int(cur.fetchone()[0])
+
+
+class Ledger(Store):
+    """The ledger's items, attempts and runs. Use :func:`connectors.ledger.open_ledger` to get one."""
+
+    def __init__(self, conn: Any, description: str) -> None:
+        super().__init__(conn, description)
+        self.migrated: list[int] = []
+        with self._write() as cur:
+            self._lock_schema(cur)
+            self.migrated = migrate(cur, self.dialect, lambda t: self._table_exists(cur, t), now_text())
 
     def open_another(self) -> Ledger:
         """A second connection to the same ledger (the outcome writer's own)."""
@@ -264,25 +294,6 @@ class Ledger:
             return max(cur.rowcount or 0, 0)
 
     # -- the journal: appended on the hot path, folded into items in key order ------------------------------
-    def journal(
-        self, kind: str, destination: str, sync: str, endpoint: str, run_id: str, claim_id: str, doc: str,
-        items: int, *, state: str | None = None, reason: str | None = None, over_delivered: bool = False,
-    ) -> int:
-        """Append one journal row (returns its seq): ``claim`` (doc: ``[[idem_key, source_key, payload_hash, cursor], ...]``,
-        ``state`` in_doubt or failed), ``delivered`` (doc: the keys of one accepted request) or ``rows``
-        (doc: ``[[idem_key, source_key, payload_hash, state, reason, vendor_id, excerpt, cursor], ...]``)."""
-        with self._write() as cur:
-            cur.execute(
-                self._sql(
-                    "INSERT INTO syncline_journal (destination, sync, endpoint, run_id, claim_id, kind, state, reason, "
-                    "over_delivered, items, doc, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq"
-                ),
-                (destination, sync, endpoint, run_id, claim_id, kind, state,
-                 reason if reason is not None or kind != "claim" or state != "in_doubt" else CLAIM_REASON.format(run=run_id),
-                 over_delivered, items, doc, now_text()),
-            )
-            return int(cur.fetchone()[0])
-
     def _lock_fold(self, cur: Any) -> None:
         """Serialize folds between processes (SQLite's write lock does it; Postgres takes an advisory lock)."""
 
@@ -296,74 +307,97 @@ class Ledger:
         return f"{alias}.value"
 
     def fold(self, before: int | None = None) -> int:
-        """Apply the journal rows (those with ``seq < before``, or all) to ``syncline_items`` in one
-        transaction; returns the highest seq folded (0: nothing to fold). Cheap when the journal is empty.
-        Safe to run from any process at any time (a crashed run's journal is folded by the next one): every
-        step is an idempotent upsert, and a delivery folded after its claim takes the update path."""
-        if before is None:
-            (row,) = self._query("SELECT max(seq) FROM syncline_journal")
-        else:
-            (row,) = self._query("SELECT max(seq) FROM syncline_journal WHERE seq < ?", (before,))
+        """Apply the journal rows (those with ``seq < before``, or all) to ``syncline_items`` and
+        ``syncline_attempts``; returns the highest seq folded (0: nothing to fold). Cheap when the journal is
+        empty. Safe to run from any process at any time (a crashed run's journal is folded by the next one),
+        and from a thread of its own while the run's writer appends: each journal row is applied exactly once."""
+        raise NotImplementedError
+
+    def open_journal(self) -> Store:
+        """Where a run's writer appends its journal, on a connection of its own (so that a fold on another
+        connection never holds the writer up)."""
+        return self.open_another()
+
+    def _fold_table(self, before: int | None, table: str) -> int:
+        """Fold the rows of ``table`` (in this database) below ``before`` and delete them, in one transaction."""
+        where = "" if before is None else " WHERE seq < ?"
+        (row,) = self._query(f"SELECT max(seq) FROM {table}{where}", () if before is None else (before,))
         upto = row[0]
         if upto is None:
             return 0
-        at = self._at
-        done = (f"SELECT j.destination AS dd, {self._text_value('e')} AS dk, j.claim_id AS dc, j.run_id AS dr, j.at AS da "
-                f"FROM syncline_journal AS j, {self._elements()} WHERE j.kind = 'delivered' AND j.seq <= ?")
         with self._write() as cur:
             self._lock_fold(cur)
-            cur.execute(self._sql("SELECT DISTINCT over_delivered FROM syncline_journal WHERE kind = 'claim' AND seq <= ?"),
-                        (upto,))
-            flags = {bool(r[0]) for r in cur.fetchall()}
-            for forced in sorted(flags):
-                # Claims and the deliveries of the same fold in one sorted upsert: each key is written once.
-                guard = "" if forced else " WHERE syncline_items.state <> 'delivered'"
-                claims = self._latest(
-                    f"SELECT j.destination, {at('e', 0)} AS k, j.sync, j.endpoint, {at('e', 1)} AS s, {at('e', 2)} AS h, "
-                    "CASE WHEN d.dk IS NULL THEN j.state ELSE 'delivered' END AS state, "
-                    "CASE WHEN d.dk IS NULL THEN j.reason END AS reason, coalesce(d.dr, j.run_id) AS run_id, "
-                    f"j.claim_id, {at('e', 3)} AS c, {at('e', 4)} AS p, coalesce(d.da, j.at) AS at, j.seq "
-                    f"FROM syncline_journal AS j CROSS JOIN {self._elements()} LEFT JOIN ({done}) AS d "
-                    f"ON d.dd = j.destination AND d.dc = j.claim_id AND d.dk = {at('e', 0)} "
-                    f"WHERE j.kind = 'claim' AND j.seq <= ? AND j.over_delivered = {'TRUE' if forced else 'FALSE'}"
-                )
-                cur.execute(self._sql(
-                    "INSERT INTO syncline_items (destination, idem_key, sync, endpoint, source_key, payload_hash, state, "
-                    "reason, run_id, chunk_id, cursor, payload, updated_at) "
-                    f"SELECT destination, k, sync, endpoint, s, h, state, reason, run_id, claim_id, c, p, at FROM ({claims}) AS x "
-                    "WHERE true ON CONFLICT (destination, idem_key) DO UPDATE SET sync = excluded.sync, "
-                    "payload = coalesce(excluded.payload, syncline_items.payload), "
-                    "endpoint = excluded.endpoint, source_key = excluded.source_key, payload_hash = excluded.payload_hash, "
-                    "state = excluded.state, reason = excluded.reason, run_id = excluded.run_id, "
-                    f"chunk_id = excluded.chunk_id, cursor = excluded.cursor, updated_at = excluded.updated_at{guard}"
-                ), (upto, upto))
-            # Deliveries whose claim an earlier fold already wrote.
-            cur.execute(self._sql(
-                "UPDATE syncline_items SET state = 'delivered', reason = NULL, run_id = d.dr, updated_at = d.da "
-                f"FROM ({done} AND j.claim_id NOT IN (SELECT claim_id FROM syncline_journal "
-                "WHERE kind = 'claim' AND seq <= ?) ORDER BY 1, 2) AS d "
-                "WHERE syncline_items.destination = d.dd AND syncline_items.idem_key = d.dk "
-                "AND syncline_items.chunk_id = d.dc"
-            ), (upto, upto))
-            rows = self._latest(
+            self._apply_journal(cur, int(upto), table)
+        return int(upto)
+
+    def _apply_journal(self, cur: Any, upto: int, table: str) -> None:
+        """The fold proper: the rows of ``table`` with ``seq <= upto`` applied in one transaction, then
+        deleted from it. Claims and the deliveries of the same fold go in one sorted upsert (each key
+        written once); deliveries of claims folded earlier take the update path; attempts are copied."""
+        at = self._at
+        done = (f"SELECT j.destination AS dd, {self._text_value('e')} AS dk, j.claim_id AS dc, j.run_id AS dr, j.at AS da "
+                f"FROM {table} AS j, {self._elements()} WHERE j.kind = 'delivered' AND j.seq <= ?")
+        cur.execute(self._sql(f"SELECT DISTINCT over_delivered FROM {table} WHERE kind = 'claim' AND seq <= ?"),
+                    (upto,))
+        flags = {bool(r[0]) for r in cur.fetchall()}
+        for forced in sorted(flags):
+            # Claims and the deliveries of the same fold in one sorted upsert: each key is written once.
+            guard = "" if forced else " WHERE syncline_items.state <> 'delivered'"
+            claims = self._latest(
                 f"SELECT j.destination, {at('e', 0)} AS k, j.sync, j.endpoint, {at('e', 1)} AS s, {at('e', 2)} AS h, "
-                f"{at('e', 3)} AS st, {at('e', 4)} AS r, {at('e', 5)} AS v, j.run_id, j.claim_id, {at('e', 6)} AS x, "
-                f"{at('e', 7)} AS c, coalesce(CAST({at('e', 8)} AS INTEGER), 0) AS n, j.at, j.seq, j.over_delivered "
-                f"FROM syncline_journal AS j, {self._elements()} WHERE j.kind = 'rows' AND j.seq <= ?"
+                "CASE WHEN d.dk IS NULL THEN j.state ELSE 'delivered' END AS state, "
+                "CASE WHEN d.dk IS NULL THEN j.reason END AS reason, coalesce(d.dr, j.run_id) AS run_id, "
+                f"j.claim_id, {at('e', 3)} AS c, {at('e', 4)} AS p, coalesce(d.da, j.at) AS at, j.seq "
+                f"FROM {table} AS j CROSS JOIN {self._elements()} LEFT JOIN ({done}) AS d "
+                f"ON d.dd = j.destination AND d.dc = j.claim_id AND d.dk = {at('e', 0)} "
+                f"WHERE j.kind = 'claim' AND j.seq <= ? AND j.over_delivered = {'TRUE' if forced else 'FALSE'}"
             )
             cur.execute(self._sql(
                 "INSERT INTO syncline_items (destination, idem_key, sync, endpoint, source_key, payload_hash, state, "
-                "reason, vendor_id, run_id, chunk_id, excerpt, cursor, resent_unknown, updated_at) "
-                f"SELECT destination, k, sync, endpoint, s, h, st, r, v, run_id, claim_id, x, c, n, at FROM ({rows}) AS y "
-                "WHERE true ON CONFLICT (destination, idem_key) DO UPDATE SET state = excluded.state, "
-                "resent_unknown = syncline_items.resent_unknown + excluded.resent_unknown, "
-                "reason = excluded.reason, vendor_id = coalesce(excluded.vendor_id, syncline_items.vendor_id), "
-                "run_id = excluded.run_id, chunk_id = excluded.chunk_id, excerpt = excluded.excerpt, "
-                "updated_at = excluded.updated_at "
-                "WHERE syncline_items.state <> 'delivered' OR excluded.state = 'delivered'"
-            ), (upto,))
-            cur.execute(self._sql("DELETE FROM syncline_journal WHERE seq <= ?"), (upto,))
-        return int(upto)
+                "reason, run_id, chunk_id, cursor, payload, updated_at) "
+                f"SELECT destination, k, sync, endpoint, s, h, state, reason, run_id, claim_id, c, p, at FROM ({claims}) AS x "
+                "WHERE true ON CONFLICT (destination, idem_key) DO UPDATE SET sync = excluded.sync, "
+                "payload = coalesce(excluded.payload, syncline_items.payload), "
+                "endpoint = excluded.endpoint, source_key = excluded.source_key, payload_hash = excluded.payload_hash, "
+                "state = excluded.state, reason = excluded.reason, run_id = excluded.run_id, "
+                f"chunk_id = excluded.chunk_id, cursor = excluded.cursor, updated_at = excluded.updated_at{guard}"
+            ), (upto, upto))
+        # Deliveries whose claim an earlier fold already wrote.
+        cur.execute(self._sql(
+            "UPDATE syncline_items SET state = 'delivered', reason = NULL, run_id = d.dr, updated_at = d.da "
+            f"FROM ({done} AND j.claim_id NOT IN (SELECT claim_id FROM {table} "
+            "WHERE kind = 'claim' AND seq <= ?) ORDER BY 1, 2) AS d "
+            "WHERE syncline_items.destination = d.dd AND syncline_items.idem_key = d.dk "
+            "AND syncline_items.chunk_id = d.dc"
+        ), (upto, upto))
+        rows = self._latest(
+            f"SELECT j.destination, {at('e', 0)} AS k, j.sync, j.endpoint, {at('e', 1)} AS s, {at('e', 2)} AS h, "
+            f"{at('e', 3)} AS st, {at('e', 4)} AS r, {at('e', 5)} AS v, j.run_id, j.claim_id, {at('e', 6)} AS x, "
+            f"{at('e', 7)} AS c, coalesce(CAST({at('e', 8)} AS INTEGER), 0) AS n, j.at, j.seq, j.over_delivered "
+            f"FROM {table} AS j, {self._elements()} WHERE j.kind = 'rows' AND j.seq <= ?"
+        )
+        cur.execute(self._sql(
+            "INSERT INTO syncline_items (destination, idem_key, sync, endpoint, source_key, payload_hash, state, "
+            "reason, vendor_id, run_id, chunk_id, excerpt, cursor, resent_unknown, updated_at) "
+            f"SELECT destination, k, sync, endpoint, s, h, st, r, v, run_id, claim_id, x, c, n, at FROM ({rows}) AS y "
+            "WHERE true ON CONFLICT (destination, idem_key) DO UPDATE SET state = excluded.state, "
+            "resent_unknown = syncline_items.resent_unknown + excluded.resent_unknown, "
+            "reason = excluded.reason, vendor_id = coalesce(excluded.vendor_id, syncline_items.vendor_id), "
+            "run_id = excluded.run_id, chunk_id = excluded.chunk_id, excerpt = excluded.excerpt, "
+            "updated_at = excluded.updated_at "
+            "WHERE syncline_items.state <> 'delivered' OR excluded.state = 'delivered'"
+        ), (upto,))
+        attempt_cols = ", ".join(ATTEMPT_COLUMNS)
+        casts = {"attempt": "INTEGER", "items": "INTEGER", "bytes": "BIGINT", "status": "INTEGER",
+                 "latency_ms": "REAL"}
+        picked = ", ".join(
+            f"CAST({at('e', i)} AS {casts[c]})" if c in casts else at("e", i) for i, c in enumerate(ATTEMPT_COLUMNS)
+        )
+        cur.execute(self._sql(
+            f"INSERT INTO syncline_attempts ({attempt_cols}) SELECT {picked} "
+            f"FROM {table} AS j, {self._elements()} WHERE j.kind = 'attempts' AND j.seq <= ? ORDER BY j.seq"
+        ), (upto,))
+        cur.execute(self._sql(f"DELETE FROM {table} WHERE seq <= ?"), (upto,))
 
     def _latest(self, select: str) -> str:
         """The journal's rows in journal order. SQLite applies a repeated key in that order (the latest
@@ -585,6 +619,7 @@ class SqliteLedger(Ledger):
         conn.execute("PRAGMA busy_timeout = 120000")
         conn.execute("PRAGMA cache_size = -32768")  # 32 MB: the key index's hot pages stay cached
         conn.execute("PRAGMA wal_autocheckpoint = 4000")
+        self._journal: JournalFileType | None = None  # read by folds, opened on the first one
         super().__init__(_AutoCommitSqlite(conn), str(path))
 
     def _begin(self, cur: Any) -> None:
@@ -592,6 +627,50 @@ class SqliteLedger(Ledger):
 
     def open_another(self) -> Ledger:
         return SqliteLedger(self.path)
+
+    def open_journal(self) -> Store:
+        from connectors.ledger.journal import JournalFile
+
+        return JournalFile(journal_path(self.path))
+
+    def fold(self, before: int | None = None) -> int:
+        """The journal lives in a file of its own (``journal.py``): SQLite has one write lock per file, and
+        a fold holding this file's lock for a second must not stop the writer's claims. The fold reads the
+        rows after this ledger's mark for that file, applies them from a temporary table and moves the mark
+        in one transaction here, then deletes them there (a crash in between leaves rows the mark skips).
+        Rows in this file's own ``syncline_journal`` (written before version 5) are folded first."""
+        from connectors.ledger.journal import JournalFile
+
+        folded = self._fold_table(None, "syncline_journal")
+        path = journal_path(self.path)
+        if not path.exists():
+            return folded
+        if self._journal is None:
+            self._journal = JournalFile(path)
+        journal = self._journal
+        upto = journal.max_seq(before)
+        if upto is None:
+            return folded
+        with self._write() as cur:
+            cur.execute("SELECT seq FROM syncline_fold_mark WHERE journal = ?", (journal.id,))
+            row = cur.fetchone()
+            mark = int(row[0]) if row else 0
+            if upto > mark:
+                cur.execute(JOURNAL_TABLE.format(table="temp.syncline_journal_in", serial="INTEGER"))
+                cur.executemany(f"INSERT INTO temp.syncline_journal_in ({JOURNAL_COLUMNS}) "
+                                f"VALUES ({', '.join('?' * len(JOURNAL_COLUMNS.split(', ')))})",
+                                journal.rows(mark, upto))
+                self._apply_journal(cur, upto, "temp.syncline_journal_in")
+                cur.execute("DROP TABLE temp.syncline_journal_in")
+                cur.execute("INSERT INTO syncline_fold_mark (journal, seq) VALUES (?, ?) ON CONFLICT (journal) "
+                            "DO UPDATE SET seq = excluded.seq", (journal.id, upto))
+        journal.delete_upto(max(upto, mark))
+        return max(upto, folded)
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+        super().close()
 
     def export(self, statement: str, params: Sequence[Any], out: Path) -> None:
         """Through ADBC in a child process: two SQLite libraries in one process corrupt each other's
@@ -679,6 +758,22 @@ class PostgresLedger(Ledger):
                 (run_id, now_text(), destination, chunk_id, keys_json),
             )
             return max(cur.rowcount or 0, 0)
+
+    def fold(self, before: int | None = None) -> int:
+        """The rows leave the journal by one ``DELETE ... RETURNING`` into a temporary table, applied in the
+        same transaction: a row another connection commits meanwhile is neither applied nor deleted (a plain
+        ``DELETE ... WHERE seq <= max`` could delete a row committed after the read, unapplied)."""
+        with self._write() as cur:
+            self._lock_fold(cur)
+            cur.execute("CREATE TEMP TABLE syncline_journal_in (LIKE syncline_journal) ON COMMIT DROP")
+            bound = "" if before is None else " WHERE seq < %s"
+            cur.execute(f"WITH d AS (DELETE FROM syncline_journal{bound} RETURNING *) "
+                        "INSERT INTO syncline_journal_in SELECT * FROM d", () if before is None else (before,))
+            cur.execute("SELECT max(seq) FROM syncline_journal_in")
+            upto = cur.fetchone()[0]
+            if upto is not None:
+                self._apply_journal(cur, int(upto), "syncline_journal_in")
+        return int(upto or 0)
 
     COPY_ABOVE = 50  # rows: above this, bulk item and attempt rows go through COPY, not one INSERT each
 
@@ -776,6 +871,12 @@ class PostgresLedger(Ledger):
 
     def _sql(self, statement: str) -> str:
         return statement.replace("?", "%s")
+
+
+def journal_path(ledger: Path) -> Path:
+    """The journal file beside a SQLite ledger: ``ledger.sqlite`` -> ``ledger.sqlite.journal`` (so that
+    ``ledger.sqlite*`` names every file of the ledger, for a backup or a removal)."""
+    return ledger.with_name(f"{ledger.name}.journal")
 
 
 def process_alive(pid: int) -> bool:

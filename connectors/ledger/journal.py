@@ -1,0 +1,67 @@
+"""A SQLite ledger's delivery journal, in a file of its own beside the ledger (``ledger.sqlite.journal``).
+
+Why a second file: SQLite has one write lock per database file. The run's writer appends a claim group
+before its requests may leave; a fold, which turns journal rows into per-item state, holds a write lock
+for a second or two at a time (a key-sorted upsert of tens of thousands of items). In one file every fold
+stopped the claims and so the sending: measured, half of a 100 ms-sink run's delivery time was the main
+loop waiting on claims behind folds. Here the writer appends to this file while a fold, on its own thread
+and connection, writes the ledger file; the two locks never meet.
+
+Folding is exactly once: the ledger keeps, per journal file (by the random id this file is created with,
+so a deleted and recreated journal starts over), the last seq it applied, and moves it in the same
+transaction as the rows it applies; folded rows are deleted here afterwards. Seqs are ``AUTOINCREMENT``,
+never reused, so a row written after a fold can never fall under that fold's mark.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from pathlib import Path
+from typing import Any
+
+from connectors.ledger.schema import JOURNAL_COLUMNS, JOURNAL_TABLE
+from connectors.ledger.store import Store, _AutoCommitSqlite
+
+
+class JournalFile(Store):
+    """The journal file: :meth:`journal` appends (inside :meth:`batch`, group-committed), folds read."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        conn = sqlite3.connect(str(path), timeout=120, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA busy_timeout = 120000")
+        super().__init__(_AutoCommitSqlite(conn), str(path))
+        with self._write() as cur:
+            cur.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'syncline_journal'")
+            if not cur.fetchone()[0]:
+                cur.execute(JOURNAL_TABLE.format(table="syncline_journal", serial="INTEGER").replace(
+                    "INTEGER PRIMARY KEY", "INTEGER PRIMARY KEY AUTOINCREMENT", 1))
+                cur.execute("CREATE TABLE syncline_journal_id (id TEXT NOT NULL)")
+                cur.execute("INSERT INTO syncline_journal_id VALUES (?)", (uuid.uuid4().hex,))
+            cur.execute("SELECT id FROM syncline_journal_id")
+            self.id = str(cur.fetchone()[0])
+
+    def _begin(self, cur: Any) -> None:
+        cur.execute("BEGIN IMMEDIATE")
+
+    def max_seq(self, before: int | None = None) -> int | None:
+        """The newest row's seq (below ``before`` if given); None when there is none."""
+        if before is None:
+            (row,) = self._query("SELECT max(seq) FROM syncline_journal")
+        else:
+            (row,) = self._query("SELECT max(seq) FROM syncline_journal WHERE seq < ?", (before,))
+        return None if row[0] is None else int(row[0])
+
+    def rows(self, after: int, upto: int) -> list[tuple[Any, ...]]:
+        """Rows with ``after < seq <= upto``, in seq order, as :data:`JOURNAL_COLUMNS` tuples."""
+        return self._query(f"SELECT {JOURNAL_COLUMNS} FROM syncline_journal WHERE seq > ? AND seq <= ? ORDER BY seq",
+                           (after, upto))
+
+    def delete_upto(self, upto: int) -> None:
+        if upto > 0:
+            with self._write() as cur:
+                cur.execute("DELETE FROM syncline_journal WHERE seq <= ?", (upto,))
