@@ -16,6 +16,7 @@ fold, which turns the journal into per-item state, runs on a thread and connecti
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
@@ -110,10 +111,6 @@ class OutcomeWriter:
         self._call("call", lambda: None)
         if self._error is not None:
             raise RuntimeError(f"the ledger writer failed: {self._error}") from self._error
-
-    @property
-    def folds(self) -> int:
-        return self._folder.folds
 
     def close(self) -> None:
         """Flush, stop the writer and the folder, then fold what is left (outside the writer's journal
@@ -214,16 +211,14 @@ class OutcomeWriter:
 class _Folder:
     """Folds the journal on a thread and a ledger connection of its own, when the writer asks: the newest
     request wins (a fold still running when several arrive catches up in one larger slice, which costs
-    less per item). A failed fold loses nothing: the rows stay in the journal for the next fold (the
-    writer's last one, at close, reports the error if it persists)."""
+    less per item). A failed fold loses nothing: the rows stay in the journal for the next fold, and the
+    writer's last one, at close, raises the error if it persists (the run then reports the ledger failure)."""
 
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
         self._wanted: int | None = None
         self._stopping = False
         self._cond = threading.Condition()
-        self.folds = 0
-        self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="syncline-ledger-fold", daemon=True)
         self._thread.start()
 
@@ -240,11 +235,8 @@ class _Folder:
                 if self._stopping:
                     return
                 before, self._wanted = self._wanted, None
-            try:
+            with contextlib.suppress(Exception):  # the rows stay in the journal; the final fold raises
                 self._ledger.fold(before=before)
-                self.folds += 1
-            except BaseException as exc:  # noqa: BLE001 - kept for the report; the journal keeps the rows
-                self.error = exc
 
     def close(self) -> None:
         """Stop after the fold in progress (a pending request is left to the writer's final fold)."""
