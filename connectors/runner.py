@@ -37,7 +37,14 @@ from connectors.errors import Interrupted, SynclineError
 from connectors.ledger import ItemRow, Ledger, RunRow, open_ledger
 from connectors.progress import NoProgress, Progress
 from connectors.spec import SyncSpec
-from connectors.stage import Rendered, Window, extract_window, render_payloads, staging_path
+from connectors.stage import (
+    Rendered,
+    Window,
+    extract_window,
+    remove_dead_staging,
+    render_payloads,
+    staging_path,
+)
 
 RATE_LIMITED_CONCURRENCY = 4  # documented limits pace requests; a few in flight cover the round trip
 DEFAULT_CONCURRENCY = 64  # the most in flight where no rate is documented (adaptive below it)
@@ -188,8 +195,12 @@ class StopSignals:
 
 
 def _remove_dead_staging(ledger: Ledger, say: Callable[[str], None]) -> None:
-    """Staging of runs whose process died holds raw source rows: remove it (only under SYNCLINE_HOME)."""
+    """Staging of runs whose process died holds raw source rows: remove it (only under SYNCLINE_HOME).
+    Folders name their owning process (:func:`~connectors.stage.staging_path`); the ledger's record of a
+    run's folder covers folders made before they did."""
     root = settings.home().resolve()
+    for path in remove_dead_staging():
+        say(f"removed the staging files of a process that died: {path}")
     for folder in ledger.take_dead_staging():
         path = Path(folder).resolve()
         if path.is_relative_to(root) and path.exists():

@@ -9,7 +9,11 @@ is only ever opened read-only.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import os
 import re
+import shutil
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +24,7 @@ import pyarrow.parquet as pq
 from connectors import settings
 from connectors.engine.payload import PayloadBuilder, describe, quote_ident, quote_literal
 from connectors.errors import ConfigError, ResourceError, SynclineError
+from connectors.ledger.store import process_alive
 from connectors.spec import SyncSpec, expand_path
 
 ROW_GROUP_SIZE = 10_240  # small row groups keep the delivery reader's working set small
@@ -118,11 +123,35 @@ def duckdb_failure(exc: duckdb.Error, file: str, field: str, what: str) -> Syncl
     return ConfigError(file, field, f"{what}: {exc}")
 
 
+_OWNER = re.compile(r"\.p(?P<pid>[0-9]+)\.(?P<host>[0-9a-f]{8})$")  # the end of a staging folder's name
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
 def staging_path(spec: SyncSpec, window: Window, run_id: str) -> Path:
+    """The run's staging folder. Its name ends with the owning process and host (``….p<pid>.<host hash>``),
+    so the folder names its owner from the instant it exists: a process killed before the ledger knew of
+    its run (still importing, waiting for a lock, folding) leaves nothing :func:`remove_dead_staging`
+    cannot find."""
     safe = re.sub(r"[^0-9A-Za-z_.-]", "_", f"{window.label}-{run_id}")
-    path = settings.staging_dir() / spec.name / safe
+    path = settings.staging_dir() / spec.name / f"{safe}.p{os.getpid()}.{_host_tag()}"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def remove_dead_staging() -> list[Path]:
+    """Remove the staging folders (raw source rows) of this host's processes that are gone; returns them.
+    A live process's folder, another host's (a shared home) and any folder not named by
+    :func:`staging_path` are left alone."""
+    root, host, removed = settings.staging_dir(), _host_tag(), []
+    for folder in root.glob("*/*"):
+        owner = _OWNER.search(folder.name)
+        if owner and owner["host"] == host and not process_alive(int(owner["pid"])) and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 def parquet_glob(spec: SyncSpec) -> str:

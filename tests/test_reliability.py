@@ -99,6 +99,36 @@ def test_a_run_whose_process_died_shows_crashed_and_the_next_run_removes_its_sta
     assert len(received) == len(set(received)) == 300
 
 
+STAGE_AND_DIE = """
+import os, sys
+from connectors.spec import load_sync_file
+from connectors.stage import Window, staging_path
+folder = staging_path(load_sync_file(__import__('pathlib').Path(sys.argv[1])), Window(), 'killed-early')
+(folder / 'extract.parquet').write_text('raw source rows')
+os._exit(9)  # dies before the ledger has a run row that names the folder
+"""
+
+
+def test_staging_of_a_process_killed_before_its_run_was_recorded_is_removed_by_the_next_run(
+    sandbox, warehouse, write_sync, syncline_home
+):
+    warehouse(EVENTS.format(n=20, pad="a"))
+    spec = write_sync("ev", TRUBRICS.format(extra=""), TRUBRICS_SQL)
+    died = subprocess.run([sys.executable, "-c", STAGE_AND_DIE, str(spec.file)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert died.returncode == 9, died.stderr
+    (orphan,) = (syncline_home / "staging" / "ev").iterdir()
+    assert open_ledger().runs("ev") == []  # nothing in the ledger knows of it
+    from connectors.stage import Window, staging_path
+
+    mine = staging_path(spec, Window(), "alive")  # a live process's folder (this one's) stays
+    (mine / "extract.parquet").write_text("rows of a run still going")
+
+    assert run_sync(spec).status == "success"
+    assert not orphan.exists()
+    assert (mine / "extract.parquet").exists()
+
+
 def test_a_flux_batch_left_in_doubt_is_read_back_by_its_claim_tag_before_anything_is_resent(
     sandbox, warehouse, write_sync
 ):
