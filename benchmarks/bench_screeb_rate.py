@@ -1,43 +1,81 @@
 """How close syncline runs to Screeb's documented 50 requests/s per token without a single 429.
 
-    .venv/bin/python benchmarks/bench_screeb_rate.py               # ~20 s: 930 requests of 100 events
+    .venv/bin/python benchmarks/bench_screeb_rate.py               # ~20 s: 960 requests of 100 events
     .venv/bin/python benchmarks/bench_screeb_rate.py --seconds 10
 
-A track sync of ``seconds * 46.5 * 100`` synthetic events goes to an in-process :class:`Sandbox` whose
+A track sync of ``seconds * 48 * 100`` synthetic events goes to the sandbox (``syncline sandbox``) whose
 Screeb emulator enforces 50 requests per sliding second per token (answering 429 beyond). Reported, as
-measured *at the sandbox*: requests/s between the first and the last request (target >= 45 of 50), 429s
+measured *at the sandbox*: requests/s between the first and the last request (target >= 47.5 of 50), 429s
 (target 0), the most requests seen in any one-second window (must stay <= 50) and the largest batch
 (<= 100). The run is bounded: it aborts after ``3 * seconds + 30`` s whatever happens. Exit status 1 when
 a target is missed.
 
-Why 45: the Screeb endpoint's limiter spaces requests at 93% of the documented rate (46.5/s), so that a
-sliding one-second window at the vendor never sees 51 even when requests arrive up to ~75 ms late and
-bunch up (see ``connectors/vendors/screeb.py``); 45 leaves room for scheduling noise on a busy machine.
+The target, 47.5 (95% of 50): the Screeb endpoint's limiter spaces requests at 96% of the documented rate
+(48/s), so that a sliding one-second window at the vendor never sees 51 while arrivals are less than
+42 ms late (see ``connectors/vendors/screeb.py``). ``--sandbox inline`` runs the emulator in this process,
+where its threads wait for the GIL: it then times arrivals later than a vendor would.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import time_bound  # noqa: E402
 
-TARGET_RPS = 45.0
+TARGET_RPS = 47.5  # 95% of the documented 50/s (issue "Delivery core v2")
 DOCUMENTED_RPS = 50
+
+
+@contextlib.contextmanager
+def _sandbox_process() -> Iterator[Callable[[], dict[str, Any]]]:
+    """``syncline sandbox --port 0`` in a child process, its variables put in this environment; yields a
+    reader of its ``/_sandbox/stats``."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "sandbox", "--port", "0", "--counts-only"],
+                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        if " listening on " not in first:
+            raise SystemExit(f"the sandbox did not start: {first!r}")
+        url = first.split(" on ")[1].split(" ")[0]
+        for line in iter(proc.stdout.readline, ""):
+            if not line.startswith("export "):
+                break
+            name, _, value = line.removeprefix("export ").strip().partition("=")
+            os.environ[name] = value
+
+        def read() -> dict[str, Any]:
+            with urllib.request.urlopen(f"{url}/_sandbox/stats", timeout=30) as resp:
+                return json.load(resp)  # type: ignore[no-any-return]
+
+        yield read
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20.0, help="intended duration at the endpoint's paced rate (max 30)")
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--rate-safety", type=float, help="the sync's delivery.rate_safety (default: the endpoint's)")
+    parser.add_argument("--sandbox", choices=("process", "inline"), default="process",
+                        help="process (default): the emulator in a process of its own, as a vendor is; inline: in "
+                             "this process, where its threads wait for the GIL and so see arrivals later")
     args = parser.parse_args()
     seconds = min(max(args.seconds, 2.0), 30.0)
     time_bound(int(3 * seconds + 30))
@@ -69,6 +107,7 @@ def main() -> int:
         FROM range({events}) t(i)"""
     )
     con.close()
+    safety = f", rate_safety: {args.rate_safety}" if args.rate_safety else ""
     folder = home / "syncs"
     folder.mkdir()
     (folder / "bench.sql").write_text(
@@ -77,22 +116,29 @@ def main() -> int:
     (folder / "bench.yaml").write_text(
         "name: bench_screeb\nsource: {table: analytics.bench_events, key: event_id, cursor: occurred_at}\n"
         "destination: {vendor: screeb, endpoint: event}\nmodel: bench.sql\n"
-        f"delivery: {{concurrency: {args.concurrency}}}\n"
+        f"delivery: {{concurrency: {args.concurrency}{safety}}}\n"
     )
     spec = load_sync_file(folder / "bench.yaml")
+    if args.rate_safety:
+        paced = SCREEB_EVENT.rate.requests * args.rate_safety / SCREEB_EVENT.rate.per_seconds
 
-    with Sandbox(record_items=False) as sandbox:
-        os.environ.update(sandbox.env())
+    with contextlib.ExitStack() as stack:
+        if args.sandbox == "inline":
+            sandbox = stack.enter_context(Sandbox(record_items=False))
+            os.environ.update(sandbox.env())
+            read_stats = sandbox.stats
+        else:
+            read_stats = stack.enter_context(_sandbox_process())
         ledger = open_ledger()
         started = time.perf_counter()
         run = run_sync(spec, ledger=ledger)
         elapsed = time.perf_counter() - started
         ledger.close()
-        stats = sandbox.stats()["screeb"]["event"]
+        stats = read_stats()["screeb"]["event"]
 
     span = stats["last_at"] - stats["first_at"]
     rps = (stats["requests"] - 1) / span if span > 0 else 0.0
-    http_429 = stats["by_status"].get(429, 0)
+    http_429 = stats["by_status"].get(429, 0) + stats["by_status"].get("429", 0)
     report = {
         "events": events,
         "delivered": run.delivered,
@@ -105,6 +151,7 @@ def main() -> int:
         "max_items_per_request": stats["max_items_per_request"],
         "run_seconds_incl_extract_transform": round(elapsed, 2),
         "concurrency": args.concurrency,
+        "sandbox": args.sandbox,
     }
     print(json.dumps(report, indent=2))
     failures = []

@@ -115,8 +115,8 @@ NOTES: dict[str, str] = {
 - NULL traits are omitted; `keep_nulls: true` on an identify sync sends them as `null` (deletes them).
 - The 200 `count` is compared with the items sent; a mismatch is recorded in the run's notes.
 - Events have no timestamp field: a backfill lands at Screeb as of the day it is sent.
-- The limiter spaces requests at 93% of 50/s (46.5/s): measured arrival jitter of up to ~45 ms would
-  otherwise put 50 requests in one second at the vendor.
+- The limiter spaces requests at 96% of 50/s (48/s): a sliding one-second window at the vendor then holds
+  at most 50 arrivals while they are less than 42 ms late (`delivery.rate_safety` sets another share).
 """,
     "streamback": """\
 - One feedback per item, several steps: `feedback` (201 → id stored in the ledger at once), screenshot
