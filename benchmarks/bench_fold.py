@@ -64,6 +64,8 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=300_000)
     parser.add_argument("--group", type=int, default=2_000, help="items per claim group (the engine's)")
     parser.add_argument("--per-request", type=int, default=100)
+    parser.add_argument("--slice", type=int, default=FOLD_SLICE_ITEMS,
+                        help="claimed items between folds (the writer's FOLD_SLICE_ITEMS)")
     parser.add_argument("--postgres", action="store_true",
                         help="a fresh database on 127.0.0.1:5432 (dropped after); default: a fresh SQLite file")
     args = parser.parse_args()
@@ -77,8 +79,8 @@ def main() -> None:
             started = time.perf_counter()
             seqs = write_journal(ledger, args.items, args.group, args.per_request)
             journal_s = time.perf_counter() - started
-            # Fold as the writer does: every FOLD_SLICE_ITEMS, up to the group FOLD_LAG_GROUPS from the end.
-            per_slice = max(1, FOLD_SLICE_ITEMS // args.group)
+            # Fold as the writer does: every --slice items, up to the group FOLD_LAG_GROUPS from the end.
+            per_slice = max(1, args.slice // args.group)
             cpu, wall = time.process_time(), time.perf_counter()
             for end in range(per_slice, len(seqs) - FOLD_LAG_GROUPS + 1, per_slice):
                 with ledger.batch():

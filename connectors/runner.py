@@ -155,7 +155,9 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-Render = Callable[[Path | None], tuple[Path, int]]  # ledger snapshot -> (payload file, rows left out)
+# the ledger's snapshot (a call that waits for it: it is written while the source is extracted) ->
+# (payload file, rows left out)
+Render = Callable[[Callable[[], Path] | None], tuple[Path, int]]
 
 
 class StopSignals:
@@ -282,15 +284,23 @@ def deliver_file(
 
     def plan() -> tuple[Path, Path | None]:
         """The snapshot, then the payloads: rows this destination has are never rendered (append mode)."""
-        state = ledger.snapshot(dest.id, spec.name, folder / "ledger_state.parquet")
+        folder.mkdir(parents=True, exist_ok=True)
+        state = ledger.start_snapshot(dest.id, spec.name, folder / "ledger_state.parquet",
+                                      delivered_hashes=spec.mode != "append")
         if payload_path is not None:
-            return payload_path, state
+            return payload_path, state() if state is not None else None
         assert render is not None
         leave_out = spec.mode == "append" and not spec.endpoint.rules_span_rows
-        path, left_out = render(state if leave_out else None)
+        try:
+            path, left_out = render(state if leave_out else None)
+        except BaseException:
+            if state is not None:
+                with contextlib.suppress(Exception):
+                    state()  # the child writing it is waited for, not left behind
+            raise
         run.source_rows += left_out
         run.skipped += left_out
-        return path, state
+        return path, state() if state is not None else None
 
     def with_notes(result: RunRow) -> RunRow:
         extra = notes() if notes else None
@@ -411,7 +421,7 @@ class SyncPipeline:
             table = table.filter(pc.is_valid(table.column("reject_reason")))
         return table.slice(0, limit).to_pylist()
 
-    def _render_pending(self, delivered: Path | None) -> tuple[Path, int]:
+    def _render_pending(self, delivered: Callable[[], Path] | None) -> tuple[Path, int]:
         done = render_payloads(self.spec, self.extract(), self.out_dir, delivered)
         self._rendered(done)
         return done.path, done.left_out

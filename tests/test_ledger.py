@@ -177,7 +177,7 @@ def test_a_version_1_ledger_migrates_in_place_and_is_adopted(syncline_home):
     conn.commit()
     conn.close()
     ledger = open_ledger(str(path))
-    assert ledger.migrated == [2, 3, 4, 5]
+    assert ledger.migrated == [2, 3, 4, 5, 6]
     (version,) = ledger._query("SELECT max(version) FROM syncline_schema_version")
     assert version[0] == LATEST
     dest = resolve_destination("trubrics", "http://127.0.0.1:1", {"api_key": "k"}, "api_key")
@@ -289,3 +289,62 @@ def test_journal_rows_left_in_the_ledger_file_by_version_4_are_folded(syncline_h
     (left,) = ledger._query("SELECT count(*) FROM main.syncline_journal")
     assert left[0] == 0
     ledger.close()
+
+
+def test_a_sqlite_fold_that_fell_behind_catches_up_in_bounded_slices(syncline_home, monkeypatch):
+    """A fold of a long journal reads it a slice at a time (each slice with its mark, in one transaction):
+    a 10M-item run's last fold once held every row at once (1.2 GB). Deliveries whose claim fell in an
+    earlier slice still mark their items."""
+    from connectors.ledger import store
+    from connectors.ledger.journal import JournalFile
+
+    monkeypatch.setattr(store, "FOLD_MAX_ITEMS", 120)
+    read: list[int] = []
+    rows = JournalFile.rows
+
+    def counting_rows(self, after: int, upto: int):
+        got = rows(self, after, upto)
+        read.append(sum(r[10] for r in got))  # the items column
+        return got
+
+    monkeypatch.setattr(JournalFile, "rows", counting_rows)
+    ledger = open_ledger(str(syncline_home / "ledger.sqlite"))
+    journal = ledger.open_journal()
+    for g in range(10):
+        keys = [f"g{g}-{i:02d}" for i in range(50)]
+        _journal_claim(journal, f"c{g}", keys)
+        journal.journal("delivered", DEST, "s", "ep", "r1", f"c{g}", json.dumps(keys[:30]), 30)
+    for g in range(10):  # late answers: their claims sit slices earlier
+        keys = [f"g{g}-{i:02d}" for i in range(30, 50)]
+        journal.journal("delivered", DEST, "s", "ep", "r1", f"c{g}", json.dumps(keys), 20)
+    journal.close()
+    assert ledger.fold() > 0
+    assert ledger.counts("s", destination=DEST) == {"delivered": 500, "rejected": 0, "in_doubt": 0, "failed": 0}
+    assert len(read) >= 6 and max(read) <= 120, read
+    assert sum(read) == 1000  # every row read once
+    assert ledger.fold() == 0
+    ledger.close()
+
+
+def test_an_append_mode_snapshot_reads_delivered_items_as_keys_alone(ledger_url, tmp_path, monkeypatch):
+    """Without delivered hashes (append mode never compares them) the bulk snapshot reads delivered items'
+    keys only and writes their state itself; every other item keeps its state and hash, a vendor's refusal
+    reads as ``refused``. Same rows, same schema as the full snapshot."""
+    import pyarrow.parquet as pq
+
+    from connectors.ledger import store
+
+    ledger = open_ledger(ledger_url)
+    ledger.write_items([item(f"k{i}", "delivered") for i in range(40)] + [item("f", "failed", reason="HTTP 503")]
+                       + [item("r", "rejected", reason="bad", chunk_id="c1"), item("d", "in_doubt")])
+    monkeypatch.setattr(store, "SMALL_SNAPSHOT", 10)
+    full = pq.read_table(ledger.snapshot(DEST, "s", tmp_path / "full.parquet")).to_pylist()
+    keys_only = pq.read_table(ledger.snapshot(DEST, "s", tmp_path / "keys.parquet", delivered_hashes=False))
+    assert keys_only.column_names == ["idem_key", "state", "payload_hash"]
+    rows = {r["idem_key"]: r for r in keys_only.to_pylist()}
+    assert len(rows) == keys_only.num_rows == len(full) == 43
+    assert {k: r["state"] for k, r in rows.items()} == {r["idem_key"]: r["state"] for r in full}
+    assert rows["r"]["state"] == "refused" and rows["f"] == {"idem_key": "f", "state": "failed", "payload_hash": "hash"}
+    assert rows["k7"]["state"] == "delivered"
+    if ledger_url.endswith(".sqlite"):  # SQLite's child reads delivered keys alone; Postgres reads them whole
+        assert rows["k7"]["payload_hash"] is None

@@ -211,6 +211,34 @@ def test_a_fan_out_model_delivers_three_items_per_row_once_each_keyed_per_item(s
     assert len(records(sandbox)) == 9
 
 
+def test_a_rerun_renders_only_what_the_destination_lacks_and_rejects_keyless_rows_again(
+        sandbox, warehouse, write_sync, monkeypatch):
+    """Reruns through the bulk snapshot (SQLite: a child process, written while the source is extracted):
+    new rows are sent, delivered ones are left out before rendering, a row without a key is rejected on
+    every run, and with nothing left to send the payload query runs over nothing."""
+    from connectors.ledger import store
+
+    monkeypatch.setattr(store, "SMALL_SNAPSHOT", 1)
+    warehouse(f"""CREATE TABLE analytics.events AS SELECT * FROM (VALUES
+        ('e1', 'u1', 'Signed up', {TS}), ('e2', 'u2', 'Signed up', {TS}), (NULL, 'u9', 'Signed up', {TS})
+    ) t(event_id, user_id, event_name, occurred_at)""")
+    spec = write_sync("rerun", EVENTS_SYNC.format(extra=""),
+                      "SELECT _key, user_id, event_name AS event, occurred_at AS timestamp FROM source")
+    first = run_sync(spec)
+    assert (first.delivered, first.rejected, first.skipped) == (2, 1, 0)
+
+    warehouse(f"INSERT INTO analytics.events VALUES ('e3', 'u3', 'Signed up', {TS})")
+    again = run_sync(spec)
+    assert (again.source_rows, again.delivered, again.skipped, again.rejected) == (4, 1, 2, 1)
+    with ledger() as found:
+        assert "the source key is NULL" in found.rejection_reasons("rerun")[0][0]
+
+    warehouse("DELETE FROM analytics.events WHERE event_id IS NULL")
+    third = run_sync(spec)
+    assert (third.status, third.source_rows, third.delivered, third.skipped, third.rejected) == ("success", 3, 0, 3, 0)
+    assert sorted(r["user_id"] for r in records(sandbox)) == ["u1", "u2", "u3"]
+
+
 def test_a_fan_out_of_a_repeated_source_key_keeps_the_newest_rows_items(sandbox, warehouse, write_sync):
     warehouse(PEOPLE[0], "INSERT INTO analytics.events VALUES ('e1', 'u1', 'Upgraded', TIMESTAMPTZ '2026-06-01 18:00:00+00')")
     spec = write_sync("fan2", EVENTS_SYNC.format(extra=""), FAN_OUT_SQL)

@@ -61,6 +61,16 @@ class JournalFile(Store):
         return self._query(f"SELECT {JOURNAL_COLUMNS} FROM syncline_journal WHERE seq > ? AND seq <= ? ORDER BY seq",
                            (after, upto))
 
+    def slice_end(self, after: int, upto: int, max_items: int) -> int:
+        """The last seq of the longest run of rows after ``after`` (up to ``upto``) holding at most
+        ``max_items`` items; at least the first such row, however many items it holds."""
+        (row,) = self._query(
+            "SELECT max(seq), min(first) FROM (SELECT seq, min(seq) OVER () AS first, "
+            "sum(items) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) AS total "
+            "FROM syncline_journal WHERE seq > ? AND seq <= ?) AS s WHERE total <= ? OR seq = first",
+            (after, upto, max_items))
+        return upto if row[0] is None else int(row[0])
+
     def delete_upto(self, upto: int) -> None:
         if upto > 0:
             with self._write() as cur:
