@@ -580,21 +580,22 @@ def open_model(
         columns = describe(con, "model")
         relation = "model"
         carrier = cursor_carrier(columns)
+        two_pass = False
         if spec.source.cursor and carrier is not None:
-            _carry_cursor(con, spec, carrier)
+            two_pass = _carry_cursor(con, spec, carrier)
             relation = "model_with_cursor"
             columns = describe(con, relation)
         con.execute(f"CREATE TEMP VIEW model_all AS SELECT * FROM {relation}")
         # As many rows as model_all, cheaper to count: the cursor join keeps the model's row count (one
         # newest cursor per key), and only the two-pass carry (repeated keys) is counted through it.
-        counted = "model" if relation == "model" or not _has_view(con, "_source_newest") else "model_all"
+        counted = "model_all" if two_pass else "model"
         con.execute(f"CREATE TEMP VIEW model_count AS SELECT 1 AS one FROM {counted}")
         if delivered is not None and "_key" in columns:
             # The keys still to send, found once over the model's keys alone (the anti-join carries no
             # payload columns), then the model's rows of those keys. Measured at 10M delivered rows: the
             # anti-join of whole model rows, which the payload SELECT reads twice, took 38 s and spilled
-            # 2 GB under the memory limit; this narrow one about 8 s, and an empty key table makes DuckDB
-            # skip the model entirely. Rows with a NULL key match no delivered key and stay (rejected).
+            # 2 GB under the memory limit; this narrow one about 11 s (5 of them hashing the keys, done
+            # while the snapshot is still being written), and an empty key table makes DuckDB skip the model. Rows with a NULL key match no delivered key and stay (rejected).
             # The keys are hashed before waiting for the snapshot (a child process may still write it).
             key = builder_for(spec).key_hash("k._key")
             con.execute(
@@ -627,18 +628,13 @@ def open_model(
     return con, builder_for(spec).sql(relation, columns)
 
 
-def _has_view(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    row = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [name]).fetchone()
-    return bool(row and row[0])
-
-
 def _over(model_sql: str, rows: str) -> str:
     """The model's SELECT with ``source`` meaning only ``rows`` (a CTE named source shadows the view; the
     model's own ``WITH`` CTEs, nested inside, still see it)."""
     return f"WITH source AS (SELECT * FROM {rows}) SELECT * FROM (\n{model_sql}\n) AS m"
 
 
-def _carry_cursor(con: duckdb.DuckDBPyConnection, spec: SyncSpec, by: str = "_key") -> None:
+def _carry_cursor(con: duckdb.DuckDBPyConnection, spec: SyncSpec, by: str = "_key") -> bool:
     """``model_with_cursor``: the model's rows with the source cursor of the row each came from, for a
     model that does not select ``_cursor``. The ledger keeps it (reconciliation, "what was delivered for
     this window"), and the payload's duplicate check orders a repeated key's rows by it, so the newest
@@ -652,11 +648,11 @@ def _carry_cursor(con: duckdb.DuckDBPyConnection, spec: SyncSpec, by: str = "_ke
     once over the older ones, and each pass takes its key's newest cursor within the pass. The older
     rows are then rejected as duplicates with their own cursor (with three or more rows of one key, the
     older ones share the newest older cursor). Without such keys (the usual case) it is one pass and a
-    join on the key."""
+    join on the key. Returns whether it made two passes."""
     on = f"CAST(m.{quote_ident(by)} AS VARCHAR) = c._key"
     newest = "(SELECT _key, max(_cursor) AS _cursor FROM {rows} WHERE _key IS NOT NULL GROUP BY _key)"
     row = con.execute(
-        # min <> max is count(DISTINCT) > 1 without a distinct set per key (measured 5.7 s -> s at 10M rows).
+        # min <> max is count(DISTINCT) > 1 without a distinct set per key (measured 5.7 s -> 2.9 s at 10M rows).
         "SELECT count(*) FROM (SELECT _key FROM source WHERE _key IS NOT NULL GROUP BY _key "
         "HAVING min(_cursor) <> max(_cursor) OR (count(_cursor) > 0 AND count(_cursor) < count(*)))"
     ).fetchone()
@@ -665,7 +661,7 @@ def _carry_cursor(con: duckdb.DuckDBPyConnection, spec: SyncSpec, by: str = "_ke
             "CREATE TEMP VIEW model_with_cursor AS SELECT m.*, c._cursor FROM model AS m LEFT JOIN "
             f"{newest.format(rows='source')} AS c ON {on}"
         )
-        return
+        return False
     # The rows of each repeated key that are not its newest (NULL cursors lose to any cursor).
     con.execute(
         "CREATE TEMP VIEW _source_newest_cursor AS SELECT _key, max(_cursor) AS _newest FROM source "
@@ -686,6 +682,7 @@ def _carry_cursor(con: duckdb.DuckDBPyConnection, spec: SyncSpec, by: str = "_ke
         for part in ("_source_newest", "_source_older")
     ]
     con.execute(f"CREATE TEMP VIEW model_with_cursor AS {passes[0]} UNION ALL BY NAME {passes[1]}")
+    return True
 
 
 @dataclass(frozen=True)
