@@ -205,13 +205,22 @@ def wait_notice(seconds: float, vendor: str) -> str:
     return f"waiting {max(1, int(round(seconds)))} s for {vendor}'s rate limit"
 
 
+def outcome_counts(s: Snapshot) -> str:
+    """"N delivered, N rejected, N in doubt or failed, N left to send": ``pending`` here is what has not
+    finished yet, which is not the summary's "pending" (in doubt or failed, rerun to resume): a finished
+    request whose items are in doubt counts as neither delivered nor left."""
+    unsettled = max(0, s.done - s.delivered - s.rejected)
+    return (f"{s.delivered:,} delivered, {s.rejected:,} rejected, {unsettled:,} in doubt or failed, "
+            f"{s.pending:,} left to send")
+
+
 def plain_line(s: Snapshot) -> str:
     parts = [
         f"{s.sync}: {s.done:,}/{s.total:,} sent ({s.percent:.0f}%)",
         format_rate(s.rate),
         f"ETA {format_duration(s.eta)}" if s.eta is not None else "ETA –",
         f"{s.in_flight} in flight",
-        f"{s.delivered:,} delivered, {s.rejected:,} rejected, {s.pending:,} pending",
+        outcome_counts(s),
     ]
     line = ", ".join(parts)
     if s.wait_left is not None:
@@ -267,8 +276,7 @@ class PlainProgress:
         rate = snapshot.done / snapshot.elapsed if snapshot.elapsed > 0 else None
         self._emit(
             f"{snapshot.sync}: {snapshot.done:,}/{snapshot.total:,} sent in {format_duration(snapshot.elapsed)} "
-            f"({format_rate(rate)}); {snapshot.delivered:,} delivered, {snapshot.rejected:,} rejected, "
-            f"{snapshot.pending:,} pending"
+            f"({format_rate(rate)}); {outcome_counts(snapshot)}"
         )
 
 
@@ -363,6 +371,9 @@ class TerminalProgress:
         stats.append(f"  {s.in_flight} in flight")
         if s.rejected:
             stats.append(f"  {s.rejected:,} rejected", style="yellow")
+        unsettled = max(0, s.done - s.delivered - s.rejected)
+        if unsettled:
+            stats.append(f"  {unsettled:,} in doubt or failed", style="red")
         grid.add_row(Text(s.sync, style="bold"), ProgressBar(total=max(1, s.total), completed=s.done, width=24), stats)
         return grid
 

@@ -159,3 +159,6 @@ def test_items_left_pending_exit_non_zero_and_the_summary_does_not_say_success(c
     captured = capsys.readouterr()
     assert "items pending" in captured.err and "rerun to resume" in captured.err
     assert " success" not in captured.out and "partial" in captured.out
+    # the progress line's last word agrees: nothing is left to send, and the items are not called settled
+    last = [line for line in captured.err.splitlines() if "sent in" in line][-1]
+    assert "0 delivered" in last and "0 in doubt or failed" not in last and "in doubt or failed" in last

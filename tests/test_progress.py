@@ -184,9 +184,9 @@ def test_plain_lines_are_periodic_and_carry_the_numbers():
     periodic = lines[1:-1]
     assert 5 <= len(periodic) <= 6
     assert periodic[0].startswith("users_to_screeb: 10,000/60,000 sent (17%), 1,000 items/s, ETA 50 s, 4 in flight")
-    assert "10,000 delivered, 0 rejected, 50,000 pending" in periodic[0]
+    assert "10,000 delivered, 0 rejected, 0 in doubt or failed, 50,000 left to send" in periodic[0]
     assert lines[-1] == ("users_to_screeb: 60,000/60,000 sent in 1m 00s (1,000 items/s); "
-                         "60,000 delivered, 0 rejected, 0 pending")
+                         "60,000 delivered, 0 rejected, 0 in doubt or failed, 0 left to send")
 
 
 def test_plain_waiting_notice_long_at_once_short_on_the_next_line():
