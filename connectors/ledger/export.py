@@ -15,12 +15,17 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+BATCH_ROWS = 65_536
+
 
 def main(argv: list[str]) -> int:
     import adbc_driver_sqlite.dbapi as adbc
 
     path, out, statement, *params = argv
     with adbc.connect(path) as conn, conn.cursor() as cur:
+        # The driver's default is 1,024 rows a batch: 10M rows made 9,766 Parquet row groups and as many
+        # rounds of Python here (measured: 5 s of a 15 s snapshot).
+        cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(BATCH_ROWS)})
         if statement == "--parts":
             # One file from several statements: each part is {"sql", "params", "fill"}; ``fill`` gives
             # columns the part does not read, as a constant (or null) the child writes itself: a text
