@@ -1,13 +1,15 @@
 """The ledger's fold on its own: CPU per item of folding a delivery journal into ``syncline_items``.
 
     .venv/bin/python benchmarks/bench_fold.py --items 300000
+    .venv/bin/python benchmarks/bench_fold.py --items 300000 --per-item
     .venv/bin/python benchmarks/bench_fold.py --items 300000 --postgres
 
 Why on its own: a 300k-event `syncline run` against the local sink spends most of its CPU on the ledger
 writer thread (measured 2026-12-02 with per-thread CPU from /proc: writer 7.5 s of the delivery's 11.6 s,
 the fold 5.6 s of that). This writes the journal a run writes (claim groups of ``--group`` items in key
-order, one ``delivered`` row per request of ``--per-request``), then folds it in the writer's slices, and
-reports CPU microseconds per item, so a change to the fold can be measured without HTTP or DuckDB.
+order, one ``delivered`` row per request of ``--per-request``, and the ``group`` row of a group delivered
+whole, unless ``--per-item``), then folds it in the writer's slices, and reports CPU microseconds per
+item, so a change to the fold can be measured without HTTP or DuckDB.
 """
 
 from __future__ import annotations
@@ -26,24 +28,26 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.bench_compare import postgres_admin  # noqa: E402
 from connectors.ledger import Ledger, open_ledger  # noqa: E402
 from connectors.ledger.store import Store  # noqa: E402
-from connectors.ledger.writer import FOLD_LAG_GROUPS, FOLD_SLICE_ITEMS  # noqa: E402
+from connectors.ledger.writer import FOLD_SLICE_ITEMS  # noqa: E402
+
+IN_FLIGHT_GROUPS = 8  # claim groups claimed ahead or still waiting for answers when a fold starts
 
 DESTINATION = "bench-" + "0" * 26
 
 
-def write_journal(ledger: Ledger, items: int, group: int, per_request: int) -> list[int]:
+def write_journal(ledger: Ledger, items: int, group: int, per_request: int, whole: bool) -> list[int]:
     """The journal rows of one run, where a run's writer puts them (:meth:`Ledger.open_journal`): returns
     each claim group's seq (what the writer folds up to)."""
     seqs: list[int] = []
     journal = ledger.open_journal()
     try:
-        _write_groups(journal, items, group, per_request, seqs)
+        _write_groups(journal, items, group, per_request, seqs, whole)
     finally:
         journal.close()
     return seqs
 
 
-def _write_groups(ledger: Store, items: int, group: int, per_request: int, seqs: list[int]) -> None:
+def _write_groups(ledger: Store, items: int, group: int, per_request: int, seqs: list[int], whole: bool) -> None:
     with ledger.batch():
         for g in range(0, items, group):
             rows = sorted(
@@ -57,6 +61,9 @@ def _write_groups(ledger: Store, items: int, group: int, per_request: int, seqs:
                 keys = [row[0] for row in rows[r:r + per_request]]
                 ledger.journal("delivered", DESTINATION, "bench", "publish_events", "run1", claim,
                                json.dumps(keys), len(keys))
+            if whole:  # every item new and accepted: the writer's group row (one ledger row for the group)
+                ledger.journal("group", DESTINATION, "bench", "publish_events", "run1", claim,
+                               json.dumps([row[0] for row in rows]), len(rows), state=rows[0][3], reason=rows[0][3])
 
 
 def main() -> None:
@@ -66,6 +73,8 @@ def main() -> None:
     parser.add_argument("--per-request", type=int, default=100)
     parser.add_argument("--slice", type=int, default=FOLD_SLICE_ITEMS,
                         help="claimed items between folds (the writer's FOLD_SLICE_ITEMS)")
+    parser.add_argument("--per-item", action="store_true",
+                        help="no group rows: every item folded into its own row (groups not delivered whole)")
     parser.add_argument("--postgres", action="store_true",
                         help="a fresh database on 127.0.0.1:5432 (dropped after); default: a fresh SQLite file")
     args = parser.parse_args()
@@ -77,12 +86,12 @@ def main() -> None:
                              else str(Path(tmp) / "ledger.sqlite"))
         try:
             started = time.perf_counter()
-            seqs = write_journal(ledger, args.items, args.group, args.per_request)
+            seqs = write_journal(ledger, args.items, args.group, args.per_request, not args.per_item)
             journal_s = time.perf_counter() - started
-            # Fold as the writer does: every --slice items, up to the group FOLD_LAG_GROUPS from the end.
+            # Fold as the writer does: every --slice items, up to the oldest claim not answered yet.
             per_slice = max(1, args.slice // args.group)
             cpu, wall = time.process_time(), time.perf_counter()
-            for end in range(per_slice, len(seqs) - FOLD_LAG_GROUPS + 1, per_slice):
+            for end in range(per_slice, len(seqs) - IN_FLIGHT_GROUPS + 1, per_slice):
                 with ledger.batch():
                     ledger.fold(before=seqs[end])
             with ledger.batch():

@@ -296,7 +296,8 @@ def destination_ids(ledger: Ledger, sync: str, wanted: str | None) -> list[str] 
     known = ledger.destinations()
     found = [d for d, info in known.items() if wanted in (d, info.get("identity"), info.get("name"))]
     if not found:
-        used = {r[0] for r in ledger._query("SELECT DISTINCT destination FROM syncline_items WHERE sync = ?", (sync,))}
+        used = {r[0] for r in ledger._query("SELECT DISTINCT destination FROM syncline_items WHERE sync = ? UNION "
+                                            "SELECT DISTINCT destination FROM syncline_groups WHERE sync = ?", (sync, sync))}
         if wanted in used:
             return [wanted]
         names = ", ".join(f"{d} ({known[d]['identity']})" if d in known else (d or "''") for d in sorted(used)) or "none"
@@ -345,9 +346,13 @@ def query_items(ledger: Ledger, sync: str, filters: Filters) -> list[dict[str, A
     """The sync's items matching ``filters``, newest first, each with its reason parsed and its attempts."""
     where, params = _where(ledger, sync, filters)
     limit = f" LIMIT {int(filters.limit)}" if filters.limit else ""
+    source, source_params = "syncline_items", []
+    if not filters.states or "delivered" in filters.states:
+        # Delivered groups too (one ledger row per group delivered whole), unnested: the sync's only.
+        source, source_params = f"({ledger.all_items('g.sync = ?')}) AS i", [sync]
     rows = ledger._query(
-        f"SELECT {', '.join(_ITEM_COLUMNS)} FROM syncline_items WHERE {where} ORDER BY updated_at DESC, idem_key{limit}",
-        params,
+        f"SELECT {', '.join(_ITEM_COLUMNS)} FROM {source} WHERE {where} ORDER BY updated_at DESC, idem_key{limit}",
+        [*source_params, *params],
     )
     items = [dict(zip(_ITEM_COLUMNS, r, strict=True)) for r in rows]
     attempts = _attempts_by_group(ledger, {i["run_id"] for i in items if i["run_id"]})

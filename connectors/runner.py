@@ -285,6 +285,8 @@ def deliver_file(
     def plan() -> tuple[Path, Path | None]:
         """The snapshot, then the payloads: rows this destination has are never rendered (append mode)."""
         folder.mkdir(parents=True, exist_ok=True)
+        if spec.mode != "append" and not dry_run:
+            ledger.explode_groups(dest.id, spec.name)  # mirror mode keeps per-item state
         state = ledger.start_snapshot(dest.id, spec.name, folder / "ledger_state.parquet",
                                       delivered_hashes=spec.mode != "append")
         if payload_path is not None:

@@ -335,7 +335,7 @@ def _known_sync(ledger: Any, name: str) -> None:
     """A sync is known when a sync file defines it or the ledger has items of it (a removed sync's history)."""
     if name in load_syncs().syncs:
         return
-    if ledger._query("SELECT 1 FROM syncline_items WHERE sync = ? LIMIT 1", (name,)):
+    if ledger.has_items(name):
         return
     raise SynclineError(f"unknown sync {name!r}: no sync file defines it and the ledger has no items of it")
 

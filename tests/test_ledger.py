@@ -177,7 +177,7 @@ def test_a_version_1_ledger_migrates_in_place_and_is_adopted(syncline_home):
     conn.commit()
     conn.close()
     ledger = open_ledger(str(path))
-    assert ledger.migrated == [2, 3, 4, 5, 6]
+    assert ledger.migrated == [2, 3, 4, 5, 6, 7]
     (version,) = ledger._query("SELECT max(version) FROM syncline_schema_version")
     assert version[0] == LATEST
     dest = resolve_destination("trubrics", "http://127.0.0.1:1", {"api_key": "k"}, "api_key")

@@ -78,6 +78,20 @@ def chunk_items(items: Iterator[Item], limits: ChunkLimits) -> Iterator[list[Ite
 
 
 @dataclass
+class GroupTally:
+    """A journaled claim group's requests still unanswered, and whether it can be kept as one ledger row:
+    every item new at this destination (the snapshot had none of them), append mode, every request
+    accepted whole. Then its last answer also journals a ``group`` row (``Ledger.fold``)."""
+
+    chunks: int
+    items: int
+    keys_json: str | None  # the group's keys as a JSON array; None when it must be kept item by item
+    min_cursor: str | None = None
+    max_cursor: str | None = None
+    whole: bool = True
+
+
+@dataclass
 class DeliveryOptions:
     limits: ChunkLimits
     concurrency: int = 64  # the most requests in flight
@@ -145,6 +159,7 @@ class Delivery:
         self._halt: SyncStopped | None = None  # set by request_stop, the deadline or the circuit breaker
         self._planner: Planner | None = None
         self._failures_in_a_row = 0
+        self._groups: dict[str, GroupTally] = {}  # journaled claim groups with requests unanswered
         # Items an earlier run left in doubt are counted when sent again, where the vendor cannot dedup and
         # a read-back did not settle them (multi-step endpoints count their own).
         self._count_prior = (sender is not None and not sender.endpoint.steps
@@ -165,6 +180,8 @@ class Delivery:
         ledger snapshot the caller already took for this destination (``state_taken``), or one is taken."""
         work_dir = work_dir or payload_path.parent
         if not state_taken:
+            if self.options.mode != "append" and not self.options.dry_run:
+                self.ledger.explode_groups(self.run.destination, self.run.sync)  # mirror mode keeps per-item state
             state = self.ledger.snapshot(self.run.destination, self.run.sync, work_dir / "ledger_state.parquet")
         planner = Planner(
             payload_path, state, mode=self.options.mode, hold_in_doubt=self.options.in_doubt == "hold",
@@ -374,6 +391,8 @@ class Delivery:
                 batch, group_id, claim = ahead.popleft()
                 batch = self._claimed(batch, claim)
                 pending_chunks = list(self._chunks(batch, group_id)) if batch.num_rows else []
+                if self._journaled:
+                    self._track_group(batch, group_id, len(pending_chunks))
                 while pending_chunks and stop is None:
                     while len(in_flight) >= self.limit.current:
                         done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
@@ -407,6 +426,24 @@ class Delivery:
             if stop is not None:
                 self._stopped(stop)
         return self._finish(stop)
+
+    def _track_group(self, batch: pa.RecordBatch, group_id: str, chunks: int) -> None:
+        """Count the group's requests; a group with none is answered at once (the writer's fold waits
+        for every claim before it to be answered)."""
+        run = self.run
+        if not chunks:
+            assert self._writer is not None
+            self._writer.record(Outcome(run.destination, run.run_id, group_id, sync=run.sync, endpoint=run.endpoint,
+                                        group_done=True))
+            return
+        keys_json = None
+        tally = GroupTally(chunks, batch.num_rows, None)
+        if self.options.mode == "append" and not pc.any(batch.column("known")).as_py():
+            keys_json = "[" + Column(batch.column("key_part")).joined(0, batch.num_rows).decode() + "]"
+            bounds = pc.min_max(batch.column("cursor_text"))
+            tally.min_cursor, tally.max_cursor = bounds["min"].as_py(), bounds["max"].as_py()
+        tally.keys_json = keys_json
+        self._groups[group_id] = tally
 
     def _send_removals(self, planner: Planner) -> SyncStopped | None:
         """Mirror mode: undo at the vendor what is gone from the source (``Endpoint.removal``), recorded
@@ -496,6 +533,16 @@ class Delivery:
         else:
             outcome.rows = self._item_rows(result)
             run.delivered += len(result.delivered)
+        tally = self._groups.get(chunk.claim_id)
+        if tally is not None:
+            tally.chunks -= 1
+            tally.whole = tally.whole and result.all_delivered
+            if tally.chunks <= 0:
+                del self._groups[chunk.claim_id]
+                outcome.group_done = True
+                if tally.whole and tally.keys_json is not None:
+                    outcome.group_keys_json, outcome.group_items = tally.keys_json, tally.items
+                    outcome.group_cursors = (tally.min_cursor, tally.max_cursor)
         run.rejected += len(result.rejected)
         run.in_doubt += len(result.in_doubt)
         run.failed += len(result.failed)

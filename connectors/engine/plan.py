@@ -77,6 +77,18 @@ class Planner:
             self.con.execute(f"CREATE VIEW ledger_state AS SELECT * FROM read_parquet({quote_literal(str(ledger_state))})")
         skip_delivered = "TRUE" if mode == "append" else "l.payload_hash = p.payload_hash"
         hold = "TRUE" if hold_in_doubt else "FALSE"
+        payload = f"read_parquet({quote_literal(str(payload_path))})"
+        # One ledger row per key: two runs over different windows of one sync may both have delivered a key
+        # (each as a first delivery, in a group of its own). Only keys of this payload are looked at, so a
+        # rerun of a delivered sync (payload all but empty) never aggregates the whole snapshot.
+        self.con.execute(f"""
+            CREATE VIEW ledger_one AS
+            SELECT idem_key, arg_max(state, rank) AS state, arg_max(payload_hash, rank) AS payload_hash FROM (
+                SELECT l.*, CASE l.state WHEN 'delivered' THEN 4 WHEN 'refused' THEN 3 WHEN 'in_doubt' THEN 2
+                                         ELSE 1 END AS rank
+                FROM ledger_state AS l SEMI JOIN {payload} AS p USING (idem_key)) AS r
+            GROUP BY idem_key
+        """)
         self.con.execute(f"""
             CREATE VIEW classified AS
             SELECT p.*, CASE
@@ -85,9 +97,10 @@ class Planner:
                 WHEN l.state = 'refused' AND l.payload_hash IS NOT DISTINCT FROM p.payload_hash THEN 'refused'
                 WHEN l.state = 'in_doubt' AND {hold} THEN 'hold'
                 ELSE 'send' END AS action,
-                coalesce(l.state = 'in_doubt', FALSE) AS prior_in_doubt
-            FROM read_parquet({quote_literal(str(payload_path))}) AS p
-            LEFT JOIN ledger_state AS l USING (idem_key)
+                coalesce(l.state = 'in_doubt', FALSE) AS prior_in_doubt,
+                l.idem_key IS NOT NULL AS known
+            FROM {payload} AS p
+            LEFT JOIN ledger_one AS l USING (idem_key)
         """)
 
     def close(self) -> None:
@@ -126,7 +139,7 @@ class Planner:
         sort: DuckDB 2.0 ran out of memory sorting 1M wide rows at 128 and 256 MB, and requests stay
         unordered in every way a vendor could care about."""
         reader = self.con.sql(
-            "SELECT idem_key, _key AS source_key, payload_hash, cursor_text, _maybe_tie, prior_in_doubt, "
+            "SELECT idem_key, _key AS source_key, payload_hash, cursor_text, _maybe_tie, prior_in_doubt, known, "
             "payload || ',' AS body_part, to_json(idem_key) || ',' AS key_part, "
             f"to_json([idem_key, _key, payload_hash, cursor_text{', payload' if self.mode == 'mirror' else ''}]) || ',' AS claim_part "
             "FROM classified WHERE action = 'send'"

@@ -38,15 +38,42 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+# A delivered group's row holds 2,000 items: fewer rows a batch keep a batch's items near BATCH_ROWS.
+GROUP_BATCH_ROWS = 32
+UNNEST = {
+    # ``keys``: a JSON array of idempotency keys; ``doc``: the claim record, [[idem_key, source_key, hash, cursor]].
+    "keys": "SELECT unnest(from_json(keys, '[\"VARCHAR\"]')) AS idem_key FROM g",
+    "doc": "SELECT e[1] AS idem_key, e[3] AS payload_hash FROM (SELECT unnest(from_json(doc, '[[\"VARCHAR\"]]')) AS e FROM g)",
+}
+
+
 def _parts(cur: Any, columns: list[str], parts: list[dict[str, Any]]) -> Iterator[Any]:
     import pyarrow as pa
 
+    unnester = None
     for part in parts:
+        unnest = part.get("unnest")
+        rows = GROUP_BATCH_ROWS if unnest else BATCH_ROWS
+        cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(rows)})
         cur.execute(part["sql"], tuple(part["params"]))
         fill = part.get("fill", {})
         for batch in cur.fetch_record_batch():
-            read = dict(zip(batch.schema.names, batch.columns, strict=True))
-            yield pa.record_batch([read[c] if c in read else _constant(fill[c], batch.num_rows) for c in columns],
+            if unnest:
+                if unnester is None:
+                    import duckdb
+
+                    unnester = duckdb.connect()
+                    unnester.execute("SET memory_limit = '128MB'")
+                    unnester.execute("SET threads = 1")
+                unnester.register("g", pa.Table.from_batches([batch]))
+                table: Any = unnester.execute(UNNEST[unnest]).to_arrow_table()
+                unnester.unregister("g")
+                read = {name: table.column(name).combine_chunks() for name in table.column_names}
+                size = table.num_rows
+            else:
+                read = dict(zip(batch.schema.names, batch.columns, strict=True))
+                size = batch.num_rows
+            yield pa.record_batch([read[c] if c in read else _constant(fill[c], size) for c in columns],
                                   names=columns)
 
 

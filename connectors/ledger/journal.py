@@ -15,6 +15,7 @@ never reused, so a row written after a fold can never fall under that fold's mar
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import uuid
 from pathlib import Path
@@ -60,6 +61,13 @@ class JournalFile(Store):
         """Rows with ``after < seq <= upto``, in seq order, as :data:`JOURNAL_COLUMNS` tuples."""
         return self._query(f"SELECT {JOURNAL_COLUMNS} FROM syncline_journal WHERE seq > ? AND seq <= ? ORDER BY seq",
                            (after, upto))
+
+    def group_rows(self, after: int, claim_ids: list[str]) -> list[tuple[Any, ...]]:
+        """The ``group`` rows after ``after`` of these claims (see ``Ledger._apply_journal``)."""
+        if not claim_ids:
+            return []
+        return self._query(f"SELECT {JOURNAL_COLUMNS} FROM syncline_journal WHERE seq > ? AND kind = 'group' "
+                           "AND claim_id IN (SELECT value FROM json_each(?))", (after, json.dumps(claim_ids)))
 
     def slice_end(self, after: int, upto: int, max_items: int) -> int:
         """The last seq of the longest run of rows after ``after`` (up to ``upto``) holding at most

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-LATEST = 6
+LATEST = 7
 
 V1 = [
     """CREATE TABLE IF NOT EXISTS syncline_items (
@@ -124,6 +124,17 @@ V5 = ["CREATE TABLE syncline_fold_mark (journal TEXT PRIMARY KEY, seq BIGINT NOT
 # touches it only for an item entering or leaving that state.
 V6 = ["CREATE INDEX syncline_items_in_doubt ON syncline_items (sync, destination) WHERE state = 'in_doubt'"]
 
+# Version 7: a claim group delivered whole, every item for the first time at its destination, is kept as
+# one row here instead of one per item (``Ledger.fold``): ``keys`` is the JSON array of its idempotency
+# keys, ``doc`` its claim record (``[[idem_key, source_key, payload_hash, cursor], ...]``), the cursors
+# its range. Measured: the per-item fold was most of a run's CPU against a fast sink (a 300k-event run
+# took 5.6 s with it, 2.6 s without). Every reader of items reads these rows as delivered items too.
+V7_TABLE = """CREATE TABLE syncline_groups (
+        destination TEXT NOT NULL, claim_id TEXT NOT NULL, sync TEXT NOT NULL, endpoint TEXT NOT NULL,
+        run_id TEXT NOT NULL, items INTEGER NOT NULL, keys TEXT NOT NULL, doc TEXT NOT NULL, min_cursor TEXT,
+        max_cursor TEXT, at TEXT NOT NULL, PRIMARY KEY (destination, claim_id))"""
+V7 = [V7_TABLE, "CREATE INDEX syncline_groups_sync_dest ON syncline_groups (sync, destination, at)"]
+
 
 def migrate(cur: Any, dialect: str, table_exists: Callable[[str], bool], now: str) -> list[int]:
     """Bring the schema to :data:`LATEST`; returns the versions applied (empty when up to date)."""
@@ -137,7 +148,7 @@ def migrate(cur: Any, dialect: str, table_exists: Callable[[str], bool], now: st
         if current:
             cur.execute(f"INSERT INTO syncline_schema_version VALUES (1, '{now}')")
     applied: list[int] = []
-    steps: dict[int, list[str]] = {1: V1, 2: V2[dialect], 3: V3, 4: V4, 5: V5, 6: V6}
+    steps: dict[int, list[str]] = {1: V1, 2: V2[dialect], 3: V3, 4: V4, 5: V5, 6: V6, 7: V7}
     for version in range(current + 1, LATEST + 1):
         for statement in steps[version]:
             cur.execute(statement)

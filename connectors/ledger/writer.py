@@ -31,7 +31,6 @@ from connectors.ledger.store import Ledger, Store
 
 GROUP_WINDOW_S = 0.003  # how long the writer waits for more finished chunks before committing
 FOLD_SLICE_ITEMS = 40_000  # claimed items between folds: each fold is a short transaction (a fraction of a second)
-FOLD_LAG_GROUPS = 8  # the newest claim groups are not folded yet: their requests are still in flight
 
 
 @dataclass
@@ -49,6 +48,12 @@ class Outcome:
     journaled: bool = True  # the items' claim is in the journal: outcomes go there too, in order
     sync: str = ""
     endpoint: str = ""
+    group_done: bool = False  # the last answer of the claim group ``chunk_id``
+    # ... and the group was delivered whole, every item for the first time here: its keys (JSON), item
+    # count and cursor range go in a ``group`` journal row, and the fold keeps one ledger row for it.
+    group_keys_json: str | None = None
+    group_items: int = 0
+    group_cursors: tuple[str | None, str | None] = (None, None)
 
 
 class OutcomeWriter:
@@ -64,7 +69,11 @@ class OutcomeWriter:
         self._error: BaseException | None = None
         self.commits = 0
         self._journaled = 0
-        self._claim_seqs: list[int] = []
+        # Journaled claim groups not answered yet (claim id -> seq, in seq order): a fold stops before the
+        # oldest, so each claim it folds has its outcomes, and a group delivered whole becomes one row.
+        self._open_claims: dict[str, int] = {}
+        self._last_seq = 0
+        self._fold_before = 0
 
     def start(self) -> OutcomeWriter:
         self._thread.start()
@@ -82,8 +91,10 @@ class OutcomeWriter:
         future: Future[None] = Future()
 
         def write() -> None:
-            self._claim_seqs.append(self._journal.journal(
-                "claim", destination, sync, endpoint, run_id, claim_id, doc, items, **kwargs))
+            seq = self._journal.journal("claim", destination, sync, endpoint, run_id, claim_id, doc, items, **kwargs)
+            if kwargs.get("state", "in_doubt") == "in_doubt":  # (a stopped run's unsent items: no answer comes)
+                self._open_claims.setdefault(claim_id, seq)
+            self._last_seq = max(self._last_seq, seq)
             self._journaled += items
 
         self._tasks.put(("call", write, future))
@@ -162,12 +173,14 @@ class OutcomeWriter:
                             if future is not None:
                                 results.append((future, result))
                 self.commits += 1
-                if self._journaled >= FOLD_SLICE_ITEMS and len(self._claim_seqs) > FOLD_LAG_GROUPS:
-                    # Fold what is behind the in-flight window (committed above), on the folder's thread;
-                    # late answers for folded groups take the (slower) update path.
-                    self._folder.request(self._claim_seqs[-FOLD_LAG_GROUPS])
-                    del self._claim_seqs[:-FOLD_LAG_GROUPS]
-                    self._journaled = 0
+                if self._journaled >= FOLD_SLICE_ITEMS:
+                    # Fold what is before the oldest claim still waiting for answers (committed above), on the
+                    # folder's thread.
+                    before = next(iter(self._open_claims.values()), self._last_seq + 1)
+                    if before > self._fold_before:
+                        self._folder.request(before)
+                        self._fold_before = before
+                        self._journaled = 0
             except BaseException as exc:  # the items stay in_doubt (claimed): safe; the run reports it
                 self._error = exc
                 for _, _, future in batch:
@@ -186,15 +199,17 @@ class OutcomeWriter:
         ledger, journal = self._ledger, self._journal
         if outcome.delivered_keys_json is not None:
             if outcome.journaled:
-                journal.journal("delivered", outcome.destination, outcome.sync, outcome.endpoint, outcome.run_id,
-                               outcome.chunk_id, outcome.delivered_keys_json, outcome.delivered_count)
+                self._last_seq = max(self._last_seq, journal.journal(
+                    "delivered", outcome.destination, outcome.sync, outcome.endpoint, outcome.run_id,
+                    outcome.chunk_id, outcome.delivered_keys_json, outcome.delivered_count))
             else:
                 ledger.mark_delivered(outcome.destination, outcome.run_id, outcome.chunk_id, outcome.delivered_keys_json)
         if outcome.rows and outcome.journaled:
             doc = json.dumps([[r.idem_key, r.source_key, r.payload_hash, r.state, r.reason, r.vendor_id, r.excerpt,
                                r.cursor, r.resent_unknown] for r in outcome.rows])
-            journal.journal("rows", outcome.destination, outcome.sync, outcome.endpoint, outcome.run_id,
-                           outcome.chunk_id, doc, len(outcome.rows))
+            self._last_seq = max(self._last_seq, journal.journal(
+                "rows", outcome.destination, outcome.sync, outcome.endpoint, outcome.run_id, outcome.chunk_id, doc,
+                len(outcome.rows)))
         elif outcome.rows:
             delivered = [r for r in outcome.rows if r.state == "delivered"]
             others = [r for r in outcome.rows if r.state != "delivered"]
@@ -206,6 +221,13 @@ class OutcomeWriter:
                             len(outcome.attempts))
         else:
             ledger.write_attempts(outcome.attempts)
+        if outcome.group_keys_json is not None:
+            low, high = outcome.group_cursors
+            self._last_seq = max(self._last_seq, journal.journal(
+                "group", outcome.destination, outcome.sync, outcome.endpoint, outcome.run_id, outcome.chunk_id,
+                outcome.group_keys_json, outcome.group_items, state=low, reason=high))
+        if outcome.group_done:
+            self._open_claims.pop(outcome.chunk_id, None)
 
 
 class _Folder:
