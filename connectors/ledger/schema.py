@@ -133,7 +133,18 @@ V7_TABLE = """CREATE TABLE syncline_groups (
         destination TEXT NOT NULL, claim_id TEXT NOT NULL, sync TEXT NOT NULL, endpoint TEXT NOT NULL,
         run_id TEXT NOT NULL, items INTEGER NOT NULL, keys TEXT NOT NULL, doc TEXT NOT NULL, min_cursor TEXT,
         max_cursor TEXT, at TEXT NOT NULL, PRIMARY KEY (destination, claim_id))"""
-V7 = [V7_TABLE, "CREATE INDEX syncline_groups_sync_dest ON syncline_groups (sync, destination, at)"]
+_V7_COMMON = [V7_TABLE, "CREATE INDEX syncline_groups_sync_dest ON syncline_groups (sync, destination, at)"]
+V7 = {
+    "sqlite": _V7_COMMON,
+    # Postgres compresses long text (pglz) by default: a claim group's 230 kB record, hex keys and hashes
+    # that hardly compress. Measured at 1M items: claims waited 8.8 s on the server with it, 3.0 s without.
+    "postgres": [
+        *_V7_COMMON,
+        "ALTER TABLE syncline_journal ALTER COLUMN doc SET STORAGE EXTERNAL",
+        "ALTER TABLE syncline_groups ALTER COLUMN keys SET STORAGE EXTERNAL",
+        "ALTER TABLE syncline_groups ALTER COLUMN doc SET STORAGE EXTERNAL",
+    ],
+}
 
 
 def migrate(cur: Any, dialect: str, table_exists: Callable[[str], bool], now: str) -> list[int]:
@@ -148,7 +159,7 @@ def migrate(cur: Any, dialect: str, table_exists: Callable[[str], bool], now: st
         if current:
             cur.execute(f"INSERT INTO syncline_schema_version VALUES (1, '{now}')")
     applied: list[int] = []
-    steps: dict[int, list[str]] = {1: V1, 2: V2[dialect], 3: V3, 4: V4, 5: V5, 6: V6, 7: V7}
+    steps: dict[int, list[str]] = {1: V1, 2: V2[dialect], 3: V3, 4: V4, 5: V5, 6: V6, 7: V7[dialect]}
     for version in range(current + 1, LATEST + 1):
         for statement in steps[version]:
             cur.execute(statement)
