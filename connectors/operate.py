@@ -309,6 +309,24 @@ def _like(text: str) -> str:
     return "%" + text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+def _days_and_destinations(ledger: Ledger, sync: str, filters: Filters, at: str,
+                           destination: str) -> tuple[list[str], list[Any]]:
+    """SQL conditions (on columns ``at`` and ``destination``) for the filters' days and destinations."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if filters.since:
+        clauses.append(f"{at} >= ?")
+        params.append(filters.since.isoformat())
+    if filters.until:
+        clauses.append(f"{at} < ?")
+        params.append((filters.until + dt.timedelta(days=1)).isoformat())
+    dests = destination_ids(ledger, sync, filters.destination)
+    if dests is not None:
+        clauses.append(f"{destination} IN ({', '.join('?' * len(dests))})")
+        params += dests
+    return clauses, params
+
+
 def _where(ledger: Ledger, sync: str, filters: Filters) -> tuple[str, list[Any]]:
     clauses, params = ["sync = ?"], [sync]
     if filters.states:
@@ -320,16 +338,9 @@ def _where(ledger: Ledger, sync: str, filters: Filters) -> tuple[str, list[Any]]
     if filters.reason:
         clauses.append("lower(reason) LIKE ? ESCAPE '\\'")
         params.append(_like(filters.reason))
-    if filters.since:
-        clauses.append("updated_at >= ?")
-        params.append(filters.since.isoformat())
-    if filters.until:
-        clauses.append("updated_at < ?")
-        params.append((filters.until + dt.timedelta(days=1)).isoformat())
-    dests = destination_ids(ledger, sync, filters.destination)
-    if dests is not None:
-        clauses.append(f"destination IN ({', '.join('?' * len(dests))})")
-        params += dests
+    more, more_params = _days_and_destinations(ledger, sync, filters, "updated_at", "destination")
+    clauses += more
+    params += more_params
     if filters.keys:
         keys = list(dict.fromkeys(filters.keys))
         marks = ", ".join("?" * len(keys))
@@ -342,14 +353,31 @@ _ITEM_COLUMNS = ["destination", "idem_key", "source_key", "state", "reason", "ru
                  "updated_at", "resolved_by", "resolved_at", "vendor_id", "cursor", "excerpt"]
 
 
+def _with_groups(ledger: Ledger, sync: str, filters: Filters) -> tuple[str, list[Any]]:
+    """The items relation with the delivered groups' items too (one ledger row per group delivered whole),
+    unnested only for the groups that can match: the sync's, in the days and destinations asked for, and,
+    without a key filter, only the newest groups that can hold the newest ``limit`` items."""
+    more, params = _days_and_destinations(ledger, sync, filters, "g.at", "g.destination")
+    clauses = ["g.sync = ?", *more]
+    params = [sync, *params]
+    if filters.limit and not filters.keys:
+        scope = " AND ".join(c.replace("g.", "") for c in clauses)
+        clauses.append(
+            "g.claim_id IN (SELECT claim_id FROM (SELECT claim_id, sum(items) OVER (ORDER BY at DESC, claim_id DESC "
+            f"ROWS UNBOUNDED PRECEDING) - items AS before FROM syncline_groups WHERE {scope}) AS w "
+            f"WHERE before < {int(filters.limit)})")
+        params += list(params)
+    return f"({ledger.all_items(' AND '.join(clauses))}) AS i", params
+
+
 def query_items(ledger: Ledger, sync: str, filters: Filters) -> list[dict[str, Any]]:
     """The sync's items matching ``filters``, newest first, each with its reason parsed and its attempts."""
     where, params = _where(ledger, sync, filters)
     limit = f" LIMIT {int(filters.limit)}" if filters.limit else ""
-    source, source_params = "syncline_items", []
-    if not filters.states or "delivered" in filters.states:
-        # Delivered groups too (one ledger row per group delivered whole), unnested: the sync's only.
-        source, source_params = f"({ledger.all_items('g.sync = ?')}) AS i", [sync]
+    source: str = "syncline_items"
+    source_params: list[Any] = []
+    if (not filters.states or "delivered" in filters.states) and not filters.reason:
+        source, source_params = _with_groups(ledger, sync, filters)
     rows = ledger._query(
         f"SELECT {', '.join(_ITEM_COLUMNS)} FROM {source} WHERE {where} ORDER BY updated_at DESC, idem_key{limit}",
         [*source_params, *params],

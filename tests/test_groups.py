@@ -81,6 +81,10 @@ def test_groups_delivered_whole_are_one_row_each_and_every_reader_sees_their_ite
     found = query_items(ledger, "ev", Filters(keys=("e00042",)))
     assert [(i["source_key"], i["state"], i["run_id"]) for i in found] == [("e00042", "delivered", run.run_id)]
     assert query_items(ledger, "ev", Filters(states=("rejected",))) == []
+    newest_three = query_items(ledger, "ev", Filters(limit=3))  # only the newest group is unnested
+    assert len(newest_three) == 3 and {i["state"] for i in newest_three} == {"delivered"}
+    assert len(query_items(ledger, "ev", Filters(since=dt.date(2000, 1, 1)))) == N
+    assert query_items(ledger, "ev", Filters(until=dt.date(2000, 1, 1))) == []
     ledger.close()
 
     # The rerun reads the groups through the bulk snapshot (the export child for SQLite) and sends nothing.
