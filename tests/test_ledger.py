@@ -348,3 +348,44 @@ def test_an_append_mode_snapshot_reads_delivered_items_as_keys_alone(ledger_url,
     assert rows["k7"]["state"] == "delivered"
     if ledger_url.endswith(".sqlite"):  # SQLite's child reads delivered keys alone; Postgres reads them whole
         assert rows["k7"]["payload_hash"] is None
+
+
+def test_a_postgres_fold_agrees_with_itself_when_a_group_row_commits_while_it_runs(postgres_ledger_url, monkeypatch):
+    """A group row committed by another connection between two statements of a fold (Postgres reads committed
+    rows per statement) must not make one statement move the claim and another skip it: the fold reads the
+    group rows once. Here the row lands right after the step that moves whole groups, so this fold keeps the
+    claim item by item, and the items are there either way."""
+    from connectors.ledger.store import PostgresLedger
+
+    ledger = open_ledger(postgres_ledger_url)
+    writer = ledger.open_journal()
+    writer.journal("claim", DEST, "s", "ep", "r1", "c1", _claim_json("k1", "k2"), 2, state="in_doubt")
+    writer.journal("delivered", DEST, "s", "ep", "r1", "c1", json.dumps(["k1", "k2"]), 2)
+    real = PostgresLedger._apply_journal
+
+    class LateGroupRow:
+        """The fold's cursor; after its first statement writing groups, another run commits the group row."""
+
+        def __init__(self, cur):
+            self._cur, self._done = cur, False
+
+        def execute(self, statement, params=()):
+            result = self._cur.execute(statement, params)
+            if "INSERT INTO syncline_groups" in statement and not self._done:
+                self._done = True
+                writer.journal("group", DEST, "s", "ep", "r1", "c1", json.dumps(["k1", "k2"]), 2)
+            return result
+
+        def __getattr__(self, name):
+            return getattr(self._cur, name)
+
+    monkeypatch.setattr(PostgresLedger, "_apply_journal",
+                        lambda self, cur, upto, table: real(self, LateGroupRow(cur), upto, table))
+    ledger.fold()
+    monkeypatch.undo()
+    assert ledger.counts("s") == {"delivered": 2, "rejected": 0, "in_doubt": 0, "failed": 0}
+    assert ledger.lookup(DEST, ["k1", "k2"]) == {"k1": ("delivered", "hash"), "k2": ("delivered", "hash")}
+    ledger.fold()  # the late group row meets no claim: nothing changes
+    assert ledger.counts("s")["delivered"] == 2
+    writer.close()
+    ledger.close()

@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connectors.ledger.rows import AttemptRow, ItemRow, attempt_values
-from connectors.ledger.store import Ledger, Store
+from connectors.ledger.store import Ledger, Store, journal_values
 
 GROUP_WINDOW_S = 0.003  # how long the writer waits for more finished chunks before committing
 FOLD_SLICE_ITEMS = 40_000  # claimed items between folds: each fold is a short transaction (a fraction of a second)
+FOLD_EVERYTHING = 2**62  # a fold bound past every journal row
 
 
 @dataclass
@@ -72,8 +73,8 @@ class OutcomeWriter:
         # Journaled claim groups not answered yet (claim id -> seq, in seq order): a fold stops before the
         # oldest, so each claim it folds has its outcomes, and a group delivered whole becomes one row.
         self._open_claims: dict[str, int] = {}
-        self._last_seq = 0
         self._fold_before = 0
+        self._outcome_rows: list[tuple[Any, ...]] = []  # this batch's outcome journal rows, appended at its end
 
     def start(self) -> OutcomeWriter:
         self._thread.start()
@@ -94,7 +95,6 @@ class OutcomeWriter:
             seq = self._journal.journal("claim", destination, sync, endpoint, run_id, claim_id, doc, items, **kwargs)
             if kwargs.get("state", "in_doubt") == "in_doubt":  # (a stopped run's unsent items: no answer comes)
                 self._open_claims.setdefault(claim_id, seq)
-            self._last_seq = max(self._last_seq, seq)
             self._journaled += items
 
         self._tasks.put(("call", write, future))
@@ -172,16 +172,21 @@ class OutcomeWriter:
                             result = payload()
                             if future is not None:
                                 results.append((future, result))
+                    # After this batch's claims: no outcome here belongs to a claim of the same batch (a
+                    # group's requests leave only once its claim is committed).
+                    self._journal.journal_many(self._outcome_rows)
+                    self._outcome_rows = []
                 self.commits += 1
                 if self._journaled >= FOLD_SLICE_ITEMS:
                     # Fold what is before the oldest claim still waiting for answers (committed above), on the
-                    # folder's thread.
-                    before = next(iter(self._open_claims.values()), self._last_seq + 1)
-                    if before > self._fold_before:
+                    # folder's thread; everything when none is.
+                    before = next(iter(self._open_claims.values()), FOLD_EVERYTHING)
+                    if before > self._fold_before or before == FOLD_EVERYTHING:
                         self._folder.request(before)
                         self._fold_before = before
                         self._journaled = 0
             except BaseException as exc:  # the items stay in_doubt (claimed): safe; the run reports it
+                self._outcome_rows = []
                 self._error = exc
                 for _, _, future in batch:
                     if future is not None and not future.done():
@@ -196,36 +201,31 @@ class OutcomeWriter:
                 return
 
     def _write_outcome(self, outcome: Outcome) -> None:
-        ledger, journal = self._ledger, self._journal
+        ledger, rows = self._ledger, self._outcome_rows
+        where = (outcome.destination, outcome.sync, outcome.endpoint, outcome.run_id, outcome.chunk_id)
         if outcome.delivered_keys_json is not None:
             if outcome.journaled:
-                self._last_seq = max(self._last_seq, journal.journal(
-                    "delivered", outcome.destination, outcome.sync, outcome.endpoint, outcome.run_id,
-                    outcome.chunk_id, outcome.delivered_keys_json, outcome.delivered_count))
+                rows.append(journal_values("delivered", *where, outcome.delivered_keys_json, outcome.delivered_count))
             else:
                 ledger.mark_delivered(outcome.destination, outcome.run_id, outcome.chunk_id, outcome.delivered_keys_json)
         if outcome.rows and outcome.journaled:
             doc = json.dumps([[r.idem_key, r.source_key, r.payload_hash, r.state, r.reason, r.vendor_id, r.excerpt,
                                r.cursor, r.resent_unknown] for r in outcome.rows])
-            self._last_seq = max(self._last_seq, journal.journal(
-                "rows", outcome.destination, outcome.sync, outcome.endpoint, outcome.run_id, outcome.chunk_id, doc,
-                len(outcome.rows)))
+            rows.append(journal_values("rows", *where, doc, len(outcome.rows)))
         elif outcome.rows:
             delivered = [r for r in outcome.rows if r.state == "delivered"]
             others = [r for r in outcome.rows if r.state != "delivered"]
             ledger.write_items(delivered)
             ledger.write_items(others, keep_delivered=outcome.keep_delivered)
         if outcome.journaled and outcome.attempts:
-            journal.journal("attempts", outcome.destination, outcome.sync, outcome.endpoint, outcome.run_id,
-                            outcome.chunk_id, json.dumps([attempt_values(a) for a in outcome.attempts]),
-                            len(outcome.attempts))
+            rows.append(journal_values("attempts", *where, json.dumps([attempt_values(a) for a in outcome.attempts]),
+                                       len(outcome.attempts)))
         else:
             ledger.write_attempts(outcome.attempts)
         if outcome.group_keys_json is not None:
             low, high = outcome.group_cursors
-            self._last_seq = max(self._last_seq, journal.journal(
-                "group", outcome.destination, outcome.sync, outcome.endpoint, outcome.run_id, outcome.chunk_id,
-                outcome.group_keys_json, outcome.group_items, state=low, reason=high))
+            rows.append(journal_values("group", *where, outcome.group_keys_json, outcome.group_items,
+                                       state=low, reason=high))
         if outcome.group_done:
             self._open_claims.pop(outcome.chunk_id, None)
 
