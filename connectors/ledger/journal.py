@@ -16,13 +16,12 @@ never reused, so a row written after a fold can never fall under that fold's mar
 from __future__ import annotations
 
 import json
-import sqlite3
 import uuid
 from pathlib import Path
 from typing import Any
 
 from connectors.ledger.schema import JOURNAL_COLUMNS, JOURNAL_TABLE
-from connectors.ledger.store import Store, _AutoCommitSqlite
+from connectors.ledger.store import Store, _AutoCommitSqlite, connect_wal
 
 
 class JournalFile(Store):
@@ -31,10 +30,7 @@ class JournalFile(Store):
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        conn = sqlite3.connect(str(path), timeout=120, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA busy_timeout = 120000")
+        conn = connect_wal(path)
         super().__init__(_AutoCommitSqlite(conn), str(path))
         with self._write() as cur:
             cur.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'syncline_journal'")

@@ -24,6 +24,7 @@ import os
 import socket
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -787,10 +788,7 @@ class SqliteLedger(Ledger):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock_dir = path.parent / f".{path.stem}-locks"
-        conn = sqlite3.connect(str(path), timeout=120, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA busy_timeout = 120000")
+        conn = connect_wal(path)
         conn.execute("PRAGMA cache_size = -32768")  # 32 MB: the key index's hot pages stay cached
         conn.execute("PRAGMA wal_autocheckpoint = 4000")
         self._journal: JournalFileType | None = None  # read by folds, opened on the first one
@@ -1105,6 +1103,30 @@ class PostgresLedger(Ledger):
 
     def _sql(self, statement: str) -> str:
         return statement.replace("?", "%s")
+
+
+def connect_wal(path: Path, wait_s: float = 120.0) -> sqlite3.Connection:
+    """A connection to a SQLite file in WAL mode, autocommit, waiting up to ``wait_s`` for locks.
+
+    Switching a new file to WAL needs it alone, and SQLite answers "database is locked" at once, not after
+    the busy timeout, when another process opens it at that moment (two runs starting together on a new
+    ledger: measured, 2 of 8 tries). So the switch is retried until ``wait_s``."""
+    conn = sqlite3.connect(str(path), timeout=wait_s, isolation_level=None, check_same_thread=False)
+    deadline = time.monotonic() + wait_s
+    delay = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                conn.close()
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")
+    return conn
 
 
 def journal_path(ledger: Path) -> Path:
