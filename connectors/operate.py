@@ -361,11 +361,7 @@ def _with_groups(ledger: Ledger, sync: str, filters: Filters) -> tuple[str, list
     clauses = ["g.sync = ?", *more]
     params = [sync, *params]
     if filters.limit and not filters.keys:
-        scope = " AND ".join(c.replace("g.", "") for c in clauses)
-        clauses.append(
-            "g.claim_id IN (SELECT claim_id FROM (SELECT claim_id, sum(items) OVER (ORDER BY at DESC, claim_id DESC "
-            f"ROWS UNBOUNDED PRECEDING) - items AS before FROM syncline_groups WHERE {scope}) AS w "
-            f"WHERE before < {int(filters.limit)})")
+        clauses.append(ledger.newest_groups(" AND ".join(c.replace("g.", "") for c in clauses), filters.limit))
         params += list(params)
     return f"({ledger.all_items(' AND '.join(clauses))}) AS i", params
 

@@ -326,8 +326,9 @@ class Ledger(Store):
                            grouped: bool) -> Callable[[], None]:
         """The snapshot with delivered groups' items (``grouped``): unnested by the server."""
         if grouped:
-            statement = (f"{statement} UNION ALL SELECT {self._at('e', 0)}, 'delivered', {self._at('e', 2)} "
-                         f"FROM syncline_groups AS g, {self._elements_of('g.doc')} WHERE {where}")
+            in_groups = " AND ".join(f"g.{c}" for c in where.split(" AND "))
+            statement = (f"{statement} UNION ALL SELECT idem_key, state, payload_hash "
+                         f"FROM ({self.group_items(in_groups)}) AS x")
             params = (*params, *params)
         return self.start_export(statement, params, out)
 
@@ -428,13 +429,14 @@ class Ledger(Store):
             "AND g.claim_id = c.claim_id WHERE c.kind = 'claim' AND c.seq <= ? AND c.state = 'in_doubt' "
             "AND c.over_delivered = FALSE ON CONFLICT (destination, claim_id) DO NOTHING"
         ), (upto,))
-        whole = (f" AND NOT (j.state = 'in_doubt' AND EXISTS (SELECT 1 FROM ({groups}) AS g "
+        moved = (f"(j.state = 'in_doubt' AND EXISTS (SELECT 1 FROM ({groups}) AS g "
                  "WHERE g.destination = j.destination AND g.claim_id = j.claim_id))")
+        whole = f" AND NOT {moved}"
         done = (f"SELECT j.destination AS dd, {self._text_value('e')} AS dk, j.claim_id AS dc, j.run_id AS dr, j.at AS da "
                 f"FROM {table} AS j, {self._elements()} WHERE j.kind = 'delivered' AND j.seq <= ?")
         # The claims left to fold item by item (none, usually: the upsert and its join are then skipped).
         cur.execute(self._sql(f"SELECT DISTINCT over_delivered FROM {table} AS j WHERE j.kind = 'claim' AND j.seq <= ? "
-                              f"AND (j.over_delivered = TRUE{whole.replace(' AND NOT', ' OR NOT', 1)})"), (upto,))
+                              f"AND (j.over_delivered = TRUE OR NOT {moved})"), (upto,))
         flags = {bool(r[0]) for r in cur.fetchall()}
         for forced in sorted(flags):
             # Claims and the deliveries of the same fold in one sorted upsert: each key is written once.
@@ -566,6 +568,14 @@ class Ledger(Store):
         picked = ", ".join(f"{values.get(c, 'NULL')} AS {c}" for c in self.ITEM_VIEW_COLUMNS)
         return f"SELECT {picked} FROM syncline_groups AS g, {self._elements_of('g.doc')} WHERE {where}"
 
+    @staticmethod
+    def newest_groups(scope: str, limit: int) -> str:
+        """SQL on ``g``: the newest groups matching ``scope`` (on ``syncline_groups``) that can hold the newest
+        ``limit`` items, so a listing unnests only those."""
+        return (f"g.claim_id IN (SELECT claim_id FROM (SELECT claim_id, sum(items) OVER (ORDER BY at DESC, "
+                f"claim_id DESC ROWS UNBOUNDED PRECEDING) - items AS before FROM syncline_groups WHERE {scope}) "
+                f"AS w WHERE before < {int(limit)})")
+
     def all_items(self, groups_where: str = "true") -> str:
         """SQL: every item row, and the items of the delivered groups matching ``groups_where``, with the
         columns of :data:`ITEM_VIEW_COLUMNS` (the parameters of ``groups_where`` come first)."""
@@ -677,10 +687,7 @@ class Ledger(Store):
         if state in (None, "delivered"):
             # Only the newest groups can hold the newest ``limit`` items.
             scope, scope_params = self._scope(sync, destination)
-            newest = (f"g.claim_id IN (SELECT claim_id FROM (SELECT claim_id, sum(items) OVER (ORDER BY at DESC, "
-                      f"claim_id DESC ROWS UNBOUNDED PRECEDING) - items AS before FROM syncline_groups WHERE {scope}) "
-                      f"AS w WHERE before < {int(limit)})")
-            source, source_params = f"({self.all_items(newest)}) AS i", list(scope_params)
+            source, source_params = f"({self.all_items(self.newest_groups(scope, limit))}) AS i", list(scope_params)
         rows = self._query(
             f"SELECT {', '.join(cols)} FROM {source} WHERE {where} ORDER BY updated_at DESC LIMIT {int(limit)}",
             [*source_params, *params],
