@@ -581,10 +581,13 @@ def open_model(
         relation = "model"
         carrier = cursor_carrier(columns)
         two_pass = False
+        repeats_in: str | None = None  # where repeated keys are found without the cursor join (see PayloadBuilder.sql)
         if spec.source.cursor and carrier is not None:
             two_pass = _carry_cursor(con, spec, carrier)
             relation = "model_with_cursor"
             columns = describe(con, relation)
+            if carrier == "_key" and not two_pass:
+                repeats_in = "model"  # one cursor per _key: a key's rows all carry the same one
         con.execute(f"CREATE TEMP VIEW model_all AS SELECT * FROM {relation}")
         # As many rows as model_all, cheaper to count: the cursor join keeps the model's row count (one
         # newest cursor per key), and only the two-pass carry (repeated keys) is counted through it.
@@ -614,18 +617,24 @@ def open_model(
                 f"ON CAST(m._key AS VARCHAR) = p._key UNION ALL BY NAME SELECT m.* FROM {relation} AS m WHERE m._key IS NULL"
             )
             relation = "model_pending"
+            if repeats_in is not None:
+                con.execute(
+                    "CREATE TEMP VIEW model_keys_pending AS SELECT m._key FROM model AS m SEMI JOIN _pending_keys AS p "
+                    "ON CAST(m._key AS VARCHAR) = p._key"
+                )
+                repeats_in = "model_keys_pending"
             (pending,) = con.execute(
                 "SELECT (SELECT count(*) FROM _pending_keys) + (SELECT count(*) FROM model WHERE _key IS NULL)"
             ).fetchone() or (0,)
             if not pending:
                 # Everything delivered: the payload SELECT still names its columns, but runs over nothing
                 # (its joins and cursor lookups would otherwise still read the whole source).
-                return con, f"SELECT * FROM ({builder_for(spec).sql(relation, columns)}) AS nothing_pending LIMIT 0"
+                return con, f"SELECT * FROM ({builder_for(spec).sql(relation, columns, repeats_in)}) AS nothing_pending LIMIT 0"
     except duckdb.Error as exc:
         con.close()
         raise duckdb_failure(exc, str(spec.model_file), "(sql)",
                              "the model does not run" + _model_hint(spec, exc)) from None
-    return con, builder_for(spec).sql(relation, columns)
+    return con, builder_for(spec).sql(relation, columns, repeats_in)
 
 
 def _over(model_sql: str, rows: str) -> str:

@@ -164,8 +164,11 @@ def _member_kinds_possible(dtype: DuckDBPyType, keep_nulls: bool) -> set[str] | 
 
 def _json_type_sql(col: str) -> str:
     """SQL: json_type() of text that may not be JSON (NULL then). json_type on invalid JSON raises, and
-    DuckDB evaluates both sides of an AND in a SELECT list, so the guard is a CASE."""
-    return f"(CASE WHEN json_valid({col}) THEN json_type({col}) END)"
+    DuckDB evaluates both sides of an AND in a SELECT list, so the guard is a TRY_CAST, the same as
+    ``CASE WHEN json_valid(x) THEN json_type(x) END`` on every input tried (tests/test_render_memory.py).
+    That CASE, over a model's ``json_merge_patch`` output, held every row's JSON until the query ended
+    (DuckDB 2.0.1): at 1M rows of 1 KB items it ran out of memory at the 256 MB default in 0.1 s."""
+    return f"json_type(TRY_CAST({col} AS JSON))"
 
 
 def _ms_date(ms: float) -> str:
@@ -447,8 +450,14 @@ class PayloadBuilder:
             ))
         return checks
 
-    def sql(self, relation: str, columns: dict[str, DuckDBPyType]) -> str:
-        """A SELECT over ``relation`` giving _key, _cursor, idem_key, payload, payload_hash, reject_reason."""
+    def sql(self, relation: str, columns: dict[str, DuckDBPyType], repeats_in: str | None = None) -> str:
+        """A SELECT over ``relation`` giving _key, _cursor, idem_key, payload, payload_hash, reject_reason.
+
+        ``repeats_in``: a relation with the same rows' ``_key`` (and nothing else needed), given when every
+        row of a key carries the same cursor (:func:`connectors.stage.open_model` carried it by ``_key``):
+        repeated keys are found there, so the join that carries the cursor runs once, over the wide rows,
+        and not a second time for the narrow pass. Run twice, the two joins' hash tables ran out of memory
+        at DuckDB's default limit on a 1M-row model with 400-byte items."""
         self._check_columns(columns)
         declared = [f for f in self.endpoint.fields]
         fill = [f"NULL AS {quote_ident(f.name)}" for f in declared if f.name not in columns]
@@ -503,14 +512,19 @@ class PayloadBuilder:
         # wide rows instead ran out of memory at DuckDB's limit on a 1M-row model that merges JSON.
         # Rows tied on the newest cursor all rank 1 and get one idempotency key: the delivery sends one
         # of them (the planner drops repeated keys) and counts the others skipped.
+        if repeats_in is None:
+            repeated = (f"SELECT CAST(_key AS VARCHAR) AS _k, max(_cursor) AS _maxc FROM ({base}) AS n "
+                        "WHERE _key IS NOT NULL GROUP BY 1 HAVING count(*) > 1")
+            newest = "b._cursor IS NOT DISTINCT FROM d._maxc"
+        else:  # a key's rows all carry its newest cursor: every row of a repeated key ties on it
+            repeated = (f"SELECT CAST(_key AS VARCHAR) AS _k FROM {repeats_in} "
+                        "WHERE _key IS NOT NULL GROUP BY 1 HAVING count(*) > 1")
+            newest = "TRUE"
         inner = (
             f"SELECT CAST(b._key AS VARCHAR) AS _key, b._cursor, {', '.join(selects)}, {reason_sql} AS _reason, "
-            "CASE WHEN d._k IS NULL OR b._cursor IS NOT DISTINCT FROM d._maxc THEN 1 ELSE 2 END AS _dup, "
-            "d._k IS NOT NULL AND b._cursor IS NOT DISTINCT FROM d._maxc AS _maybe_tie "
-            f"FROM ({base}) AS b LEFT JOIN ("
-            f"SELECT CAST(_key AS VARCHAR) AS _k, max(_cursor) AS _maxc FROM ({base}) AS n "
-            "WHERE _key IS NOT NULL GROUP BY 1 HAVING count(*) > 1"
-            ") AS d ON CAST(b._key AS VARCHAR) = d._k"
+            f"CASE WHEN d._k IS NULL OR {newest} THEN 1 ELSE 2 END AS _dup, "
+            f"d._k IS NOT NULL AND {newest} AS _maybe_tie "
+            f"FROM ({base}) AS b LEFT JOIN ({repeated}) AS d ON CAST(b._key AS VARCHAR) = d._k"
         )
         if self.endpoint.idempotency_field and native is None:
             # Not a field the model can set: syncline sends the ledger's idempotency key in it.
