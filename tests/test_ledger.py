@@ -296,18 +296,17 @@ def test_a_sqlite_fold_that_fell_behind_catches_up_in_bounded_slices(syncline_ho
     a 10M-item run's last fold once held every row at once (1.2 GB). Deliveries whose claim fell in an
     earlier slice still mark their items."""
     from connectors.ledger import store
-    from connectors.ledger.journal import JournalFile
 
     monkeypatch.setattr(store, "FOLD_MAX_ITEMS", 120)
-    read: list[int] = []
-    rows = JournalFile.rows
+    read: list[int] = []  # the items of each slice, as the fold applies it
+    apply = store.Ledger._apply_journal
 
-    def counting_rows(self, after: int, upto: int):
-        got = rows(self, after, upto)
-        read.append(sum(r[10] for r in got))  # the items column
-        return got
+    def counting_apply(self, cur, before, table):
+        cur.execute(f"SELECT coalesce(sum(items), 0) FROM {table}")
+        read.append(int(cur.fetchone()[0]))
+        return apply(self, cur, before, table)
 
-    monkeypatch.setattr(JournalFile, "rows", counting_rows)
+    monkeypatch.setattr(store.Ledger, "_apply_journal", counting_apply)
     ledger = open_ledger(str(syncline_home / "ledger.sqlite"))
     journal = ledger.open_journal()
     for g in range(10):

@@ -15,12 +15,11 @@ never reused, so a row written after a fold can never fall under that fold's mar
 
 from __future__ import annotations
 
-import json
 import uuid
 from pathlib import Path
 from typing import Any
 
-from connectors.ledger.schema import JOURNAL_COLUMNS, JOURNAL_TABLE
+from connectors.ledger.schema import JOURNAL_TABLE
 from connectors.ledger.store import Store, _AutoCommitSqlite, connect_wal
 
 
@@ -52,18 +51,6 @@ class JournalFile(Store):
         else:
             (row,) = self._query("SELECT max(seq) FROM syncline_journal WHERE seq < ?", (before,))
         return None if row[0] is None else int(row[0])
-
-    def rows(self, after: int, upto: int) -> list[tuple[Any, ...]]:
-        """Rows with ``after < seq <= upto``, in seq order, as :data:`JOURNAL_COLUMNS` tuples."""
-        return self._query(f"SELECT {JOURNAL_COLUMNS} FROM syncline_journal WHERE seq > ? AND seq <= ? ORDER BY seq",
-                           (after, upto))
-
-    def group_rows(self, after: int, claim_ids: list[str]) -> list[tuple[Any, ...]]:
-        """The ``group`` rows after ``after`` of these claims (see ``Ledger._apply_journal``)."""
-        if not claim_ids:
-            return []
-        return self._query(f"SELECT {JOURNAL_COLUMNS} FROM syncline_journal WHERE seq > ? AND kind = 'group' "
-                           "AND claim_id IN (SELECT value FROM json_each(?))", (after, json.dumps(claim_ids)))
 
     def slice_end(self, after: int, upto: int, max_items: int) -> int:
         """The last seq of the longest run of rows after ``after`` (up to ``upto``) holding at most

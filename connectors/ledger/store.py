@@ -16,6 +16,7 @@ redacted error excerpt, never headers or bodies.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fcntl
 import hashlib
@@ -25,6 +26,7 @@ import socket
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from connectors.ledger.journal import JournalFile as JournalFileType
 
 SMALL_SNAPSHOT = 50_000  # below this many items a snapshot is read through the ledger's own connection
+JOURNAL_SCHEMA = "syncline_journal_file"  # the journal file, as a SQLite ledger's folds attach it
 FOLD_MAX_ITEMS = 200_000  # items applied per fold transaction: a fold that fell behind catches up in bounded slices
 CLAIM_REASON = "claimed by run {run}: sent, or about to be; the outcome is unknown if the run stopped here"
 
@@ -799,6 +802,7 @@ class SqliteLedger(Ledger):
         conn.execute("PRAGMA cache_size = -32768")  # 32 MB: the key index's hot pages stay cached
         conn.execute("PRAGMA wal_autocheckpoint = 4000")
         self._journal: JournalFileType | None = None  # read by folds, opened on the first one
+        self._journal_attached = False  # the journal file attached read-only as JOURNAL_SCHEMA (folds)
         super().__init__(_AutoCommitSqlite(conn), str(path))
 
     def _begin(self, cur: Any) -> None:
@@ -827,6 +831,11 @@ class SqliteLedger(Ledger):
         if self._journal is None:
             self._journal = JournalFile(path)
         journal = self._journal
+        if not self._journal_attached:
+            # Read-only, so this connection's BEGIN IMMEDIATE takes a read transaction there, never the
+            # journal file's write lock (the writer's claims must not wait for a fold).
+            self._query(f"ATTACH DATABASE ? AS {JOURNAL_SCHEMA}", (f"file:{urllib.parse.quote(str(path))}?mode=ro",))
+            self._journal_attached = True
         upto = journal.max_seq(before)
         if upto is None:
             return folded
@@ -844,14 +853,16 @@ class SqliteLedger(Ledger):
                     break
                 end = journal.slice_end(mark, upto, FOLD_MAX_ITEMS)
                 cur.execute(JOURNAL_TABLE.format(table="temp.syncline_journal_in", serial="INTEGER"))
-                rows = journal.rows(mark, end)
+                # Copied file to file in SQL: through Python, reading the rows and inserting them again was
+                # about a third of a fold's CPU (py-spy on benchmarks/bench_fold.py, 2026-12-03).
+                journal_rows = f"{JOURNAL_SCHEMA}.syncline_journal"
+                cur.execute(f"INSERT INTO temp.syncline_journal_in ({JOURNAL_COLUMNS}) SELECT {JOURNAL_COLUMNS} "
+                            f"FROM {journal_rows} WHERE seq > ? AND seq <= ?", (mark, end))
                 # The group rows of this slice's claims written after it (a group row follows its last
                 # request's answer, claims run ahead of sending): applied with their claims.
-                claims = [r[5] for r in rows if r[6] == "claim"]
-                cur.executemany(f"INSERT INTO temp.syncline_journal_in ({JOURNAL_COLUMNS}) "
-                                f"VALUES ({', '.join('?' * len(JOURNAL_COLUMNS.split(', ')))})",
-                                rows + journal.group_rows(end, claims))
-                del rows
+                cur.execute(f"INSERT INTO temp.syncline_journal_in ({JOURNAL_COLUMNS}) SELECT {JOURNAL_COLUMNS} "
+                            f"FROM {journal_rows} WHERE seq > ? AND kind = 'group' AND claim_id IN "
+                            "(SELECT claim_id FROM temp.syncline_journal_in WHERE kind = 'claim')", (end,))
                 self._apply_journal(cur, end, "temp.syncline_journal_in")
                 cur.execute("DROP TABLE temp.syncline_journal_in")
                 cur.execute("INSERT INTO syncline_fold_mark (journal, seq) VALUES (?, ?) ON CONFLICT (journal) "
@@ -860,6 +871,12 @@ class SqliteLedger(Ledger):
         return max(upto, folded)
 
     def close(self) -> None:
+        if self._journal_attached:
+            # Before the journal's own connection closes: the last one to close a WAL file checkpoints it
+            # and removes its -wal and -shm, which a read-only attachment cannot.
+            with contextlib.suppress(sqlite3.Error):
+                self._query(f"DETACH DATABASE {JOURNAL_SCHEMA}")
+            self._journal_attached = False
         if self._journal is not None:
             self._journal.close()
         super().close()
@@ -1117,8 +1134,9 @@ def connect_wal(path: Path, wait_s: float = 120.0) -> sqlite3.Connection:
 
     Switching a new file to WAL needs it alone, and SQLite answers "database is locked" at once, not after
     the busy timeout, when another process opens it at that moment (two runs starting together on a new
-    ledger: measured, 2 of 8 tries). So the switch is retried until ``wait_s``."""
-    conn = sqlite3.connect(str(path), timeout=wait_s, isolation_level=None, check_same_thread=False)
+    ledger: measured, 2 of 8 tries). So the switch is retried until ``wait_s``. URI names are on (a plain
+    path stays a path) so that a fold may attach the journal file read-only (:meth:`SqliteLedger.fold`)."""
+    conn = sqlite3.connect(str(path), timeout=wait_s, isolation_level=None, check_same_thread=False, uri=True)
     deadline = time.monotonic() + wait_s
     delay = 0.005
     while True:
