@@ -361,7 +361,7 @@ def _with_groups(ledger: Ledger, sync: str, filters: Filters) -> tuple[str, list
     clauses = ["g.sync = ?", *more]
     params = [sync, *params]
     if filters.limit and not filters.keys:
-        clauses.append(ledger.newest_groups(" AND ".join(c.replace("g.", "") for c in clauses), filters.limit))
+        clauses.append(ledger.newest_groups(" AND ".join(clauses), filters.limit))
         params += list(params)
     return f"({ledger.all_items(' AND '.join(clauses))}) AS i", params
 

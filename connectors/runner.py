@@ -318,7 +318,7 @@ def deliver_file(
             secret = [c.name for c in spec.vendor.credentials if c.secret]
             dry.dry_output = DryRunOutput(dry_out, spec.name, endpoint, base, creds, secret,
                                           {c.name: c.env for c in spec.vendor.credentials})
-        return with_notes(dry.run_file(path, folder, state=state, state_taken=True))
+        return with_notes(dry.run_file(path, folder, state=state))
     sender = make_sender(spec, creds, base, run_id, destination=dest.id)
     shown = progress or NoProgress()
     for limiter in {id(s.limiter): s.limiter for s in (sender, sender.single) if s is not None}.values():
@@ -338,7 +338,7 @@ def deliver_file(
         try:
             settle_in_doubt(spec, sender, ledger, dest.id, say)
             path, state = plan()
-            result = delivery.run_file(path, folder, state=state, state_taken=True)
+            result = delivery.run_file(path, folder, state=state)
         except Interrupted as stop:  # before delivery began (rendering): nothing was claimed
             run.status, run.error, run.stop_signal = "interrupted", str(stop), stop.signum
             ledger.finish_run(run)

@@ -174,15 +174,10 @@ class Delivery:
             self.sender.stop_retrying(str(self._halt))
 
     # -- entry ----------------------------------------------------------------------------------------------
-    def run_file(self, payload_path: Path, work_dir: Path | None = None, *, state: Path | None = None,
-                 state_taken: bool = False) -> RunRow:
+    def run_file(self, payload_path: Path, work_dir: Path | None = None, *, state: Path | None = None) -> RunRow:
         """Deliver every pending item of ``payload_path``; returns the run's counters. ``state`` is the
-        ledger snapshot the caller already took for this destination (``state_taken``), or one is taken."""
+        ledger snapshot of this destination the caller took (``runner.deliver_file``: None when empty)."""
         work_dir = work_dir or payload_path.parent
-        if not state_taken:
-            if self.options.mode != "append" and not self.options.dry_run:
-                self.ledger.explode_groups(self.run.destination, self.run.sync)  # mirror mode keeps per-item state
-            state = self.ledger.snapshot(self.run.destination, self.run.sync, work_dir / "ledger_state.parquet")
         planner = Planner(
             payload_path, state, mode=self.options.mode, hold_in_doubt=self.options.in_doubt == "hold",
             work_dir=work_dir, memory_limit=self.options.memory_limit, threads=self.options.threads,
@@ -436,13 +431,11 @@ class Delivery:
             self._writer.record(Outcome(run.destination, run.run_id, group_id, sync=run.sync, endpoint=run.endpoint,
                                         group_done=True))
             return
-        keys_json = None
         tally = GroupTally(chunks, batch.num_rows, None)
         if self.options.mode == "append" and not pc.any(batch.column("known")).as_py():
-            keys_json = "[" + Column(batch.column("key_part")).joined(0, batch.num_rows).decode() + "]"
+            tally.keys_json = "[" + Column(batch.column("key_part")).joined(0, batch.num_rows).decode() + "]"
             bounds = pc.min_max(batch.column("cursor_text"))
             tally.min_cursor, tally.max_cursor = bounds["min"].as_py(), bounds["max"].as_py()
-        tally.keys_json = keys_json
         self._groups[group_id] = tally
 
     def _send_removals(self, planner: Planner) -> SyncStopped | None:

@@ -166,8 +166,9 @@ def _json_type_sql(col: str) -> str:
     """SQL: json_type() of text that may not be JSON (NULL then). json_type on invalid JSON raises, and
     DuckDB evaluates both sides of an AND in a SELECT list, so the guard is a TRY_CAST, the same as
     ``CASE WHEN json_valid(x) THEN json_type(x) END`` on every input tried (tests/test_render_memory.py).
-    That CASE, over a model's ``json_merge_patch`` output, held every row's JSON until the query ended
-    (DuckDB 2.0.1): at 1M rows of 1 KB items it ran out of memory at the 256 MB default in 0.1 s."""
+    That CASE is one JSON call more, and over a model's ``json_merge_patch`` output it ran out of memory at
+    the 256 MB default at once (DuckDB 2.0.1, 1 KB items): DuckDB's JSON calls each keep a per-thread
+    arena for a vector of rows, which grows with the item size, not with the row count."""
     return f"json_type(TRY_CAST({col} AS JSON))"
 
 

@@ -63,6 +63,12 @@ JOURNAL_INSERT = ("INSERT INTO syncline_journal (destination, sync, endpoint, ru
                   "over_delivered, items, doc, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
+def on_alias(where: str, alias: str) -> str:
+    """``where`` (simple ``column op ?`` terms joined by AND, as :meth:`Ledger._scope` builds them) with its
+    columns on ``alias``: the same scope for a table read under an alias (``syncline_groups AS g``)."""
+    return " AND ".join(f"{alias}.{term}" for term in where.split(" AND "))
+
+
 def journal_values(
     kind: str, destination: str, sync: str, endpoint: str, run_id: str, claim_id: str, doc: str, items: int, *,
     state: str | None = None, reason: str | None = None, over_delivered: bool = False,
@@ -329,7 +335,7 @@ class Ledger(Store):
                            grouped: bool) -> Callable[[], None]:
         """The snapshot with delivered groups' items (``grouped``): unnested by the server."""
         if grouped:
-            in_groups = " AND ".join(f"g.{c}" for c in where.split(" AND "))
+            in_groups = on_alias(where, "g")
             statement = (f"{statement} UNION ALL SELECT idem_key, state, payload_hash "
                          f"FROM ({self.group_items(in_groups)}) AS x")
             params = (*params, *params)
@@ -573,11 +579,11 @@ class Ledger(Store):
 
     @staticmethod
     def newest_groups(scope: str, limit: int) -> str:
-        """SQL on ``g``: the newest groups matching ``scope`` (on ``syncline_groups``) that can hold the newest
-        ``limit`` items, so a listing unnests only those."""
-        return (f"g.claim_id IN (SELECT claim_id FROM (SELECT claim_id, sum(items) OVER (ORDER BY at DESC, "
-                f"claim_id DESC ROWS UNBOUNDED PRECEDING) - items AS before FROM syncline_groups WHERE {scope}) "
-                f"AS w WHERE before < {int(limit)})")
+        """SQL on ``g``: the newest groups matching ``scope`` (on ``g``, the same table's alias inside) that
+        can hold the newest ``limit`` items, so a listing unnests only those."""
+        return (f"g.claim_id IN (SELECT claim_id FROM (SELECT g.claim_id, sum(g.items) OVER (ORDER BY g.at DESC, "
+                f"g.claim_id DESC ROWS UNBOUNDED PRECEDING) - g.items AS before FROM syncline_groups AS g "
+                f"WHERE {scope}) AS w WHERE before < {int(limit)})")
 
     def all_items(self, groups_where: str = "true") -> str:
         """SQL: every item row, and the items of the delivered groups matching ``groups_where``, with the
@@ -665,7 +671,7 @@ class Ledger(Store):
         (row,) = self._query(f"SELECT count(*) FROM syncline_items WHERE {where}", params)
         total = int(row[0])
         # Groups: wholly inside the window by their cursor range, counted whole; the others item by item.
-        group_scope = " AND ".join(f"g.{c}" for c in scope.split(" AND "))
+        group_scope = on_alias(scope, "g")
         whole = " AND ".join(inside) or "true"
         (row,) = self._query(f"SELECT coalesce(sum(items), 0) FROM syncline_groups AS g WHERE {group_scope} AND {whole}",
                              [*scope_params, *bounds])
@@ -690,7 +696,7 @@ class Ledger(Store):
         if state in (None, "delivered"):
             # Only the newest groups can hold the newest ``limit`` items.
             scope, scope_params = self._scope(sync, destination)
-            source, source_params = f"({self.all_items(self.newest_groups(scope, limit))}) AS i", list(scope_params)
+            source, source_params = f"({self.all_items(self.newest_groups(on_alias(scope, 'g'), limit))}) AS i", list(scope_params)
         rows = self._query(
             f"SELECT {', '.join(cols)} FROM {source} WHERE {where} ORDER BY updated_at DESC LIMIT {int(limit)}",
             [*source_params, *params],
