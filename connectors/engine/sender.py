@@ -377,6 +377,10 @@ class Sender:
             reason = redact(f"unexpected {exc.__class__.__name__}: {exc}", self.credentials)[:300]
             self._undecided_to(result, result.in_doubt, reason)
             result.warnings.append(reason)
+        finally:
+            # Not left for the thread's next body built outside a chunk (docgen's example bodies showed a
+            # mirror run's "removal" claim after tests/test_mirror.py had run in the same process).
+            _current.claim_id = None
         return result
 
     @staticmethod
