@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from connectors.errors import SynclineError
+
 PACKAGE_SYNCS_DIR = Path(__file__).resolve().parent.parent / "pipelines" / "syncs"
 CHECKOUT_ROOT = PACKAGE_SYNCS_DIR.parent.parent
 
@@ -79,6 +81,23 @@ def duckdb_threads() -> int | None:
 
 
 DEFAULT_DUCKDB_MEMORY = "256MB"
+
+
+def render_partition_rows() -> int:
+    """``SYNCLINE_RENDER_PARTITION_ROWS``: the most rows one pass of the payload render takes on. A larger
+    render runs in key partitions of about this size (see :func:`connectors.stage.open_model`), so its
+    joins stay in memory instead of spilling: at 10M rows, 478 MB peak and 45 s in one pass, 347 MB and
+    31 s in partitions of 1M (``docs/performance.md``). At least 1."""
+    value = os.environ.get("SYNCLINE_RENDER_PARTITION_ROWS", "").strip()
+    if not value:
+        return DEFAULT_RENDER_PARTITION_ROWS
+    try:
+        return max(1, int(value))
+    except ValueError:
+        raise SynclineError(f"SYNCLINE_RENDER_PARTITION_ROWS must be a whole number of rows, got {value!r}") from None
+
+
+DEFAULT_RENDER_PARTITION_ROWS = 1_000_000
 
 
 def syncs_dirs() -> list[Path]:

@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import duckdb
 import pyarrow.parquet as pq
 
 from connectors import settings
-from connectors.engine.payload import PayloadBuilder, describe, quote_ident, quote_literal
+from connectors.engine.payload import PayloadBuilder, describe, quote_ident, quote_literal, read_payloads_sql
 from connectors.errors import ConfigError, ResourceError, SynclineError
 from connectors.ledger.store import process_alive
 from connectors.spec import SyncSpec, expand_path
@@ -562,28 +562,66 @@ def cursor_carrier(columns: Mapping[str, object]) -> str | None:
     return "_key" if "_key" in columns else None
 
 
+@dataclass
+class ModelRender:
+    """The model's DuckDB connection and its payload SELECTs: one, or one per key partition
+    (``partitions`` > 1). Each SELECT is valid until the iterator is advanced: advancing it prepares the
+    next partition's tables in ``con``."""
+
+    con: duckdb.DuckDBPyConnection
+    selects: Generator[str, None, None]
+    partitions: int = 1
+
+
+PART_COLUMN = "_syncline_part"  # the render partition of a materialized model row (see _partition_selects)
+
+
+def _part_of(key: str, partitions: int) -> str:
+    """SQL: the render partition (0 .. partitions-1) of a row, from its key as text: a key's rows all land
+    in one partition (NULL keys too: ``hash`` of NULL is a number)."""
+    return f"hash(CAST({key} AS VARCHAR)) % {partitions}"
+
+
+def render_partitions(rows: int) -> int:
+    """How many key partitions a render of ``rows`` rows runs in (``SYNCLINE_RENDER_PARTITION_ROWS``)."""
+    return max(1, _ceil_div(rows, settings.render_partition_rows()))
+
+
 def open_model(
     spec: SyncSpec, extract_path: Path, delivered: Path | Callable[[], Path] | None = None
-) -> tuple[duckdb.DuckDBPyConnection, str]:
-    """A DuckDB connection with ``source`` (the extract) and ``model`` views, and the payload SELECT.
+) -> ModelRender:
+    """A DuckDB connection with ``source`` (the extract) and ``model`` views, and the payload SELECTs.
 
     ``source`` is the window's extracted rows; the model may also join the warehouse's other tables
     (:func:`model_connection`) and use CTEs. ``delivered`` (the ledger's view of this destination, append
     mode) drops the model rows whose key the destination already has before any payload is rendered: the
     filter is on ``_key`` (each item's own key, also in a fan-out), so DuckDB pushes it below the model's
     expressions, and a rerun of a delivered sync renders almost nothing. The view ``model_all`` keeps
-    every row, for counting."""
+    every row, for counting.
+
+    More rows to render than ``SYNCLINE_RENDER_PARTITION_ROWS`` run in key partitions
+    (:func:`_partition_selects`) when every step after the model is by ``_key`` (the cursor carried by
+    ``_key`` in one pass, or selected by the model): in one pass the cursor join and the repeated-key
+    search over 10M keys spilled, and held DuckDB at its memory limit. A fan-out (``_source_key``), a
+    two-pass carry, or an endpoint rule that compares rows (``rules_span_rows``: GradeMyPage's dedup tuple,
+    a window over every row) renders in one pass, as before."""
     con = model_connection(spec, extract_path.parent)
     con.execute(f"CREATE TEMP VIEW source AS SELECT * FROM read_parquet({quote_literal(str(extract_path))})")
     try:
         con.execute(f"CREATE TEMP VIEW model AS {spec.model_sql}")
         columns = describe(con, "model")
-        relation = "model"
         carrier = cursor_carrier(columns)
+        source_rows = pq.ParquetFile(extract_path).metadata.num_rows
+        pending = None
+        if delivered is not None and "_key" in columns:
+            pending = _pending_keys(con, spec, delivered, extract_path.parent / "model_keys.parquet", source_rows)
+        relation = "model"
         two_pass = False
         repeats_in: str | None = None  # where repeated keys are found without the cursor join (see PayloadBuilder.sql)
         if spec.source.cursor and carrier is not None:
-            two_pass = _carry_cursor(con, spec, carrier)
+            # Nothing pending: the payload SELECT runs over no rows, so how the cursor is carried does not matter.
+            two_pass = pending != 0 and _keys_with_cursors_apart(con, render_partitions(source_rows))
+            _carry_cursor(con, spec, carrier, apart=two_pass)
             relation = "model_with_cursor"
             columns = describe(con, relation)
             if carrier == "_key" and not two_pass:
@@ -593,25 +631,7 @@ def open_model(
         # newest cursor per key), and only the two-pass carry (repeated keys) is counted through it.
         counted = "model_all" if two_pass else "model"
         con.execute(f"CREATE TEMP VIEW model_count AS SELECT 1 AS one FROM {counted}")
-        if delivered is not None and "_key" in columns:
-            # The keys still to send, found once over the model's keys alone (the anti-join carries no
-            # payload columns), then the model's rows of those keys. Measured at 10M delivered rows: the
-            # anti-join of whole model rows, which the payload SELECT reads twice, took 38 s and spilled
-            # 2 GB under the memory limit; this narrow one about 11 s (5 of them hashing the keys, done
-            # while the snapshot is still being written), and an empty key table makes DuckDB skip the model. Rows with a NULL key match no delivered key and stay (rejected).
-            # The keys are hashed before waiting for the snapshot (a child process may still write it).
-            key = builder_for(spec).key_hash("k._key")
-            con.execute(
-                f"CREATE TEMP TABLE _model_keys AS SELECT k._key, {key} AS idem_key FROM "
-                "(SELECT CAST(_key AS VARCHAR) AS _key FROM model WHERE _key IS NOT NULL) AS k"
-            )
-            snapshot = delivered() if callable(delivered) else delivered
-            con.execute(
-                "CREATE TEMP TABLE _pending_keys AS SELECT k._key FROM _model_keys AS k ANTI JOIN "
-                f"(SELECT idem_key FROM read_parquet({quote_literal(str(snapshot))}) WHERE state = 'delivered') AS d "
-                "ON k.idem_key = d.idem_key"
-            )
-            con.execute("DROP TABLE _model_keys")
+        if pending is not None:
             con.execute(
                 f"CREATE TEMP VIEW model_pending AS SELECT m.* FROM {relation} AS m SEMI JOIN _pending_keys AS p "
                 f"ON CAST(m._key AS VARCHAR) = p._key UNION ALL BY NAME SELECT m.* FROM {relation} AS m WHERE m._key IS NULL"
@@ -623,18 +643,108 @@ def open_model(
                     "ON CAST(m._key AS VARCHAR) = p._key"
                 )
                 repeats_in = "model_keys_pending"
-            (pending,) = con.execute(
-                "SELECT (SELECT count(*) FROM _pending_keys) + (SELECT count(*) FROM model WHERE _key IS NULL)"
-            ).fetchone() or (0,)
             if not pending:
                 # Everything delivered: the payload SELECT still names its columns, but runs over nothing
                 # (its joins and cursor lookups would otherwise still read the whole source).
-                return con, f"SELECT * FROM ({builder_for(spec).sql(relation, columns, repeats_in)}) AS nothing_pending LIMIT 0"
+                nothing = f"SELECT * FROM ({builder_for(spec).sql(relation, columns, repeats_in)}) AS nothing_pending LIMIT 0"
+                return ModelRender(con, (one for one in [nothing]))
+        partitions = render_partitions(source_rows if pending is None else pending)
+        by_key = carrier != SOURCE_KEY and not two_pass and not spec.endpoint.rules_span_rows
+        if partitions > 1 and "_key" in columns and by_key:
+            parts = _partition_selects(con, spec, extract_path.parent / "model.parquet", partitions,
+                                       pending_only=pending is not None,
+                                       carried=bool(spec.source.cursor) and carrier == "_key")
+            return ModelRender(con, parts, partitions)
     except duckdb.Error as exc:
         con.close()
         raise duckdb_failure(exc, str(spec.model_file), "(sql)",
                              "the model does not run" + _model_hint(spec, exc)) from None
-    return con, builder_for(spec).sql(relation, columns, repeats_in)
+    return ModelRender(con, (one for one in [builder_for(spec).sql(relation, columns, repeats_in)]))
+
+
+def _pending_keys(con: duckdb.DuckDBPyConnection, spec: SyncSpec, delivered: Path | Callable[[], Path],
+                  staged: Path, source_rows: int) -> int:
+    """``_pending_keys``: the model's keys the destination does not have (``delivered``: the ledger's
+    snapshot, or a call that waits for it); returns how many rows are to render (those keys and the rows
+    without a key, which match no delivered key and stay, rejected).
+
+    Found over the model's keys alone (the anti-join carries no payload columns), then the model's rows of
+    those keys are taken. Measured at 10M delivered rows: the anti-join of whole model rows, which the
+    payload SELECT reads twice, took 38 s and spilled 2 GB under the memory limit; this narrow one about
+    11 s, and an empty key table makes DuckDB skip the model. The keys are hashed into ``staged`` (a
+    Parquet file: a temporary table of 10M keys filled DuckDB's memory limit) before waiting for the
+    snapshot, which a child process may still be writing. The anti-join then runs in partitions of the
+    idempotency key (:func:`render_partitions` of the larger side), so its hash table holds one
+    partition's keys at a time."""
+    key = builder_for(spec).key_hash("k._key")
+    con.execute(
+        f"COPY (SELECT k._key, {key} AS idem_key FROM (SELECT CAST(_key AS VARCHAR) AS _key FROM model "
+        f"WHERE _key IS NOT NULL) AS k) TO {quote_literal(str(staged))} (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_SIZE})"
+    )
+    try:
+        snapshot = delivered() if callable(delivered) else delivered
+        partitions = render_partitions(max(source_rows, pq.ParquetFile(snapshot).metadata.num_rows))
+        con.execute("CREATE TEMP TABLE _pending_keys (_key VARCHAR)")
+        for part in range(partitions):
+            mine = f" AND {_part_of('idem_key', partitions)} = {part}" if partitions > 1 else ""
+            con.execute(
+                f"INSERT INTO _pending_keys SELECT k._key FROM (SELECT _key, idem_key FROM "
+                f"read_parquet({quote_literal(str(staged))}) WHERE TRUE{mine}) AS k ANTI JOIN "
+                f"(SELECT idem_key FROM read_parquet({quote_literal(str(snapshot))}) WHERE state = 'delivered'{mine}) AS d "
+                "ON k.idem_key = d.idem_key"
+            )
+    finally:
+        staged.unlink(missing_ok=True)
+    (pending,) = con.execute(
+        "SELECT (SELECT count(*) FROM _pending_keys) + (SELECT count(*) FROM model WHERE _key IS NULL)"
+    ).fetchone() or (0,)
+    return int(pending)
+
+
+def _partition_selects(con: duckdb.DuckDBPyConnection, spec: SyncSpec, staged: Path, partitions: int, *,
+                       pending_only: bool, carried: bool) -> Generator[str, None, None]:
+    """The payload SELECT of each key partition, for a render whose every step after the model is by
+    ``_key`` (:func:`open_model`).
+
+    The model runs once, over all of ``source`` (a model may aggregate or join across rows), into
+    ``staged`` with each row's partition (:func:`_part_of` its ``_key``). Each partition then takes its
+    rows, the newest source cursor of its keys (``carried``: a table, so DuckDB builds the join on it and
+    not on the wide rows), finds its repeated keys and renders, as a render of that many rows does. A
+    key's rows are all in one partition, so each result is the one-pass result's rows of those keys.
+    ``pending_only``: only the rows of ``_pending_keys`` (and those without a key), as ``model_pending``.
+
+    Measured at 10M rows (``docs/performance.md``): 45 s and 478 MB peak RSS in one pass, which spilled;
+    31 s and 347 MB in ten partitions."""
+    rows = "model"
+    if pending_only:
+        rows = ("(SELECT m.* FROM model AS m SEMI JOIN _pending_keys AS p ON CAST(m._key AS VARCHAR) = p._key "
+                "UNION ALL BY NAME SELECT m.* FROM model AS m WHERE m._key IS NULL)")
+    con.execute(
+        f"COPY (SELECT r.*, {_part_of('r._key', partitions)} AS {PART_COLUMN} FROM {rows} AS r) "
+        f"TO {quote_literal(str(staged))} (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_SIZE})"
+    )
+    builder = builder_for(spec)
+    try:
+        for part in range(partitions):
+            con.execute(
+                f"CREATE OR REPLACE TEMP VIEW model_part AS SELECT * EXCLUDE ({PART_COLUMN}) "
+                f"FROM read_parquet({quote_literal(str(staged))}) WHERE {PART_COLUMN} = {part}"
+            )
+            relation, repeats_in = "model_part", None
+            if carried:  # as _carry_cursor's one pass, over this partition's keys
+                con.execute("DROP TABLE IF EXISTS _cursor_part")
+                con.execute(
+                    "CREATE TEMP TABLE _cursor_part AS SELECT _key, max(_cursor) AS _cursor FROM source "
+                    f"WHERE _key IS NOT NULL AND {_part_of('_key', partitions)} = {part} GROUP BY _key"
+                )
+                con.execute(
+                    "CREATE OR REPLACE TEMP VIEW model_part_with_cursor AS SELECT m.*, c._cursor FROM model_part AS m "
+                    "LEFT JOIN _cursor_part AS c ON CAST(m._key AS VARCHAR) = c._key"
+                )
+                relation, repeats_in = "model_part_with_cursor", "model_part"
+            yield builder.sql(relation, describe(con, relation), repeats_in)
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 def _over(model_sql: str, rows: str) -> str:
@@ -643,7 +753,25 @@ def _over(model_sql: str, rows: str) -> str:
     return f"WITH source AS (SELECT * FROM {rows}) SELECT * FROM (\n{model_sql}\n) AS m"
 
 
-def _carry_cursor(con: duckdb.DuckDBPyConnection, spec: SyncSpec, by: str = "_key") -> bool:
+def _keys_with_cursors_apart(con: duckdb.DuckDBPyConnection, partitions: int) -> bool:
+    """True when some key of ``source`` has rows with different cursors (or a NULL cursor beside a time).
+
+    Searched in ``partitions`` key partitions of ``source``, one after the other (:func:`_part_of`), so the
+    aggregate holds one partition's keys at a time: at 10M keys, one pass took 1.6 s and 389 MB peak RSS,
+    ten took 3.0 s and 249 MB."""
+    for part in range(partitions):
+        where = f" AND {_part_of('_key', partitions)} = {part}" if partitions > 1 else ""
+        row = con.execute(
+            # min <> max is count(DISTINCT) > 1 without a distinct set per key (measured 5.7 s -> 2.9 s at 10M rows).
+            f"SELECT count(*) FROM (SELECT _key FROM source WHERE _key IS NOT NULL{where} GROUP BY _key "
+            "HAVING min(_cursor) <> max(_cursor) OR (count(_cursor) > 0 AND count(_cursor) < count(*)))"
+        ).fetchone()
+        if row and row[0]:
+            return True
+    return False
+
+
+def _carry_cursor(con: duckdb.DuckDBPyConnection, spec: SyncSpec, by: str = "_key", *, apart: bool) -> None:
     """``model_with_cursor``: the model's rows with the source cursor of the row each came from, for a
     model that does not select ``_cursor``. The ledger keeps it (reconciliation, "what was delivered for
     this window"), and the payload's duplicate check orders a repeated key's rows by it, so the newest
@@ -657,20 +785,16 @@ def _carry_cursor(con: duckdb.DuckDBPyConnection, spec: SyncSpec, by: str = "_ke
     once over the older ones, and each pass takes its key's newest cursor within the pass. The older
     rows are then rejected as duplicates with their own cursor (with three or more rows of one key, the
     older ones share the newest older cursor). Without such keys (the usual case) it is one pass and a
-    join on the key. Returns whether it made two passes."""
+    join on the key. ``apart``: some key repeats with different cursors (:func:`_keys_with_cursors_apart`),
+    so two passes are made."""
     on = f"CAST(m.{quote_ident(by)} AS VARCHAR) = c._key"
     newest = "(SELECT _key, max(_cursor) AS _cursor FROM {rows} WHERE _key IS NOT NULL GROUP BY _key)"
-    row = con.execute(
-        # min <> max is count(DISTINCT) > 1 without a distinct set per key (measured 5.7 s -> 2.9 s at 10M rows).
-        "SELECT count(*) FROM (SELECT _key FROM source WHERE _key IS NOT NULL GROUP BY _key "
-        "HAVING min(_cursor) <> max(_cursor) OR (count(_cursor) > 0 AND count(_cursor) < count(*)))"
-    ).fetchone()
-    if not row or not row[0]:
+    if not apart:
         con.execute(
             "CREATE TEMP VIEW model_with_cursor AS SELECT m.*, c._cursor FROM model AS m LEFT JOIN "
             f"{newest.format(rows='source')} AS c ON {on}"
         )
-        return False
+        return
     # The rows of each repeated key that are not its newest (NULL cursors lose to any cursor).
     con.execute(
         "CREATE TEMP VIEW _source_newest_cursor AS SELECT _key, max(_cursor) AS _newest FROM source "
@@ -691,7 +815,6 @@ def _carry_cursor(con: duckdb.DuckDBPyConnection, spec: SyncSpec, by: str = "_ke
         for part in ("_source_newest", "_source_older")
     ]
     con.execute(f"CREATE TEMP VIEW model_with_cursor AS {passes[0]} UNION ALL BY NAME {passes[1]}")
-    return True
 
 
 @dataclass(frozen=True)
@@ -742,19 +865,25 @@ def render_payloads(
 ) -> Rendered:
     """:func:`transform_pending`, with the counts of :class:`Rendered`. ``delivered`` may be a call that
     waits for the ledger's snapshot (written while the source was extracted)."""
+    rendered = open_model(spec, extract_path, delivered)
+    con = rendered.con
     out = out_dir / "payloads.parquet"
-    con, select = open_model(spec, extract_path, delivered)
+    if rendered.partitions > 1:  # a folder of part files, read as one (read_payloads_sql)
+        out = out_dir / "payloads"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+    payloads = read_payloads_sql(out)
     uncarried = 0
     try:
-        con.execute(f"COPY ({select}) TO {quote_literal(str(out))} (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
-        row = con.execute(
-            f"SELECT count(*), count(reject_reason) FROM read_parquet({quote_literal(str(out))})"
-        ).fetchone()
+        for part, select in enumerate(rendered.selects):
+            target = out / f"part-{part:05d}.parquet" if rendered.partitions > 1 else out
+            con.execute(f"COPY ({select}) TO {quote_literal(str(target))} (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
+        row = con.execute(f"SELECT count(*), count(reject_reason) FROM {payloads}").fetchone()
         (total,) = con.execute("SELECT count(*) FROM model_count").fetchone() if delivered else (None,)  # type: ignore[misc]
         if spec.source.cursor and cursor_carrier(describe(con, "model")) == "_key":
             # A fan-out without _source_key: its items' keys match no source row, so no cursor was carried.
             # One narrow pass first: usually no item lacks a cursor, and the key lookup is skipped.
-            without = f"SELECT _key FROM read_parquet({quote_literal(str(out))}) WHERE _cursor IS NULL AND _key IS NOT NULL"
+            without = f"SELECT _key FROM {payloads} WHERE _cursor IS NULL AND _key IS NOT NULL"
             (some,) = con.execute(f"SELECT count(*) FROM ({without})").fetchone() or (0,)
             if some:
                 (found,) = con.execute(
@@ -764,6 +893,7 @@ def render_payloads(
     except duckdb.Error as exc:
         raise duckdb_failure(exc, str(spec.model_file), "(sql)", "rendering payloads failed") from None
     finally:
+        rendered.selects.close()  # removes a partitioned render's materialized model rows
         con.close()
     assert row is not None
     rows = int(row[0])

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 from duckdb.sqltypes import DuckDBPyType
@@ -57,6 +58,13 @@ def quote_ident(name: str) -> str:
 
 def quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def read_payloads_sql(path: Path) -> str:
+    """``read_parquet`` over a rendered payload file, or over every part file of a payload folder (a
+    render that ran in key partitions, :func:`connectors.stage.open_model`)."""
+    target = path / "*.parquet" if path.is_dir() else path
+    return f"read_parquet({quote_literal(str(target))})"
 
 
 def _is_json(dtype: DuckDBPyType) -> bool:

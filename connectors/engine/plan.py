@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connectors.engine.payload import quote_literal
+from connectors.engine.payload import quote_literal, read_payloads_sql
 from connectors.engine.sender import Item
 
 EXCERPT_CHARS = 500
@@ -77,7 +77,7 @@ class Planner:
             self.con.execute(f"CREATE VIEW ledger_state AS SELECT * FROM read_parquet({quote_literal(str(ledger_state))})")
         skip_delivered = "TRUE" if mode == "append" else "l.payload_hash = p.payload_hash"
         hold = "TRUE" if hold_in_doubt else "FALSE"
-        payload = f"read_parquet({quote_literal(str(payload_path))})"
+        payload = read_payloads_sql(payload_path)
         # One ledger row per key: two runs over different windows of one sync may both have delivered a key
         # (each as a first delivery, in a group of its own). Only keys of this payload are looked at, so a
         # rerun of a delivered sync (payload all but empty) never aggregates the whole snapshot.
@@ -127,7 +127,7 @@ class Planner:
         (total,) = self.con.execute(f"SELECT count(*) FROM ({delivered})").fetchone() or (0,)
         gone = self.con.execute(
             f"SELECT idem_key FROM ({delivered}) AS l WHERE NOT EXISTS (SELECT 1 FROM "
-            f"read_parquet({quote_literal(str(self.payload_path))}) AS p WHERE p.idem_key = l.idem_key) ORDER BY 1"
+            f"{read_payloads_sql(self.payload_path)} AS p WHERE p.idem_key = l.idem_key) ORDER BY 1"
         ).fetchall()
         return [row[0] for row in gone], int(total)
 
