@@ -86,8 +86,8 @@ DEFAULT_DUCKDB_MEMORY = "256MB"
 def render_partition_rows() -> int:
     """``SYNCLINE_RENDER_PARTITION_ROWS``: the most rows one pass of the payload render takes on. A larger
     render runs in key partitions of about this size (see :func:`connectors.stage.open_model`), so its
-    joins stay in memory instead of spilling: at 10M rows, 478 MB peak and 45 s in one pass, 347 MB and
-    31 s in partitions of 1M (``docs/performance.md``). At least 1."""
+    joins stay in memory instead of spilling: at 10M rows the render alone took 45 s and 478 MB peak RSS in
+    one pass, 36 s and 347 MB in partitions of 1M (``docs/performance.md``). At least 1."""
     value = os.environ.get("SYNCLINE_RENDER_PARTITION_ROWS", "").strip()
     if not value:
         return DEFAULT_RENDER_PARTITION_ROWS

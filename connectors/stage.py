@@ -713,8 +713,8 @@ def _partition_selects(con: duckdb.DuckDBPyConnection, spec: SyncSpec, staged: P
     key's rows are all in one partition, so each result is the one-pass result's rows of those keys.
     ``pending_only``: only the rows of ``_pending_keys`` (and those without a key), as ``model_pending``.
 
-    Measured at 10M rows (``docs/performance.md``): 45 s and 478 MB peak RSS in one pass, which spilled;
-    31 s and 347 MB in ten partitions."""
+    Measured at 10M rows, the render alone (``docs/performance.md``): 45 s and 478 MB peak RSS in one pass,
+    which spilled; 36 s and 347 MB in ten partitions."""
     rows = "model"
     if pending_only:
         rows = ("(SELECT m.* FROM model AS m SEMI JOIN _pending_keys AS p ON CAST(m._key AS VARCHAR) = p._key "
