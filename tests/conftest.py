@@ -110,6 +110,23 @@ def warehouse(syncline_home: Path) -> Callable[..., Path]:
 
 
 @pytest.fixture
+def sample_warehouse(warehouse: Callable[..., Path], syncline_home: Path) -> Callable[[Any], Path]:
+    """Build one vendor's packaged sample tables (a ``pipelines.sample_data`` module) into the warehouse."""
+
+    def build(sample: Any) -> Path:
+        path = warehouse()
+        con = duckdb.connect(str(path))
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            sample.build(con, syncline_home)
+        finally:
+            con.close()
+        return path
+
+    return build
+
+
+@pytest.fixture
 def write_sync(tmp_path: Path) -> Callable[..., SyncSpec]:
     """Write ``<name>.yaml`` + ``<name>.sql`` into a folder and load it. ``delivery`` defaults to fast retries."""
     folder = tmp_path / "syncs"

@@ -13,7 +13,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 
 from connectors.errors import ConfigError, SynclineError
@@ -493,14 +492,8 @@ def test_sandbox_refuses_what_the_contract_forbids_and_accepts_what_it_leaves_op
 # --- the packaged sample syncs --------------------------------------------------------------------------------
 
 
-def test_sample_syncs_deliver_everything_but_the_planted_bad_rows(sandbox, warehouse, syncline_home):
-    path = warehouse()
-    con = duckdb.connect(str(path))
-    try:
-        con.execute("SET TimeZone = 'UTC'")
-        sample.build(con, syncline_home)
-    finally:
-        con.close()
+def test_sample_syncs_deliver_everything_but_the_planted_bad_rows(sandbox, sample_warehouse):
+    sample_warehouse(sample)
     views = load_sync_file(REPO / "pipelines/syncs/page_views_to_grademypage.yaml")
     conversions = load_sync_file(REPO / "pipelines/syncs/conversions_to_grademypage.yaml")
 

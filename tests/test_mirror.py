@@ -21,17 +21,6 @@ USERS = 400
 NO_ALIAS = [i + 1 for i in range(USERS) if i % 97 == 41]  # sample rows without an external_id: rejected
 
 
-def _sample_warehouse(warehouse, home: Path) -> Path:
-    path = warehouse()
-    con = duckdb.connect(str(path))
-    try:
-        con.execute("SET TimeZone = 'UTC'")
-        screeb_sample.build(con, home)
-    finally:
-        con.close()
-    return path
-
-
 def _execute(path: Path, sql: str) -> None:
     con = duckdb.connect(str(path))
     try:
@@ -46,8 +35,8 @@ def _events(sandbox) -> tuple[int, list[dict]]:
     return stats.get("requests", 0), sandbox.records("screeb", "event")
 
 
-def test_users_mirror_sends_nothing_unchanged_and_exactly_the_changed_users(sandbox, warehouse, syncline_home):
-    path = _sample_warehouse(warehouse, syncline_home)
+def test_users_mirror_sends_nothing_unchanged_and_exactly_the_changed_users(sandbox, sample_warehouse):
+    path = sample_warehouse(screeb_sample)
     spec = load_sync_file(SYNCS / "users_to_screeb.yaml")
     assert spec.mode == "mirror" and spec.endpoint.qualified_name.endswith("event")
 
@@ -87,9 +76,9 @@ def test_users_mirror_sends_nothing_unchanged_and_exactly_the_changed_users(sand
     assert _events(sandbox)[0] == requests_after
 
 
-def test_a_user_changed_back_is_sent_again(sandbox, warehouse, syncline_home):
+def test_a_user_changed_back_is_sent_again(sandbox, sample_warehouse):
     """Mirror compares with what was last delivered, not with any earlier version."""
-    path = _sample_warehouse(warehouse, syncline_home)
+    path = sample_warehouse(screeb_sample)
     spec = load_sync_file(SYNCS / "users_to_screeb.yaml")
     run_sync(spec)
     _execute(path, "UPDATE analytics.app_users SET role = 'owner' WHERE user_id = 9")

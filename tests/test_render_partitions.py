@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow.parquet as pq
 import pytest
 
@@ -100,15 +99,10 @@ def test_a_render_in_key_partitions_gives_the_payloads_of_one_pass(warehouse, wr
         assert sum(1 for r in in_parts if r[6]) == 40 * (2 if model == "fan_out" else 1)
 
 
-def test_an_endpoint_rule_that_compares_rows_keeps_the_render_in_one_pass(warehouse, syncline_home, monkeypatch):
+def test_an_endpoint_rule_that_compares_rows_keeps_the_render_in_one_pass(sample_warehouse, monkeypatch):
     """GradeMyPage rejects a page view whose dedup tuple another key already has (a window over every
     row): split by key, the two rows of such a tuple could land in different partitions and both pass."""
-    con = duckdb.connect(str(warehouse()))
-    try:
-        con.execute("SET TimeZone = 'UTC'")
-        grademypage_sample.build(con, syncline_home)
-    finally:
-        con.close()
+    sample_warehouse(grademypage_sample)
     spec = load_sync_file(REPO / "pipelines/syncs/page_views_to_grademypage.yaml")
     assert spec.endpoint.rules_span_rows
     monkeypatch.setenv("SYNCLINE_RENDER_PARTITION_ROWS", PARTITION_ROWS)

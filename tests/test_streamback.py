@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 
 from connectors.errors import ConfigError
@@ -501,14 +500,8 @@ def test_files_root_option_allows_files_outside_syncline_home(sandbox, feedback_
     assert sorted(emulator(sandbox).objects.values()) == [data, data]
 
 
-def test_the_packaged_sample_sync_delivers_and_rejects_the_bad_rows(sandbox, syncline_home):
-    con = duckdb.connect(str(syncline_home / "warehouse.duckdb"))
-    try:
-        con.execute("SET TimeZone = 'UTC'")
-        con.execute("CREATE SCHEMA analytics")
-        sample.build(con, syncline_home)
-    finally:
-        con.close()
+def test_the_packaged_sample_sync_delivers_and_rejects_the_bad_rows(sandbox, sample_warehouse):
+    sample_warehouse(sample)
     spec = load_sync_file(REPO / "pipelines" / "syncs" / "feedback_to_streamback.yaml")
 
     run = run_sync(spec)
