@@ -582,6 +582,11 @@ def _part_of(key: str, partitions: int) -> str:
     return f"hash(CAST({key} AS VARCHAR)) % {partitions}"
 
 
+def _one(select: str) -> Generator[str, None, None]:
+    """A render of one pass: its single SELECT, as :class:`ModelRender` holds them."""
+    yield select
+
+
 def render_partitions(rows: int) -> int:
     """How many key partitions a render of ``rows`` rows runs in (``SYNCLINE_RENDER_PARTITION_ROWS``)."""
     return max(1, _ceil_div(rows, settings.render_partition_rows()))
@@ -647,7 +652,7 @@ def open_model(
                 # Everything delivered: the payload SELECT still names its columns, but runs over nothing
                 # (its joins and cursor lookups would otherwise still read the whole source).
                 nothing = f"SELECT * FROM ({builder_for(spec).sql(relation, columns, repeats_in)}) AS nothing_pending LIMIT 0"
-                return ModelRender(con, (one for one in [nothing]))
+                return ModelRender(con, _one(nothing))
         partitions = render_partitions(source_rows if pending is None else pending)
         by_key = carrier != SOURCE_KEY and not two_pass and not spec.endpoint.rules_span_rows
         if partitions > 1 and "_key" in columns and by_key:
@@ -659,7 +664,7 @@ def open_model(
         con.close()
         raise duckdb_failure(exc, str(spec.model_file), "(sql)",
                              "the model does not run" + _model_hint(spec, exc)) from None
-    return ModelRender(con, (one for one in [builder_for(spec).sql(relation, columns, repeats_in)]))
+    return ModelRender(con, _one(builder_for(spec).sql(relation, columns, repeats_in)))
 
 
 def _pending_keys(con: duckdb.DuckDBPyConnection, spec: SyncSpec, delivered: Path | Callable[[], Path],
