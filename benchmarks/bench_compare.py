@@ -245,6 +245,8 @@ class Result:
     harness_rss_mb: float = 0.0  # a child's ru_maxrss starts at its parent's RSS at fork: the floor of the figure
     cpu_s: float = 0.0
     cpu_s_per_million: float | None = None
+    sink_cpu_s: float = 0.0  # the sink's own CPU over the contender's run (it shares the cores)
+    sink_cpu_s_per_million: float | None = None
     sink_items: int = 0
     sink_requests: int = 0
     sink_rejected_requests: int = 0
@@ -349,6 +351,7 @@ def run_one(ctx: Context, name: str, launch: Launch, capped: bool) -> Result:
     result.sink_requests = int(stats["requests"])
     result.sink_rejected_requests = int(stats["rejected_requests"])
     result.sink_max_in_flight = int(stats["max_in_flight"])
+    result.sink_cpu_s = float(stats.get("cpu_s", 0.0))
     child = child_report(out_path)
     result.seconds = float(child.get("seconds") or result.wall_s)
     if "cpu_s" in child:
@@ -371,6 +374,7 @@ def run_one(ctx: Context, name: str, launch: Launch, capped: bool) -> Result:
     if result.check_ok and result.seconds > 0:
         result.events_per_s = result.events / result.seconds
         result.cpu_s_per_million = result.cpu_s / result.events * 1e6
+        result.sink_cpu_s_per_million = result.sink_cpu_s / result.events * 1e6
     return result
 
 
@@ -773,7 +777,7 @@ def run_scenario(scenario: str, args: argparse.Namespace, full: Dataset, capped:
 
 def markdown_table(results: list[Result]) -> str:
     head = ("| contender | events | seconds | events/s | ratio to syncline (SQLite) | peak RSS MB | CPU s / M events"
-            " | sink check | notes |\n|---|---:|---:|---:|---:|---:|---:|---|---|")
+            " | sink CPU s / M | sink check | notes |\n|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
     rows = [head]
     for r in results:
         rate = f"{r.events_per_s:,.0f}" if r.events_per_s else "—"
@@ -783,6 +787,7 @@ def markdown_table(results: list[Result]) -> str:
         rows.append(
             f"| {r.contender} | {r.events:,} | {r.seconds:.2f} | {rate} | {f'{ratio:.2f}×' if ratio else '—'} "
             f"| {r.peak_rss_mb:.0f} | {f'{r.cpu_s_per_million:.1f}' if r.cpu_s_per_million else '—'} "
+            f"| {f'{r.sink_cpu_s_per_million:.1f}' if r.sink_cpu_s_per_million else '—'} "
             f"| {r.check} | {notes.replace('|', '/')} |"
         )
     return "\n".join(rows)
@@ -834,7 +839,9 @@ def write_outputs(args: argparse.Namespace, all_results: dict[str, list[Result]]
         "CPU competes with the contender's). *seconds*: wall-clock of the whole subprocess (start, imports, read, "
         "serialise, send) for tools; the floors pre-build every body and time (and count CPU of) sending only. "
         "*sink check*: count and checksum of items received equal those of the source file; a FAILED row does "
-        "not count. *peak RSS*: ru_maxrss of the contender's process tree (os.wait4); Linux carries the "
+        "not count. *sink CPU s / M*: the sink process's own CPU over the contender's run, per million events; "
+        "on this machine's cores a run cannot take less than (contender CPU + sink CPU) / cores. "
+        "*peak RSS*: ru_maxrss of the contender's process tree (os.wait4); Linux carries the "
         f"parent's RSS at fork into it, so no figure can be below the harness's {harness_rss:.0f} MB. *capped*: cannot send concurrently, so it ran single-stream on the first "
         f"{capped.events:,} events.",
         "",
