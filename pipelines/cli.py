@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from connectors import operate, settings
 from connectors.errors import ConfigError, SynclineError
 from connectors.ledger import ITEM_STATES, RunRow, open_ledger
@@ -53,9 +55,31 @@ def _load(names: Sequence[str], all_syncs: bool) -> list[SyncSpec]:
     if not names:
         raise SynclineError("name one or more syncs, or pass --all (see `syncline list`)")
     missing = [n for n in names if n not in loaded.syncs]
+    broken = {n: f for n in missing if (f := _broken_file_of(n, loaded.errors))}
+    if broken:
+        raise SynclineError("; ".join(f"sync {n!r} is in {f}, which was skipped for the errors above: fix them "
+                                      "and run again" for n, f in broken.items()))
     if missing:
         raise SynclineError(f"unknown sync(s): {', '.join(missing)} (known: {', '.join(loaded.syncs) or 'none'})")
     return [loaded.syncs[n] for n in names]
+
+
+def _broken_file_of(name: str, errors: Sequence[ConfigError]) -> str | None:
+    """The skipped sync file that most likely holds ``name``: its file is named so, or its top-level
+    ``name:`` says so. Without this, a typo in a sync file read as "unknown sync" (the file was skipped)."""
+    for error in errors:
+        path = Path(error.file)
+        if path.suffix not in (".yaml", ".yml") or not path.is_file():
+            continue
+        if path.stem == name:
+            return str(path)
+        try:
+            doc = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(doc, dict) and doc.get("name") == name:
+            return str(path)
+    return None
 
 
 def _day(value: str) -> dt.date:
@@ -333,11 +357,19 @@ def _filters(args: argparse.Namespace, states: Sequence[str] = ()) -> operate.Fi
 
 def _known_sync(ledger: Any, name: str) -> None:
     """A sync is known when a sync file defines it or the ledger has items of it (a removed sync's history)."""
-    if name in load_syncs().syncs:
+    loaded = load_syncs()
+    if name in loaded.syncs:
         return
     if ledger.has_items(name):
         return
+    broken = _broken_file_of(name, loaded.errors)
+    if broken:
+        raise SynclineError(f"sync {name!r} is in {broken}, which does not load: {_error_of(broken, loaded.errors)}")
     raise SynclineError(f"unknown sync {name!r}: no sync file defines it and the ledger has no items of it")
+
+
+def _error_of(file: str, errors: Sequence[ConfigError]) -> str:
+    return "; ".join(str(e) for e in errors if e.file == file)
 
 
 ITEM_TABLE = ["key", "source_key", "state", "field", "rule", "value", "attempts", "resent_unknown", "destination",

@@ -95,6 +95,24 @@ def test_list_reports_a_broken_sync_file_with_file_and_field(cli_sync, write_syn
     assert "broken.yaml: destination.vendor: unknown vendor 'nobody'" in out
 
 
+def test_running_a_sync_whose_file_is_broken_points_at_that_file(cli_sync, write_sync, capsys):
+    """Not "unknown sync": the file defining it was skipped, and the errors above say why."""
+    broken = write_sync.folder / "events_v2.yaml"
+    broken.write_text("name: tidy\nsource: {table: t, key: id, cursr: ts}\ndestination: {vendor: trubrics}\n")
+    (write_sync.folder / "typo.yaml").write_text("name: typo\nsource: {table: t, key: id}\ncolour: blue\n")
+    for name, file in (("tidy", broken), ("typo", write_sync.folder / "typo.yaml")):
+        assert main(["run", name]) == 2
+        err = capsys.readouterr().err
+        assert f"sync {name!r} is in {file}, which was skipped for the errors above" in err
+        assert f"warning: skipped sync file: {file}" in err
+        assert "unknown sync" not in err
+    assert main(["items", "tidy"]) == 2
+    err = capsys.readouterr().err
+    assert f"sync 'tidy' is in {broken}, which does not load: {broken}: source.cursr: unknown field" in err
+    assert main(["run", "nope"]) == 2
+    assert "unknown sync(s): nope" in capsys.readouterr().err
+
+
 def test_errors_have_exit_codes_and_no_tracebacks(cli_sync, capsys, monkeypatch):
     assert main(["run", "nope"]) == 2
     assert "unknown sync(s): nope" in capsys.readouterr().err
