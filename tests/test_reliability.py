@@ -168,6 +168,36 @@ def test_a_vendor_that_is_down_stops_the_sync_after_the_breaker_and_nothing_is_l
     assert run.requests < 2000 // 100 * 6  # it did not try every request to exhaustion
 
 
+def test_after_the_breaker_the_progress_line_counts_only_what_was_tried(
+    sandbox, warehouse, write_sync, monkeypatch
+):
+    """Chunks planned but never sent after the stop are recorded failed "not sent"; the progress line
+    must not call them sent (it said "2,000/2,000 sent" when 400 items had been tried)."""
+    from connectors.progress import PlainProgress
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("TRUBRICS_BASE_URL", f"http://127.0.0.1:{port}")
+    warehouse(EVENTS.format(n=2000, pad="a"))
+    spec = write_sync("ev", TRUBRICS.format(
+        extra=", concurrency: 2, adaptive: false, breaker_failures: 3, max_attempts: 2"),
+        TRUBRICS_SQL)
+    lines: list[str] = []
+
+    run = run_sync(spec, progress=PlainProgress(lines.append))
+
+    assert run.status == "stopped" and run.failed == 2000
+    ledger = open_ledger()
+    items = ledger.items("ev", limit=5000)
+    assert any(str(i["reason"]).startswith("not sent") for i in items)  # some chunks never left
+    tried = sum({a["chunk_id"]: a["items"] for a in ledger.attempts(run_id=run.run_id, limit=1000)}.values())
+    assert 300 <= tried < 2000
+    last = [line for line in lines if " sent in " in line][-1]
+    assert last.startswith(f"ev: {tried:,}/2,000 sent in "), last
+    assert f"{2000 - tried:,} left to send" in last, last
+
+
 def test_a_deadline_stops_a_slow_run_and_leaves_the_rest_pending(sandbox, warehouse, write_sync):
     warehouse(EVENTS.format(n=500, pad="a"))
     spec = write_sync("ev", TRUBRICS.format(extra=", concurrency: 1, adaptive: false, deadline: 1"), TRUBRICS_SQL)

@@ -140,6 +140,7 @@ class Delivery:
         self.dry_output: DryRunOutput | None = None  # an exact dry run writes its requests here
         self._progress_base = (0, 0, 0)
         self._to_send = 0
+        self._unsent = 0  # items recorded "not sent" after a stop: in the run's counts, not "sent"
         self._in_flight_now = 0
         self.ledger = ledger
         self.run = run
@@ -357,7 +358,7 @@ class Delivery:
         pending_chunks: list[Chunk] = []
         run = self.run
         self._progress_base = (run.delivered, run.rejected, run.in_doubt + run.failed)
-        self._to_send = to_send
+        self._to_send, self._unsent = to_send, 0
         self.progress.start(run.sync, run.endpoint, to_send)
 
         def claim_next() -> tuple[pa.RecordBatch, str, Future[list[str]]] | None:
@@ -501,8 +502,10 @@ class Delivery:
         if self._failures_in_a_row < self.options.breaker_failures:
             return None
         last = next(iter({**result.failed, **result.in_doubt}.values()), "no answer")
-        stop = SyncStopped(f"{self._failures_in_a_row} requests in a row got no answer, so the sync stopped "
-                           f"(delivery.breaker_failures); last: {last}")
+        # "Requests" are the vendor requests (one per chunk); each ran through its retries first, so the
+        # vendor saw more attempts than that: say how many, or the count reads as five tries in all.
+        stop = SyncStopped(f"{self._failures_in_a_row} requests in a row got no answer, the last after "
+                           f"{result.requests} attempts, so the sync stopped (delivery.breaker_failures); last: {last}")
         self.request_stop(stop)
         return stop
 
@@ -556,8 +559,12 @@ class Delivery:
             self._writer.record(outcome)
         if self.on_progress is not None:
             self.on_progress(run)
+        if not (result.requests or result.all_delivered or result.delivered or result.rejected or result.in_doubt):
+            # Failed before any request left (planned when the sync stopped, or stopped at its first
+            # step): in the run's counts as failed, but not "sent" on the progress line.
+            self._unsent += len(chunk.items)
         base = self._progress_base
-        done = run.delivered + run.rejected + run.in_doubt + run.failed - sum(base)
+        done = run.delivered + run.rejected + run.in_doubt + run.failed - sum(base) - self._unsent
         self.progress.update(done, self._in_flight_now, delivered=run.delivered - base[0],
                              rejected=run.rejected - base[1], pending=max(0, self._to_send - done))
         self._chunks_recorded += 1
