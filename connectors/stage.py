@@ -667,6 +667,19 @@ def open_model(
     return ModelRender(con, _one(builder_for(spec).sql(relation, columns, repeats_in)))
 
 
+def _key_number(idem_key: str, *, checked: bool = False) -> str:
+    """SQL: a plain idempotency key (32 lowercase hex digits, :meth:`PayloadBuilder.key_hash`) as the
+    128-bit number it spells, so an anti-join hashes and compares fixed-width numbers, not 32-character
+    strings. ``checked``: NULL for any other text (a ``dup-``/``nokey-`` key, or anything a ledger holds
+    that is not a plain key), which then matches no plain key, as its text would not have; the cast alone
+    would also read upper case and ``_`` digit separators."""
+    number = f"CAST(('0x' || {idem_key}) AS UHUGEINT)"
+    if not checked:
+        return number
+    plain = f"strlen({idem_key}) = 32 AND NOT contains({idem_key}, '_') AND {idem_key} = lower({idem_key})"
+    return f"CASE WHEN {plain} THEN TRY_{number} END"
+
+
 def _pending_keys(con: duckdb.DuckDBPyConnection, spec: SyncSpec, delivered: Path | Callable[[], Path],
                   staged: Path, source_rows: int) -> int:
     """``_pending_keys``: the model's keys the destination does not have (``delivered``: the ledger's
@@ -678,28 +691,37 @@ def _pending_keys(con: duckdb.DuckDBPyConnection, spec: SyncSpec, delivered: Pat
     payload SELECT reads twice, took 38 s and spilled 2 GB under the memory limit; this narrow one about
     11 s, and an empty key table makes DuckDB skip the model. The keys are hashed into ``staged`` (a
     Parquet file: a temporary table of 10M keys filled DuckDB's memory limit) before waiting for the
-    snapshot, which a child process may still be writing. The anti-join then runs in partitions of the
-    idempotency key (:func:`render_partitions` of the larger side), so its hash table holds one
-    partition's keys at a time."""
+    snapshot, which a child process may still be writing. Both sides are compared as 128-bit numbers
+    (:func:`_key_number`; the snapshot's delivered keys are converted once, into a file beside ``staged``):
+    at 10M delivered keys the anti-join took 4 s instead of 9 s, and its files a third of the bytes
+    (2026-12-03, AMD host). It runs in partitions of the key (:func:`render_partitions` of the larger
+    side), so its hash table holds one partition's keys at a time."""
     key = builder_for(spec).key_hash("k._key")
+    numbers = staged.with_name(f"{staged.stem}-delivered.parquet")
+    options = f"(FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_SIZE})"
     con.execute(
-        f"COPY (SELECT k._key, {key} AS idem_key FROM (SELECT CAST(_key AS VARCHAR) AS _key FROM model "
-        f"WHERE _key IS NOT NULL) AS k) TO {quote_literal(str(staged))} (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_SIZE})"
+        f"COPY (SELECT k._key, {_key_number(key)} AS key_id FROM (SELECT CAST(_key AS VARCHAR) AS _key FROM model "
+        f"WHERE _key IS NOT NULL) AS k) TO {quote_literal(str(staged))} {options}"
     )
     try:
         snapshot = delivered() if callable(delivered) else delivered
+        con.execute(
+            f"COPY (SELECT key_id FROM (SELECT {_key_number('idem_key', checked=True)} AS key_id FROM "
+            f"read_parquet({quote_literal(str(snapshot))}) WHERE state = 'delivered') AS d WHERE key_id IS NOT NULL) "
+            f"TO {quote_literal(str(numbers))} {options}"
+        )
         partitions = render_partitions(max(source_rows, pq.ParquetFile(snapshot).metadata.num_rows))
         con.execute("CREATE TEMP TABLE _pending_keys (_key VARCHAR)")
         for part in range(partitions):
-            mine = f" AND {_part_of('idem_key', partitions)} = {part}" if partitions > 1 else ""
+            mine = f" WHERE hash(key_id) % {partitions} = {part}" if partitions > 1 else ""
             con.execute(
-                f"INSERT INTO _pending_keys SELECT k._key FROM (SELECT _key, idem_key FROM "
-                f"read_parquet({quote_literal(str(staged))}) WHERE TRUE{mine}) AS k ANTI JOIN "
-                f"(SELECT idem_key FROM read_parquet({quote_literal(str(snapshot))}) WHERE state = 'delivered'{mine}) AS d "
-                "ON k.idem_key = d.idem_key"
+                f"INSERT INTO _pending_keys SELECT k._key FROM (SELECT _key, key_id FROM "
+                f"read_parquet({quote_literal(str(staged))}){mine}) AS k ANTI JOIN "
+                f"(SELECT key_id FROM read_parquet({quote_literal(str(numbers))}){mine}) AS d ON k.key_id = d.key_id"
             )
     finally:
         staged.unlink(missing_ok=True)
+        numbers.unlink(missing_ok=True)
     (pending,) = con.execute(
         "SELECT (SELECT count(*) FROM _pending_keys) + (SELECT count(*) FROM model WHERE _key IS NULL)"
     ).fetchone() or (0,)

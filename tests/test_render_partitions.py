@@ -136,3 +136,28 @@ def test_a_partitioned_run_delivers_every_item_once_and_a_rerun_sends_only_new_r
     assert (again.delivered, again.rejected) == (120, 15)
     assert len(sandbox.records("trubrics", "publish_events")) == 510
     assert run_sync(spec).delivered == 0
+
+
+def test_the_rerun_anti_join_reads_only_plain_keys_as_numbers():
+    """The rerun's anti-join compares keys as 128-bit numbers (``_key_number``). A plain key becomes the
+    number its 32 hex digits spell; anything else a ledger holds becomes NULL and matches nothing, as its
+    text matched nothing: the cast alone reads upper case and ``_`` separators, which would make two
+    different texts one number."""
+    import duckdb
+
+    from connectors.stage import _key_number
+
+    plain = "1e27c6ec20a5142940f6828a9a0319a6"
+    texts = [plain, "0" * 32, plain.upper(), plain[:8] + "_" + plain[9:], "dup-" + plain[:28], "nokey-" + plain[:26],
+             plain[:31], plain + "0", " " + plain[1:], plain[:31] + "g", "é" + plain[1:]]
+    con = duckdb.connect()
+    got = dict(con.execute(f"SELECT t, {_key_number('t', checked=True)} FROM unnest(?) AS u(t)", [texts]).fetchall())
+    assert got == {plain: int(plain, 16), "0" * 32: 0, **{t: None for t in texts[2:]}}
+    # The model side casts unchecked: every key the engine makes for a source key is a plain key.
+    from connectors.stage import builder_for
+
+    spec = load_sync_file(REPO / "pipelines" / "syncs" / "product_events_to_trubrics.yaml")
+    made = builder_for(spec).key_hash("k")
+    rows = con.execute(f"SELECT {made}, {_key_number(made)}, {_key_number(made, checked=True)} "
+                       "FROM (VALUES ('evt_1'), ('ü 2'), ('')) AS v(k)").fetchall()
+    assert all(number == checked == int(text, 16) for text, number, checked in rows)
