@@ -7,10 +7,6 @@ checksum formula. Driven over real HTTP on 127.0.0.1, the sink in its own proces
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,37 +15,18 @@ from typing import Any
 
 import pytest
 
+from benchmarks.bench_compare import Sink
 from benchmarks.sink import MASK, item_hash, timestamp_micros
-
-SINK = Path(__file__).resolve().parent.parent / "benchmarks" / "sink.py"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
-def sink_url() -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, str(SINK), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+def sink_url(tmp_path: Path) -> Iterator[str]:
+    """The sink as the harness starts it (``bench_compare.Sink``: its own process, a free port)."""
+    sink = Sink(0, tmp_path / "sink.log")
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                _call(url, "GET", "/_stats")
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the sink did not start") from None
-                time.sleep(0.05)
-        yield url
+        yield sink.url
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        sink.close()
 
 
 def _call(url: str, method: str, path: str, body: bytes | None = None,
