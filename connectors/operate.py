@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from connectors.errors import SynclineError
 from connectors.ledger import Ledger
-from connectors.ledger.rows import ITEM_STATES, now_text
+from connectors.ledger.rows import ITEM_STATES, NEVER_SENT, now_text
 
 # --- reasons ----------------------------------------------------------------------------------------------
 
@@ -386,6 +386,8 @@ def query_items(ledger: Ledger, sync: str, filters: Filters) -> list[dict[str, A
         reasons = parse_reason(item["reason"]) if item["state"] != "delivered" else []
         run = item["run_id"]
         tried = max(attempts.get((run, item["chunk_id"]), 0), attempts.get((run, (item["idem_key"] or "")[:16]), 0))
+        if str(item["reason"] or "").startswith(NEVER_SENT):
+            tried = 0  # its claim group's other requests were tried, not this item's
         out.append({
             "key": item["idem_key"],
             "source_key": item["source_key"],
@@ -412,7 +414,8 @@ def query_items(ledger: Ledger, sync: str, filters: Filters) -> list[dict[str, A
 def _attempts_by_group(ledger: Ledger, runs: Iterable[str]) -> dict[tuple[str, str], int]:
     """Highest attempt number per (run, claim group or multi-step item): a batch request's chunk id is
     ``<claim group>.<n>``, a multi-step item's is the first 16 characters of its key. Items of one claim
-    group share the count (the ledger does not record which request of the group carried an item)."""
+    group share the count (the ledger does not record which request of the group carried an item), except
+    those a stopped sync never tried (``NEVER_SENT``), which :func:`query_items` shows with 0."""
     found: dict[tuple[str, str], int] = {}
     run_list = sorted(runs)
     for i in range(0, len(run_list), 200):

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from connectors.ledger import open_ledger
+from connectors.ledger.rows import NEVER_SENT
+from connectors.operate import Filters, query_items
 from connectors.runner import run_sync
 from connectors.sandbox import Fault
 
@@ -196,6 +198,13 @@ def test_after_the_breaker_the_progress_line_counts_only_what_was_tried(
     last = [line for line in lines if " sent in " in line][-1]
     assert last.startswith(f"ev: {tried:,}/2,000 sent in "), last
     assert f"{2000 - tried:,} left to send" in last, last
+    # Items never tried show 0 attempts, not their claim group's (it showed the group's 2); the rest, 1-2
+    # (a request stopped between its two attempts has 1).
+    shown = query_items(ledger, "ev", Filters(limit=5000))
+    never = [i for i in shown if str(i["reason"]).startswith(NEVER_SENT)]
+    assert never and {i["attempts"] for i in never} == {0}
+    assert {i["attempts"] for i in shown if i not in never} <= {1, 2}
+    assert len(shown) - len(never) == tried
 
 
 def test_a_deadline_stops_a_slow_run_and_leaves_the_rest_pending(sandbox, warehouse, write_sync):

@@ -34,6 +34,7 @@ from connectors.engine.plan import EXCERPT_CHARS, Column, Planner, boundaries, i
 from connectors.engine.sender import CLAIM_PREFIX, Chunk, ChunkResult, Item, Sender
 from connectors.errors import Interrupted, SyncStopped
 from connectors.ledger import ItemRow, Ledger, OutcomeWriter, RunRow
+from connectors.ledger.rows import NEVER_SENT
 from connectors.ledger.writer import Outcome
 from connectors.progress import NoProgress, Progress
 
@@ -403,7 +404,7 @@ class Delivery:
             stop = self._collect(done) or stop
         if stop is not None:
             # Items never sent stay accountable: recorded failed (pending retry) with the reason.
-            reason = f"not sent: {stop}"
+            reason = f"{NEVER_SENT}: {stop}"
             for chunk in pending_chunks:
                 self._record(ChunkResult(chunk, failed=dict.fromkeys((i.idem_key for i in chunk.items), reason)))
             rest = []

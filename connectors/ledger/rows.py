@@ -7,6 +7,9 @@ import operator
 from dataclasses import dataclass, field, fields
 
 ITEM_STATES = ("delivered", "rejected", "in_doubt", "failed")
+# The reason of items a stopped sync recorded failed before their request was ever tried (the rest of a
+# claim group whose first requests were): ``syncline items`` shows them with 0 attempts, not the group's.
+NEVER_SENT = "not sent, the sync stopped before its request"
 
 
 def now_text() -> str:
