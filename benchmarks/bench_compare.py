@@ -17,6 +17,9 @@ What is compared, and why it is fair:
   contenders use 64 requests in flight, single-stream ones are capped to ``--capped-events`` (a smaller
   file cut from the same data) so the whole benchmark stays bounded.
 
+- ``--repeat N`` runs every contender N times in rotated rounds and reports medians: this machine's
+  speed drifts within a run, so one pass can move a ratio by a third.
+
 Seconds are wall-clock of the whole subprocess (interpreter start, imports, reading, serialising,
 sending) for the tools; the floors build every request body first and time only the sending.
 """
@@ -33,6 +36,7 @@ import resource
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,7 +45,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -259,6 +263,7 @@ class Result:
     note: str = ""
     exit_code: int | None = None
     command: str = ""
+    ratio: float | None = None  # events/s over syncline (SQLite)'s in the same round (set_ratios)
 
 
 @dataclass
@@ -738,41 +743,88 @@ def entries(scenario: str, args: argparse.Namespace) -> list[Entry]:
     return found
 
 
-def run_scenario(scenario: str, args: argparse.Namespace, full: Dataset, capped: Dataset, work: Path) -> list[Result]:
+def run_entry(scenario: str, entry: Entry, args: argparse.Namespace, data: Dataset, sink: Sink, work: Path,
+              label: str = "") -> Result:
+    """One contender's run against ``sink`` (printed as it finishes)."""
+    concurrency = (args.concurrency_b if scenario == "B" else args.concurrency) if "syncline" in entry.name else None
+    ctx = Context(scenario, data, sink, work, concurrency, scenario == "B", args)
+    print(f"[{scenario}{label}] {entry.name}: {data.events:,} events ...", end=" ", flush=True)
+    try:
+        launch = entry.launch(ctx)
+    except Exception as exc:
+        result = Result(scenario=scenario, contender=entry.name, capped=entry.capped,
+                        expected_items=data.events, check="FAILED",
+                        error=f"could not set up: {type(exc).__name__}: {exc}"[:240])
+    else:
+        result = run_one(ctx, entry.name, launch, entry.capped)
+        if ("syncline" in entry.name and concurrency and concurrency > SYNCLINE_MAX_CONCURRENCY
+                and "concurrency" in result.error):
+            ctx.concurrency = SYNCLINE_MAX_CONCURRENCY  # refused above 64: cap, as documented
+            result = run_one(ctx, entry.name, entry.launch(ctx), entry.capped)
+            result.note += f" (capped from {concurrency})"
+    rate = f"{result.events_per_s:,.0f} ev/s" if result.events_per_s else "-"
+    print(f"{rate}, {result.seconds:.1f} s, {result.peak_rss_mb:.0f} MB, {result.check}"
+          + (f" [{result.error}]" if result.error else ""), flush=True)
+    result.note = result.note.strip()
+    return result
+
+
+BASE = "syncline (SQLite ledger)"  # the contender every ratio is to
+
+
+def set_ratios(results: list[Result]) -> None:
+    """Each result's events/s over syncline (SQLite)'s in the same round."""
+    base = next((r for r in results if r.contender == BASE and r.events_per_s), None)
+    for r in results:
+        if base and base.events_per_s and r.events_per_s:
+            r.ratio = r.events_per_s / base.events_per_s
+
+
+def run_scenario(scenario: str, args: argparse.Namespace, full: Dataset, capped: Dataset, work: Path,
+                 rounds: list[list[Result]] | None = None) -> list[Result]:
+    """Every contender once per round (``--repeat``); with more than one round, each contender's median.
+
+    Why rounds, rotated: this machine's speed drifts within a run (the sink's own CPU per million items,
+    the same work every time, moved 1.3-1.6x between contenders a minute apart). Round k starts k
+    contenders later, so no contender always runs in the same stretch, and each ratio is taken within its
+    round (the contender over syncline of the same round) before the median of the rounds is taken.
+    ``rounds`` receives every round's results (the JSON keeps them all)."""
     delay = 100.0 if scenario == "B" else 0.0
     sink = Sink(delay, work / f"sink-{scenario}.log")
-    results: list[Result] = []
+    listed = entries(scenario, args)
+    found = rounds if rounds is not None else []
     try:
-        for entry in entries(scenario, args):
-            data = capped if entry.capped else full
-            concurrency = (args.concurrency_b if scenario == "B" else args.concurrency) if "syncline" in entry.name else None
-            ctx = Context(scenario, data, sink, work, concurrency, scenario == "B", args)
-            print(f"[{scenario}] {entry.name}: {data.events:,} events ...", end=" ", flush=True)
-            try:
-                launch = entry.launch(ctx)
-            except Exception as exc:
-                result = Result(scenario=scenario, contender=entry.name, capped=entry.capped,
-                                expected_items=data.events, check="FAILED",
-                                error=f"could not set up: {type(exc).__name__}: {exc}"[:240])
-            else:
-                result = run_one(ctx, entry.name, launch, entry.capped)
-                if ("syncline" in entry.name and concurrency and concurrency > SYNCLINE_MAX_CONCURRENCY
-                        and "concurrency" in result.error):
-                    ctx.concurrency = SYNCLINE_MAX_CONCURRENCY  # refused above 64: cap, as documented
-                    result = run_one(ctx, entry.name, entry.launch(ctx), entry.capped)
-                    result.note += f" (capped from {concurrency})"
-            results.append(result)
-            rate = f"{result.events_per_s:,.0f} ev/s" if result.events_per_s else "-"
-            print(f"{rate}, {result.seconds:.1f} s, {result.peak_rss_mb:.0f} MB, {result.check}"
-                  + (f" [{result.error}]" if result.error else ""), flush=True)
+        for number in range(args.repeat):
+            shift = number % len(listed) if listed else 0
+            label = f" round {number + 1}/{args.repeat}" if args.repeat > 1 else ""
+            done = {e.name: run_entry(scenario, e, args, capped if e.capped else full, sink, work, label)
+                    for e in listed[shift:] + listed[:shift]}
+            found.append([done[e.name] for e in listed])
     finally:
         sink.close()
-    base = next((r for r in results if r.contender == "syncline (SQLite ledger)" and r.events_per_s), None)
-    for r in results:
-        r.note = r.note.strip()
-        if base and base.events_per_s and r.events_per_s:
-            setattr(r, "ratio", r.events_per_s / base.events_per_s)  # noqa: B010 — kept beside the dataclass fields
-    return results
+    for results in found:
+        set_ratios(results)
+    if len(found) == 1:
+        return found[0]
+    return [median_of([results[i] for results in found]) for i in range(len(listed))]
+
+
+def median_of(runs: list[Result]) -> Result:
+    """The run with the median events/s among the runs whose sink check passed (the lower median for an
+    even count), its ratio the median of the rounds' ratios; its check is "ok" only when every run's was."""
+    valid = sorted((r for r in runs if r.check_ok and r.events_per_s), key=lambda r: r.events_per_s or 0.0)
+    if not valid:
+        return runs[-1]
+    picked = replace(valid[(len(valid) - 1) // 2])
+    ratios = [r.ratio for r in valid if r.ratio is not None]
+    picked.ratio = statistics.median(ratios) if ratios else None
+    rates = [r.events_per_s or 0.0 for r in valid]
+    spread = f"median of {len(valid)} runs, {min(rates):,.0f}-{max(rates):,.0f} ev/s"
+    if len(valid) < len(runs):
+        picked.check = f"FAILED in {len(runs) - len(valid)} of {len(runs)} runs"
+        picked.check_ok = False
+    picked.note = ", ".join(n for n in (spread, picked.note) if n)
+    return picked
 
 
 def markdown_table(results: list[Result]) -> str:
@@ -781,7 +833,7 @@ def markdown_table(results: list[Result]) -> str:
     rows = [head]
     for r in results:
         rate = f"{r.events_per_s:,.0f}" if r.events_per_s else "—"
-        ratio = getattr(r, "ratio", None)
+        ratio = r.ratio
         notes = ", ".join(n for n in [("capped (single stream)" if r.capped else ""), r.note,
                                       (f"ERROR: {r.error}" if r.error else "")] if n)
         rows.append(
@@ -821,7 +873,8 @@ def versions() -> dict[str, str]:
     return found
 
 
-def write_outputs(args: argparse.Namespace, all_results: dict[str, list[Result]], full: Dataset, capped: Dataset) -> str:
+def write_outputs(args: argparse.Namespace, all_results: dict[str, list[Result]], full: Dataset, capped: Dataset,
+                  rounds: dict[str, list[list[Result]]] | None = None) -> str:
     info = machine()
     harness_rss = max((r.harness_rss_mb for rs in all_results.values() for r in rs), default=0.0)
     lines = [
@@ -843,7 +896,10 @@ def write_outputs(args: argparse.Namespace, all_results: dict[str, list[Result]]
         "on this machine's cores a run cannot take less than (contender CPU + sink CPU) / cores. "
         "*peak RSS*: ru_maxrss of the contender's process tree (os.wait4); Linux carries the "
         f"parent's RSS at fork into it, so no figure can be below the harness's {harness_rss:.0f} MB. *capped*: cannot send concurrently, so it ran single-stream on the first "
-        f"{capped.events:,} events.",
+        f"{capped.events:,} events."
+        + (f" *median of {args.repeat} runs*: every contender ran {args.repeat} times, each round starting one "
+           "contender later; the row is its median run by events/s, its ratio the median of its ratio to syncline "
+           "(SQLite) within each round, and the range is every run's (all in the .json)." if args.repeat > 1 else ""),
         "",
     ]
     for scenario, results in all_results.items():
@@ -856,7 +912,8 @@ def write_outputs(args: argparse.Namespace, all_results: dict[str, list[Result]]
         raw = {
             "command": sys.argv, "machine": info, "versions": versions(), "events": full.events,
             "capped_events": capped.events,
-            "scenarios": {s: [asdict(r) | {"ratio": getattr(r, "ratio", None)} for r in rs] for s, rs in all_results.items()},
+            "scenarios": {s: [asdict(r) for r in rs] for s, rs in all_results.items()},
+            "rounds": {s: [[asdict(r) for r in rs] for rs in found] for s, found in (rounds or {}).items()},
         }
         out.with_suffix(".json").write_text(json.dumps(raw, indent=2))
     return text
@@ -884,22 +941,28 @@ def main() -> None:
     parser.add_argument("--syncline-src", help="run syncline's CLI from this source tree instead of the installed "
                         "`syncline` (e.g. an export of `git archive HEAD` while the engine is being rewritten)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, data)")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="run every contender N times, each round starting one contender later, and report "
+                        "each one's median run (ratios: the median of each round's ratio); the JSON keeps every round")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat: at least 1")
     if args.timeout is None:
         args.timeout = 60 + args.events / 2000
     scenarios = [s for s in "AB" if s in args.scenarios.upper()]
     # The whole run is bounded: every contender by its timeout, the harness by their sum.
     contenders = 10
-    time_bound(int(120 + len(scenarios) * contenders * (args.timeout + 30)))
+    time_bound(int(120 + len(scenarios) * contenders * args.repeat * (args.timeout + 30)))
 
     work = Path(tempfile.mkdtemp(prefix="bench-compare-"))
     try:
         print(f"building {args.events:,} events in {work} ...", flush=True)
         full, capped = prepare_data(work, args.events, args.capped_events, args.timeout * 2)
         all_results: dict[str, list[Result]] = {}
+        rounds: dict[str, list[list[Result]]] = {}
         for scenario in scenarios:
-            all_results[scenario] = run_scenario(scenario, args, full, capped, work)
-        text = write_outputs(args, all_results, full, capped)
+            all_results[scenario] = run_scenario(scenario, args, full, capped, work, rounds.setdefault(scenario, []))
+        text = write_outputs(args, all_results, full, capped, rounds)
         print("\n" + text)
     finally:
         if args.keep:
