@@ -436,7 +436,7 @@ def test_assumption_a_model_key_reused_with_a_different_body_stores_one_conversi
     either treats it as a repeat (``repeat``: 200, the first body stays, both rows count delivered) or
     refuses it as a conflict (``422``, Stripe-style: that row is rejected with the vendor's reason). Either
     way one conversion is stored and no row is lost without a trace. (A 409 answer is not covered: the engine
-    reads an unexpected 409 as a wrong base URL and stops the sync.)"""
+    stops the sync on it, naming it as an answer the document does not list; tests/test_unexpected_answers.py.)"""
     sandbox.emulator("grademypage").control("key_reuse", {"answer": answer})
     rows = [
         _server_row("delivery_1", idem="evt_stripe_123", properties='{"k": "first"}'),

@@ -8,7 +8,8 @@ the ledger. Classification (see docs/delivery.md):
   when the vendor may have stored them, ``failed`` (safe to resend) when it surely did not.
 - 400/413/422: split the batch in halves until the bad items stand alone; those are ``rejected``.
 - 401/403: stop the sync (:class:`AuthError`); nothing in the request is marked delivered.
-- anything else (404, 405, ...): stop the sync; almost always a wrong base URL.
+- anything else: stop the sync. A redirect, 404, 405 or 410 almost always means a wrong base URL and
+  says so; any other status (409, 412, ...) is named as an answer the endpoint does not document.
 
 Three general mechanisms serve endpoints that are not "a JSON batch per request":
 - multi-step items (``Endpoint.steps``): the endpoint's ``deliver_item`` drives several calls through an
@@ -45,6 +46,21 @@ def current_claim() -> str | None:
     """The claim group (the ledger's ``chunk_id``) of the request this thread is building: a vendor that
     can be read back tags events with it, so a later run can find what an earlier one stored."""
     return getattr(_current, "claim_id", None)
+
+
+# Statuses that mean the request reached something other than the endpoint: a wrong base URL or path.
+WRONG_PLACE = frozenset({404, 405, 410})
+
+
+def unexpected_answer(endpoint: str, vendor: str, status: int, request: str, error: str | None) -> str:
+    """Why the sync stopped on an answer the engine has no rule for: a redirect, 404, 405 or 410 points
+    at ``<VENDOR>_BASE_URL``; any other (a 409, 412, ...) came from the endpoint itself, so blaming the
+    base URL would send the reader the wrong way."""
+    said = f" ({error})" if error else ""
+    if 300 <= status < 400 or status in WRONG_PLACE:
+        return f"{endpoint} answered HTTP {status} on {request}: check {vendor.upper()}_BASE_URL{said}"
+    return (f"{endpoint} answered HTTP {status} on {request}, an answer its API reference does not list for "
+            f"this request; the sync stopped so nothing more is sent until it is understood{said}")
 
 
 @dataclass
@@ -334,10 +350,8 @@ class Sender:
                 continue
             if passthrough_4xx and status < 500:
                 return response
-            raise SyncStopped(
-                f"{self.endpoint.qualified_name} answered HTTP {status} on {method} {path}: "
-                f"check {self.endpoint.vendor.upper()}_BASE_URL ({error or ''})"
-            )
+            raise SyncStopped(unexpected_answer(self.endpoint.qualified_name, self.endpoint.vendor, status,
+                                                f"{method} {path}", error))
         result.gave_up = True
         raise GiveUp(reason, maybe_sent)
 
