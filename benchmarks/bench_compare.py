@@ -773,8 +773,8 @@ BASE = "syncline (SQLite ledger)"  # the contender every ratio is to
 
 
 def set_ratios(results: list[Result]) -> None:
-    """Each result's events/s over syncline (SQLite)'s in the same round."""
-    base = next((r for r in results if r.contender == BASE and r.events_per_s), None)
+    """Each result's events/s over syncline (SQLite)'s in the same round (none if that run failed its check)."""
+    base = next((r for r in results if r.contender == BASE and r.events_per_s and r.check_ok), None)  # a FAILED run never counts
     for r in results:
         if base and base.events_per_s and r.events_per_s:
             r.ratio = r.events_per_s / base.events_per_s

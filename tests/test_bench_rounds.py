@@ -35,3 +35,10 @@ def test_a_run_that_failed_its_sink_check_marks_the_row_and_is_left_out() -> Non
 def test_no_valid_run_reports_the_last_as_it_was() -> None:
     runs = [Result("A", "x", check="FAILED"), Result("A", "x", check="FAILED", error="timeout")]
     assert median_of(runs) is runs[-1]
+
+
+def test_no_ratio_is_taken_against_a_syncline_run_that_failed_its_sink_check() -> None:
+    runs = [Result("A", BASE, events_per_s=90_000, check="FAILED"),
+            Result("A", "pandas", events_per_s=20_000, check_ok=True, check="ok")]
+    set_ratios(runs)
+    assert runs[1].ratio is None and runs[0].ratio is None

@@ -207,6 +207,29 @@ def test_after_the_breaker_the_progress_line_counts_only_what_was_tried(
     assert len(shown) - len(never) == tried
 
 
+def test_requests_still_waiting_on_the_rate_limit_at_a_stop_show_no_attempts(sandbox, warehouse, write_sync):
+    """Flux allows 10 batch requests a minute: at a 2 s deadline the chunks already handed to a sender but
+    waiting for their slot never sent anything. They are recorded "never tried" (0 attempts in ``items``),
+    not with their claim group's count, and the counts add up."""
+    warehouse(EVENTS.format(n=3000, pad="a"))
+    spec = write_sync("usage", FLUX.replace("max_attempts: 2}", "max_attempts: 2, concurrency: 4, deadline: 2}"),
+                      FLUX_SQL)
+
+    run = run_sync(spec)
+
+    assert run.status == "stopped" and "deadline" in (run.error or "")
+    assert run.delivered + run.rejected + run.in_doubt + run.failed == 3000
+    ledger = open_ledger()
+    shown = query_items(ledger, "usage", Filters(limit=5000))
+    # No request failed here, so every item recorded "not sent" never had a request of its own.
+    unsent = [i for i in shown if str(i["reason"]).startswith("not sent")]
+    assert unsent and all(str(i["reason"]).startswith(NEVER_SENT) for i in unsent)
+    assert {i["attempts"] for i in unsent} == {0}
+    tried = sum({a["chunk_id"]: a["items"] for a in ledger.attempts(run_id=run.run_id, limit=1000)}.values())
+    assert sum(1 for i in shown if i["attempts"] >= 1) == tried == run.delivered
+    assert len(sandbox.records("flux", "events_batch")) == run.delivered
+
+
 def test_a_deadline_stops_a_slow_run_and_leaves_the_rest_pending(sandbox, warehouse, write_sync):
     warehouse(EVENTS.format(n=500, pad="a"))
     spec = write_sync("ev", TRUBRICS.format(extra=", concurrency: 1, adaptive: false, deadline: 1"), TRUBRICS_SQL)

@@ -34,7 +34,7 @@ from connectors.engine.http import HttpClient, TransportError
 from connectors.engine.ratelimit import RateLimiter
 from connectors.engine.retry import Backoff, parse_retry_after
 from connectors.errors import AuthError, SyncStopped
-from connectors.ledger.rows import AttemptRow, now_text
+from connectors.ledger.rows import NEVER_SENT, AttemptRow, now_text
 
 CRASH_STEP_ENV = "SYNCLINE_CRASH_BEFORE_STEP"  # test-only fault hook: hard exit before a named step
 CLAIM_PREFIX = "r"  # claim group ids start so since ledger v3: vendors read back by them (earlier: untagged)
@@ -284,8 +284,12 @@ class Sender:
         resend_unknown, resend_timeout, counting = self._unknown_policy(idempotent)
         for attempt in range(1, self.policy.max_attempts + 1):
             if self.abort.is_set():
-                raise GiveUp(f"not sent: {self.abort_reason}" if not maybe_sent else
-                             f"{reason}; not resent: {self.abort_reason}", maybe_sent)
+                if maybe_sent:
+                    raise GiveUp(f"{reason}; not resent: {self.abort_reason}", True)
+                # No request of this chunk left at all (e.g. waiting on the limiter when the sync stopped):
+                # the same reason as the chunks never dispatched, so ``syncline items`` shows 0 attempts.
+                never = not result.attempts
+                raise GiveUp(f"{NEVER_SENT if never else 'not sent'}: {self.abort_reason}", False)
             if limited:
                 self.limiter.acquire(self.abort)
                 if self.abort.is_set():
