@@ -774,10 +774,10 @@ BASE = "syncline (SQLite ledger)"  # the contender every ratio is to
 
 def set_ratios(results: list[Result]) -> None:
     """Each result's events/s over syncline (SQLite)'s in the same round (none if that run failed its check)."""
-    base = next((r for r in results if r.contender == BASE and r.events_per_s and r.check_ok), None)  # a FAILED run never counts
+    base = next((r.events_per_s for r in results if r.contender == BASE and r.events_per_s and r.check_ok), None)
     for r in results:
-        if base and base.events_per_s and r.events_per_s:
-            r.ratio = r.events_per_s / base.events_per_s
+        if base and r.events_per_s:
+            r.ratio = r.events_per_s / base
 
 
 def run_scenario(scenario: str, args: argparse.Namespace, full: Dataset, capped: Dataset, work: Path,

@@ -22,27 +22,24 @@ import http.client
 import json
 import select
 import socket
-import socketserver
 import ssl
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
 from connectors.engine import http as transport
 from connectors.engine.http import HttpClient, StdlibClient, TransportError, make_client
+from tests.local_http import SOCKET_TIMEOUT_S, LocalServer, QuietHandler, serving
 
 # No test may hang the suite: each gets 30 s in all (pytest-timeout), and every socket has its own timeout.
 pytestmark = pytest.mark.timeout(30)
 
 KINDS = ["stdlib", "requests"]
-SOCKET_TIMEOUT_S = 5.0
 PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 CA_ENV = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
@@ -121,54 +118,6 @@ def server_tls(certs: dict[str, Path]) -> ssl.SSLContext:
 
 
 # ------------------------------------------------------------------------------------------ local servers
-
-
-class LocalServer(ThreadingHTTPServer):
-    """A threaded HTTP/1.1 server on 127.0.0.1 that counts accepted TCP connections and requests seen."""
-
-    daemon_threads = True
-
-    def __init__(self, handler: type[BaseHTTPRequestHandler], tls: ssl.SSLContext | None = None) -> None:
-        self.tls = tls
-        self.lock = threading.Lock()
-        self.connections = 0
-        self.seen: list[dict[str, Any]] = []
-        super().__init__(("127.0.0.1", 0), handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the FQDN of 127.0.0.1, which can be slow; nothing here needs it.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = "127.0.0.1", self.server_address[1]
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self.lock:
-            self.connections += 1
-        super().process_request(request, client_address)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Quiet: failed TLS handshakes are expected in the no-CA tests."""
-
-    @property
-    def url(self) -> str:
-        scheme = "https" if self.tls else "http"
-        return f"{scheme}://127.0.0.1:{self.server_port}"
-
-
-class QuietHandler(BaseHTTPRequestHandler):
-    """HTTP/1.1 (keep-alive) handler base: TLS is wrapped in the handler thread, never in the accept loop."""
-
-    protocol_version = "HTTP/1.1"
-    timeout = SOCKET_TIMEOUT_S
-    server: LocalServer
-
-    def setup(self) -> None:
-        if self.server.tls is not None:
-            self.request.settimeout(SOCKET_TIMEOUT_S)
-            self.request = self.server.tls.wrap_socket(self.request, server_side=True)
-        super().setup()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 class JsonHandler(QuietHandler):
@@ -270,20 +219,6 @@ def relay(a: socket.socket, b: socket.socket, idle_s: float = SOCKET_TIMEOUT_S) 
                 return
             dst.sendall(chunk)
             deadline = time.monotonic() + idle_s
-
-
-@contextlib.contextmanager
-def serving(handler: type[BaseHTTPRequestHandler], tls: ssl.SSLContext | None = None) -> Iterator[LocalServer]:
-    """Run a LocalServer in a daemon thread; always shut down and closed afterwards."""
-    server = LocalServer(handler, tls)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.fixture

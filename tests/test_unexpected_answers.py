@@ -1,18 +1,17 @@
 """An answer the engine has no rule for stops the sync, and the message sends the reader the right way:
 a redirect, 404, 405 or 410 is a request that reached the wrong place (check ``<VENDOR>_BASE_URL``); any
 other status (409, 412, ...) came from the endpoint itself, which no vendor document lists, so it is named
-as that and not blamed on the base URL. Over real HTTP on 127.0.0.1: a tiny server answering one status."""
+as that and not blamed on the base URL. Over real HTTP on 127.0.0.1: the transport tests' local server, answering one status."""
 
 from __future__ import annotations
 
-import http.server
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 
 from connectors.runner import run_sync
+from tests.local_http import QuietHandler, serving
 
 EVENTS = """
     CREATE OR REPLACE TABLE analytics.events AS
@@ -33,7 +32,7 @@ def answering(status: int) -> Iterator[tuple[str, list[str]]]:
     """A server answering every POST with ``status`` (a JSON error body); yields its URL and the paths asked."""
     asked: list[str] = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             asked.append(self.path)
@@ -46,17 +45,8 @@ def answering(status: int) -> Iterator[tuple[str, list[str]]]:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", asked
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Handler) as server:
+        yield server.url, asked
 
 
 def _stopped_run(status: int, warehouse, write_sync, monkeypatch) -> tuple[str, int]:
