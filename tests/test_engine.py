@@ -297,3 +297,34 @@ def test_a_rerun_renders_none_of_the_rows_the_destination_has(sandbox, warehouse
         assert pipeline.counts.rendered == 7  # only the new rows were rendered at all
     assert (run.source_rows, run.skipped, run.delivered) == (307, 300, 7)
     assert len(sandbox.records("trubrics", "publish_events")) == 307
+
+
+def test_answers_hands_back_finished_requests_in_the_order_they_finish():
+    """The delivery loop's wait for answers (``Answers``): each request finished is handed back once, in
+    the order it finished, with every other already finished, and leaves the in-flight set; one finished
+    before it was watched counts too."""
+    import threading
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from connectors.engine.deliver import Answers
+
+    answers = Answers()
+    in_flight: set[Future] = set()
+    gates = [threading.Event() for _ in range(3)]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = [pool.submit(gates[i].wait, 10) for i in range(3)]
+        for future in futures:
+            answers.watch(future, in_flight)
+        gates[2].set()
+        assert answers.take(in_flight) == [futures[2]]
+        assert in_flight == {futures[0], futures[1]}
+        gates[0].set()
+        gates[1].set()
+        futures[0].result(10)
+        futures[1].result(10)
+        taken = answers.take(in_flight)
+        assert sorted(taken, key=futures.index) == futures[:2] and not in_flight
+        done: Future = Future()
+        done.set_result("x")
+        answers.watch(done, in_flight)
+        assert answers.take(in_flight) == [done] and not in_flight

@@ -277,6 +277,58 @@ def test_a_sqlite_journal_lives_beside_the_ledger_and_a_new_journal_file_starts_
     ledger.close()
 
 
+def test_a_new_journal_file_has_64k_pages_and_the_ledger_file_keeps_4k(syncline_home):
+    """The journal is appended and deleted in bulk, so it takes SQLite's largest page (a sixteenth of the
+    page reads and writes); the ledger's item upserts touch one index leaf each, so it keeps 4 KiB pages."""
+    import sqlite3
+
+    from connectors.ledger.journal import JOURNAL_PAGE_SIZE
+
+    path = syncline_home / "ledger.sqlite"
+    ledger = open_ledger(str(path))
+    journal = ledger.open_journal()
+    _journal_claim(journal, "a0", ["a0-0", "a0-1"])
+    journal.close()
+    assert ledger.fold() == 1
+    ledger.close()
+    sizes = {}
+    for name in ("ledger.sqlite", "ledger.sqlite.journal"):
+        conn = sqlite3.connect(syncline_home / name)
+        sizes[name] = (conn.execute("PRAGMA page_size").fetchone()[0], conn.execute("PRAGMA journal_mode").fetchone()[0])
+        conn.close()
+    assert sizes == {"ledger.sqlite": (4096, "wal"), "ledger.sqlite.journal": (JOURNAL_PAGE_SIZE, "wal")}
+    assert JOURNAL_PAGE_SIZE == 65536
+
+
+def test_a_sqlite_fold_keeps_temporary_storage_in_memory_only_while_it_runs(syncline_home, monkeypatch):
+    """The fold's temporary table and sorts are in memory (not files under /var/tmp) while it runs; after
+    it, the connection sorts as SQLite does by default again (a 10M-item listing must not sort in memory).
+    A fold inside a transaction, where SQLite refuses the switch, folds with the default storage."""
+    from connectors.ledger import store
+
+    seen: list[int] = []
+    apply = store.Ledger._apply_journal
+
+    def watching_apply(self, cur, before, table):
+        cur.execute("PRAGMA temp_store")
+        seen.append(int(cur.fetchone()[0]))
+        return apply(self, cur, before, table)
+
+    monkeypatch.setattr(store.Ledger, "_apply_journal", watching_apply)
+    ledger = open_ledger(str(syncline_home / "ledger.sqlite"))
+    journal = ledger.open_journal()
+    _journal_claim(journal, "a0", ["a0-0", "a0-1"])
+    assert ledger.fold() == 1
+    assert ledger._query("PRAGMA temp_store") == [(0,)]  # DEFAULT
+    _journal_claim(journal, "a1", ["a1-0"])
+    with ledger.batch():
+        assert ledger.fold() == 2
+    assert seen == [2, 0]  # MEMORY for the first fold; the second ran inside a transaction
+    assert ledger.counts("s", destination=DEST)["in_doubt"] == 3
+    journal.close()
+    ledger.close()
+
+
 def test_journal_rows_left_in_the_ledger_file_by_version_4_are_folded(syncline_home):
     """A run of the previous version killed mid-delivery left its journal inside the ledger file."""
     path = syncline_home / "ledger.sqlite"
