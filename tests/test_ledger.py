@@ -301,9 +301,9 @@ def test_a_new_journal_file_has_64k_pages_and_the_ledger_file_keeps_4k(syncline_
 
 
 def test_a_sqlite_fold_has_a_temporary_cache_large_enough_for_its_slice(syncline_home, monkeypatch):
-    """The fold's temporary table gets a 32 MiB page cache (SQLite's default 2 MB spilled every slice to a
-    file under /var/tmp), also inside a caller's transaction; temporary storage stays SQLite's default, so
-    a larger slice spills and sorts stay bounded."""
+    """The fold's temporary table gets a 32 MiB page cache on every ledger connection (SQLite's default
+    2 MB spilled every slice to a file under /var/tmp), inside a caller's transaction too; temporary
+    storage stays SQLite's default, so a larger slice spills and sorts stay bounded."""
     from connectors.ledger import store
 
     seen: list[tuple[int, int]] = []

@@ -25,8 +25,8 @@ from connectors.ledger.store import Store, _AutoCommitSqlite, connect_wal
 # The journal's rows are claim documents of about 100 bytes an item, appended and deleted in bulk, never
 # updated in place: SQLite's largest page (64 KiB, not the default 4 KiB) writes and reads them in a
 # sixteenth of the system calls. Measured on a 200k-event run (strace -c, 2026-12-07): with the fold's
-# temporary storage in memory (``SqliteLedger.fold``), the journal file's page reads and writes fell
-# from about 94,000 to about 6,000. The ledger file keeps 4 KiB pages: its item upserts touch one key
+# temporary table cached (``FOLD_TEMP_CACHE_KIB``), the journal file's page reads and writes fell from
+# about 94,000 to about 6,000. The ledger file keeps 4 KiB pages: its item upserts touch one key
 # index leaf each, and a 64 KiB page would write sixteen times the bytes for each.
 JOURNAL_PAGE_SIZE = 65_536
 

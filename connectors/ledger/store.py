@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
 SMALL_SNAPSHOT = 50_000  # below this many items a snapshot is read through the ledger's own connection
 JOURNAL_SCHEMA = "syncline_journal_file"  # the journal file, as a SQLite ledger's folds attach it
-FOLD_TEMP_CACHE_KIB = 32_768  # a fold's temporary table stays in memory up to this (SqliteLedger._fold_files)
+FOLD_TEMP_CACHE_KIB = 32_768  # a fold's temporary table stays in memory up to this (SqliteLedger.__init__)
 FOLD_MAX_ITEMS = 200_000  # items applied per fold transaction: a fold that fell behind catches up in bounded slices
 CLAIM_REASON = "claimed by run {run}: sent, or about to be; the outcome is unknown if the run stopped here"
 
@@ -808,6 +808,13 @@ class SqliteLedger(Ledger):
         conn = connect_wal(path)
         conn.execute("PRAGMA cache_size = -32768")  # 32 MB: the key index's hot pages stay cached
         conn.execute("PRAGMA wal_autocheckpoint = 4000")
+        # The fold copies each slice to a temporary table (the only temporary objects here). With SQLite's
+        # default 2 MB cache that table spilled to a file under /var/tmp: two fifths of a 200k-event run's
+        # page reads and writes, each a system call. This holds a usual slice (the writer folds every
+        # 40,000 items); a larger one still spills, so memory stays bounded however large the payloads a
+        # mirror sync's claims carry. Not ``temp_store = MEMORY``: measured, that took 45 MB more at peak on
+        # a 300k-row mirror run (this, 20 MB), and it makes SQLite sort wholly in memory.
+        conn.execute(f"PRAGMA temp.cache_size = -{FOLD_TEMP_CACHE_KIB}")
         self._journal: JournalFileType | None = None  # read by folds, opened on the first one
         self._journal_attached = False  # the journal file attached read-only as JOURNAL_SCHEMA (folds)
         super().__init__(_AutoCommitSqlite(conn), str(path))
@@ -829,17 +836,6 @@ class SqliteLedger(Ledger):
         rows after this ledger's mark for that file, applies them from a temporary table and moves the mark
         in one transaction here, then deletes them there (a crash in between leaves rows the mark skips).
         Rows in this file's own ``syncline_journal`` (written before version 5) are folded first."""
-        self._query(f"PRAGMA temp.cache_size = -{FOLD_TEMP_CACHE_KIB}")
-        return self._fold_files(before)
-
-    def _fold_files(self, before: int | None) -> int:
-        """:meth:`fold`, with a page cache for the connection's temporary database of
-        :data:`FOLD_TEMP_CACHE_KIB`. The fold copies each slice to a temporary table: with SQLite's default
-        2 MB temporary cache that table spilled to a file under /var/tmp, two fifths of a 200k-event run's
-        page reads and writes, each a system call. The cache holds a usual slice (the writer folds every
-        40,000 items); a larger one still spills, so memory stays bounded whatever the payloads weigh (a
-        mirror sync's claims carry them). Not ``temp_store = MEMORY``: measured, it took 45 MB more at peak
-        on a 300k-row mirror run (this, 20 MB), and it makes SQLite sort wholly in memory."""
         from connectors.ledger.journal import JournalFile
 
         folded = self._fold_table(None, "syncline_journal")
